@@ -1,0 +1,96 @@
+"""Embeddings, positional encodings and the position-wise feed-forward network (paper §3.3–3.5)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class Embed(nnx.Module):
+  """Token embedding shared by source, target and the pre-softmax projection (paper §3.4).
+
+  The table `[vocab_size, d_model]` is initialised with standard deviation d_model^-0.5, so the
+  embedding scaled by √d_model (as in the paper) starts at unit variance, like the positional
+  encoding it is added to.
+  """
+
+  def __init__(self, vocab_size: int, d_model: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.d_model = d_model
+    self.table = nnx.Embed(
+        vocab_size, d_model, dtype=dtype, param_dtype=param_dtype,
+        embedding_init=nnx.initializers.normal(stddev=d_model**-0.5), rngs=rngs)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    """`[batch, length]` int -> `[batch, length, d_model]`, multiplied by √d_model."""
+    return self.table(tokens) * math.sqrt(self.d_model)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Output projection with the same weights: `[batch, length, d_model]` -> logits `[batch, length, vocab_size]`."""
+    return self.table.attend(x)
+
+
+@functools.lru_cache(maxsize=16)
+def sinusoidal_table(max_length: int, d_model: int) -> np.ndarray:
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): `[max_length, d_model]`."""
+  position = np.arange(max_length, dtype=np.float64)[:, None]
+  div_term = np.exp(np.arange(0, d_model, 2, dtype=np.float64) * -(math.log(10000.0) / d_model))
+  table = np.zeros((max_length, d_model), dtype=np.float64)
+  table[:, 0::2] = np.sin(position * div_term)
+  table[:, 1::2] = np.cos(position * div_term)[:, : d_model // 2]
+  return table.astype(np.float32)
+
+
+class PositionalEncoding(nnx.Module):
+  """Adds position information to embeddings: fixed sinusoids (paper) or a learned table.
+
+  Positions are given explicitly (`[batch, length]`) rather than assumed to be 0..L-1, because a
+  packed row restarts them at every example and a decoding step sits at the cache index.
+  """
+
+  def __init__(self, max_length: int, d_model: int, *, learned: bool = False,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.max_length = max_length
+    self.d_model = d_model
+    if learned:
+      self.table = nnx.Param(
+          nnx.initializers.normal(stddev=0.02)(rngs.params(), (max_length, d_model), param_dtype))
+    else:
+      # The sinusoids are a constant of the traced program, not state: no gradient, no checkpoint.
+      self.table = nnx.data(None)
+
+  def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+    """`x` `[batch, length, d_model]`, `positions` `[batch, length]` int (default 0..length-1)."""
+    length = x.shape[1]
+    if self.table is None:
+      table = jnp.asarray(sinusoidal_table(self.max_length, self.d_model))
+    else:
+      table = self.table[...]
+    if positions is None:
+      if length > self.max_length:
+        raise ValueError(f'sequence length {length} exceeds max_length={self.max_length}')
+      encoding = table[None, :length]
+    else:
+      encoding = jnp.take(table, positions, axis=0)
+    return x + encoding.astype(x.dtype)
+
+
+class FeedForward(nnx.Module):
+  """FFN(x) = max(0, x W₁ + b₁) W₂ + b₂, applied at every position (paper eq. 2)."""
+
+  def __init__(self, d_model: int, d_ff: int, *, dropout_rate: float = 0.0, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    init = nnx.initializers.xavier_uniform()
+    self.w_1 = nnx.Linear(d_model, d_ff, kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.w_2 = nnx.Linear(d_ff, d_model, kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    # Dropout on the hidden ReLU activations, as in tensor2tensor's "relu_dropout" (0 in the paper).
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`[batch, length, d_model]` -> `[batch, length, d_model]`."""
+    return self.w_2(self.dropout(jax.nn.relu(self.w_1(x))))

@@ -1,0 +1,371 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017), in Flax NNX.
+
+Shapes: batch `b`, source length `s`, target length `t`, model width `d_model`.
+
+    Transformer
+      embed       shared Embed: source tokens, target tokens and the output projection
+      encoder     N x EncoderBlock(self-attention, feed-forward), each wrapped in Add & Norm
+      decoder     N x DecoderBlock(masked self-attention, cross-attention, feed-forward)
+
+Every decoder layer attends to the same encoder output (the last encoder layer's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from transformer import masks
+from transformer.attention import IMPLEMENTATIONS, MultiHeadAttention
+from transformer.layers import Embed, FeedForward, PositionalEncoding
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyperparameters of the model; validated on construction (a bad value raises ValueError).
+
+  `dtype` is the compute dtype (float32 or bfloat16); parameters are stored in `param_dtype`.
+  Token ids: `pad_id` marks padding everywhere; the decoder input starts with `bos_id`; sequences
+  end with `eos_id`.
+  """
+
+  vocab_size: int = 32000
+  d_model: int = 512
+  num_heads: int = 8
+  d_ff: int = 2048
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  dropout_rate: float = 0.1            # P_drop: sublayer outputs and embedding sums
+  attention_dropout_rate: float = 0.0  # on attention weights (not in the paper)
+  relu_dropout_rate: float = 0.0       # on the FFN hidden layer (not in the paper)
+  max_length: int = 256                # longest position the positional encoding covers
+  positional_encoding: str = 'sinusoidal'  # 'sinusoidal' (paper) or 'learned'
+  norm_position: str = 'post'          # 'post': LayerNorm(x + Sublayer(x)) (paper); 'pre'
+  attention_implementation: str = 'reference'  # 'reference' | 'xla' | 'cudnn'
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  pad_id: int = 0
+  bos_id: int = 1
+  eos_id: int = 2
+
+  def __post_init__(self):
+    for name in ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
+                 'num_decoder_layers', 'max_length'):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f'TransformerConfig.{name} must be a positive integer, got {value!r}')
+    if self.d_model % self.num_heads:
+      raise ValueError(f'TransformerConfig.d_model={self.d_model} must be divisible by '
+                       f'num_heads={self.num_heads}')
+    for name in ('dropout_rate', 'attention_dropout_rate', 'relu_dropout_rate'):
+      value = getattr(self, name)
+      if not 0.0 <= value < 1.0:
+        raise ValueError(f'TransformerConfig.{name} must be in [0, 1), got {value!r}')
+    if self.positional_encoding not in ('sinusoidal', 'learned'):
+      raise ValueError("TransformerConfig.positional_encoding must be 'sinusoidal' or 'learned', "
+                       f'got {self.positional_encoding!r}')
+    if self.norm_position not in ('post', 'pre'):
+      raise ValueError(f"TransformerConfig.norm_position must be 'post' or 'pre', got {self.norm_position!r}")
+    if self.attention_implementation not in IMPLEMENTATIONS:
+      raise ValueError(f'TransformerConfig.attention_implementation must be one of {IMPLEMENTATIONS}, '
+                       f'got {self.attention_implementation!r}')
+    if self.attention_implementation != 'reference' and self.attention_dropout_rate > 0:
+      raise ValueError('attention_dropout_rate > 0 needs attention_implementation="reference" '
+                       '(jax.nn.dot_product_attention has no dropout)')
+    for name in ('dtype', 'param_dtype'):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(f'TransformerConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}')
+    ids = {'pad_id': self.pad_id, 'bos_id': self.bos_id, 'eos_id': self.eos_id}
+    for name, value in ids.items():
+      if not 0 <= value < self.vocab_size:
+        raise ValueError(f'TransformerConfig.{name}={value} is outside the vocabulary [0, {self.vocab_size})')
+    if len(set(ids.values())) != 3:
+      raise ValueError(f'pad_id, bos_id and eos_id must differ, got {ids}')
+
+  @property
+  def compute_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def parameter_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+  @classmethod
+  def base(cls, **overrides) -> 'TransformerConfig':
+    """Transformer (base) of the paper's Table 3: N=6, d_model=512, d_ff=2048, h=8, P_drop=0.1."""
+    return cls(**{'vocab_size': 37000, **overrides})
+
+  @classmethod
+  def big(cls, **overrides) -> 'TransformerConfig':
+    """Transformer (big): N=6, d_model=1024, d_ff=4096, h=16, P_drop=0.3."""
+    return cls(**{'vocab_size': 37000, 'd_model': 1024, 'd_ff': 4096, 'num_heads': 16,
+                  'dropout_rate': 0.3, **overrides})
+
+  def replace(self, **changes) -> 'TransformerConfig':
+    return dataclasses.replace(self, **changes)
+
+
+class AddNorm(nnx.Module):
+  """Residual connection and layer normalisation around a sublayer.
+
+  post-LN (paper): LayerNorm(x + Dropout(Sublayer(x)));
+  pre-LN:          x + Dropout(Sublayer(LayerNorm(x))) (trains deep stacks without warm-up).
+  """
+
+  def __init__(self, d_model: int, *, pre_norm: bool, dropout_rate: float, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    self.pre_norm = pre_norm
+    self.norm = nnx.LayerNorm(d_model, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+  def __call__(self, x: jax.Array, sublayer: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """`x` `[batch, length, d_model]` -> same shape."""
+    if self.pre_norm:
+      return x + self.dropout(sublayer(self.norm(x)))
+    return self.norm(x + self.dropout(sublayer(x)))
+
+
+def _block_kwargs(config: TransformerConfig) -> dict:
+  return dict(pre_norm=config.norm_position == 'pre', dropout_rate=config.dropout_rate,
+              dtype=config.compute_dtype, param_dtype=config.parameter_dtype)
+
+
+class EncoderBlock(nnx.Module):
+  """One encoder layer: self-attention, then the feed-forward network, each with Add & Norm."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    kw = _block_kwargs(config)
+    self.self_attention = MultiHeadAttention(
+        config.d_model, config.num_heads, self_attention=True,
+        dropout_rate=config.attention_dropout_rate, implementation=config.attention_implementation,
+        dtype=kw['dtype'], param_dtype=kw['param_dtype'], rngs=rngs)
+    self.self_attention_norm = AddNorm(config.d_model, rngs=rngs, **kw)
+    self.feed_forward = FeedForward(config.d_model, config.d_ff, dropout_rate=config.relu_dropout_rate,
+                                    dtype=kw['dtype'], param_dtype=kw['param_dtype'], rngs=rngs)
+    self.feed_forward_norm = AddNorm(config.d_model, rngs=rngs, **kw)
+
+  def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """`x` `[batch, src_length, d_model]`, `bias` `[batch, 1, src_length, src_length]`."""
+    x = self.self_attention_norm(x, lambda y: self.self_attention(y, bias=bias))
+    return self.feed_forward_norm(x, self.feed_forward)
+
+
+class DecoderBlock(nnx.Module):
+  """One decoder layer: masked self-attention, cross-attention over the encoder output, FFN.
+
+  With `cross_attention=False` the block has no encoder-decoder attention, so a stack of these is
+  a decoder-only (GPT-style) language model.
+  """
+
+  def __init__(self, config: TransformerConfig, *, cross_attention: bool = True, rngs: nnx.Rngs):
+    kw = _block_kwargs(config)
+    attention = lambda self_attention: MultiHeadAttention(
+        config.d_model, config.num_heads, self_attention=self_attention,
+        dropout_rate=config.attention_dropout_rate, implementation=config.attention_implementation,
+        dtype=kw['dtype'], param_dtype=kw['param_dtype'], rngs=rngs)
+    self.self_attention = attention(True)
+    self.self_attention_norm = AddNorm(config.d_model, rngs=rngs, **kw)
+    if cross_attention:
+      self.cross_attention = attention(False)
+      self.cross_attention_norm = AddNorm(config.d_model, rngs=rngs, **kw)
+    else:
+      self.cross_attention = nnx.data(None)
+      self.cross_attention_norm = nnx.data(None)
+    self.feed_forward = FeedForward(config.d_model, config.d_ff, dropout_rate=config.relu_dropout_rate,
+                                    dtype=kw['dtype'], param_dtype=kw['param_dtype'], rngs=rngs)
+    self.feed_forward_norm = AddNorm(config.d_model, rngs=rngs, **kw)
+
+  def __call__(
+      self,
+      x: jax.Array,
+      encoded: jax.Array | None = None,
+      self_bias: jax.Array | None = None,
+      cross_bias: jax.Array | None = None,
+      *,
+      decode: bool = False,
+  ) -> jax.Array:
+    """Args:
+      x: `[batch, tgt_length, d_model]` (`tgt_length` = 1 when decoding token by token).
+      encoded: `[batch, src_length, d_model]` encoder output (unused when decoding from the cache).
+      self_bias: `[batch, 1, tgt_length, tgt_length]` causal ∧ padding bias (built from the cache
+        when decoding).
+      cross_bias: `[batch, 1, tgt_length, src_length]` source padding bias.
+      decode: read/extend the KV caches (see `Transformer.init_cache`).
+    """
+    x = self.self_attention_norm(x, lambda y: self.self_attention(y, bias=self_bias, decode=decode))
+    if self.cross_attention is not None:
+      x = self.cross_attention_norm(
+          x, lambda y: self.cross_attention(y, encoded, bias=cross_bias, decode=decode))
+    return self.feed_forward_norm(x, self.feed_forward)
+
+
+class _Stack(nnx.Module):
+  """Positional encoding + dropout on the embedded input, then the layers (and, for pre-LN, a final norm)."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.positional_encoding = PositionalEncoding(
+        config.max_length, config.d_model, learned=config.positional_encoding == 'learned',
+        param_dtype=config.parameter_dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+    if config.norm_position == 'pre':
+      self.final_norm = nnx.LayerNorm(config.d_model, epsilon=1e-6, dtype=config.compute_dtype,
+                                      param_dtype=config.parameter_dtype, rngs=rngs)
+    else:
+      self.final_norm = nnx.data(None)
+
+  def _inputs(self, embedded: jax.Array, positions: jax.Array | None) -> jax.Array:
+    return self.dropout(self.positional_encoding(embedded, positions))
+
+  def _output(self, x: jax.Array) -> jax.Array:
+    return x if self.final_norm is None else self.final_norm(x)
+
+
+class Encoder(_Stack):
+  """N encoder layers over embedded source tokens."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    super().__init__(config, rngs=rngs)
+    self.layers = nnx.List([EncoderBlock(config, rngs=rngs) for _ in range(config.num_encoder_layers)])
+
+  def __call__(self, embedded: jax.Array, bias: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
+    """`embedded` `[batch, src_length, d_model]` -> encoder output `[batch, src_length, d_model]`."""
+    x = self._inputs(embedded, positions)
+    for layer in self.layers:
+      x = layer(x, bias)
+    return self._output(x)
+
+
+class Decoder(_Stack):
+  """N decoder layers; every layer attends to the same encoder output."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    super().__init__(config, rngs=rngs)
+    self.layers = nnx.List([DecoderBlock(config, rngs=rngs) for _ in range(config.num_decoder_layers)])
+
+  def __call__(self, embedded: jax.Array, encoded: jax.Array | None,
+               self_bias: jax.Array | None = None, cross_bias: jax.Array | None = None,
+               positions: jax.Array | None = None, *, decode: bool = False) -> jax.Array:
+    """`embedded` `[batch, tgt_length, d_model]` -> `[batch, tgt_length, d_model]`."""
+    x = self._inputs(embedded, positions)
+    for layer in self.layers:
+      x = layer(x, encoded, self_bias, cross_bias, decode=decode)
+    return self._output(x)
+
+
+def _every_query(valid: jax.Array) -> jax.Array:
+  # Only padded *keys* are masked. Padded query positions still attend (causally) to the real
+  # tokens, so every output, padded or not, depends only on real tokens at allowed positions; and
+  # no row is fully masked unless the whole sequence is padding.
+  return jnp.ones_like(valid)
+
+
+class Transformer(nnx.Module):
+  """Encoder-decoder Transformer with a shared source/target embedding tied to the output layer.
+
+  `__call__` is the teacher-forcing pass used in training: the whole shifted-right target in one
+  masked forward pass. `encode` + `init_cache` + `decode(..., decode=True)` is the token-by-token
+  path used for generation; both give the same logits.
+  """
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed = Embed(config.vocab_size, config.d_model, dtype=config.compute_dtype,
+                       param_dtype=config.parameter_dtype, rngs=rngs)
+    self.encoder = Encoder(config, rngs=rngs)
+    self.decoder = Decoder(config, rngs=rngs)
+
+  def encode(self, src_tokens: jax.Array, src_segments: jax.Array | None = None,
+             src_positions: jax.Array | None = None) -> jax.Array:
+    """`src_tokens` `[batch, src_length]` int -> encoder output `[batch, src_length, d_model]`.
+
+    Padding (`pad_id`) is masked out; with packed rows, `src_segments` keeps examples apart and
+    `src_positions` restarts positions at each example.
+    """
+    valid = src_tokens != self.config.pad_id
+    mask = masks.padding_mask(_every_query(valid), valid)
+    if src_segments is not None:
+      mask = masks.combine(mask, masks.segment_mask(src_segments, src_segments))
+    return self.encoder(self.embed(src_tokens), masks.mask_to_bias(mask), src_positions)
+
+  def decode(
+      self,
+      decoder_input: jax.Array,
+      encoded: jax.Array,
+      src_tokens: jax.Array,
+      *,
+      src_segments: jax.Array | None = None,
+      tgt_segments: jax.Array | None = None,
+      tgt_positions: jax.Array | None = None,
+      decode: bool = False,
+  ) -> jax.Array:
+    """Logits for the next token at every target position.
+
+    Args:
+      decoder_input: `[batch, tgt_length]` int: the target shifted right (starts with `bos_id`).
+      encoded: `[batch, src_length, d_model]` from `encode`.
+      src_tokens: `[batch, src_length]` int, for the source padding mask of cross-attention.
+      src_segments, tgt_segments: `[batch, length]` segment ids of packed rows, or None.
+      tgt_positions: `[batch, tgt_length]` positions (required when `decode=True`: the step index).
+      decode: token-by-token generation with the KV cache (`init_cache` first).
+
+    Returns:
+      `[batch, tgt_length, vocab_size]` float32 logits.
+    """
+    src_valid = src_tokens != self.config.pad_id
+    tgt_valid = decoder_input != self.config.pad_id
+    cross_mask = masks.padding_mask(_every_query(tgt_valid), src_valid)
+    if decode:
+      if tgt_positions is None:
+        raise ValueError('decode=True needs tgt_positions (the index of the token being fed)')
+      self_mask = None  # the self-attention cache builds its own causal mask
+    else:
+      self_mask = masks.combine(masks.causal_mask(decoder_input.shape[1]),
+                                masks.padding_mask(_every_query(tgt_valid), tgt_valid))
+    if tgt_segments is not None:
+      self_mask = masks.combine(self_mask, masks.segment_mask(tgt_segments, tgt_segments))
+      cross_mask = masks.combine(cross_mask, masks.segment_mask(tgt_segments, src_segments))
+    x = self.decoder(self.embed(decoder_input), encoded, masks.mask_to_bias(self_mask),
+                     masks.mask_to_bias(cross_mask), tgt_positions, decode=decode)
+    return self.embed.attend(x).astype(jnp.float32)
+
+  def __call__(
+      self,
+      src_tokens: jax.Array,
+      decoder_input: jax.Array,
+      *,
+      src_segments: jax.Array | None = None,
+      tgt_segments: jax.Array | None = None,
+      src_positions: jax.Array | None = None,
+      tgt_positions: jax.Array | None = None,
+  ) -> jax.Array:
+    """Teacher forcing: `[batch, src_length]`, `[batch, tgt_length]` -> logits `[batch, tgt_length, vocab_size]`."""
+    encoded = self.encode(src_tokens, src_segments, src_positions)
+    return self.decode(decoder_input, encoded, src_tokens, src_segments=src_segments,
+                       tgt_segments=tgt_segments, tgt_positions=tgt_positions)
+
+  def init_cache(self, encoded: jax.Array, max_decode_length: int) -> None:
+    """Prepares token-by-token decoding: empty self-attention caches of `max_decode_length`
+    slots and cross-attention keys/values projected once from `encoded` `[batch, src_length, d_model]`."""
+    if max_decode_length > self.config.max_length:
+      raise ValueError(f'max_decode_length={max_decode_length} exceeds the positional encoding '
+                       f'length max_length={self.config.max_length}')
+    for layer in self.decoder.layers:
+      layer.self_attention.init_cache(encoded.shape[0], max_decode_length)
+      layer.cross_attention.init_cross_cache(encoded)
+
+
+def shift_right(targets: jax.Array, bos_id: int) -> jax.Array:
+  """Teacher forcing's decoder input: `[BOS] + targets[:-1]` for `[batch, length]` int targets."""
+  return jnp.concatenate([jnp.full_like(targets[:, :1], bos_id), targets[:, :-1]], axis=1)
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of trainable parameters (shared embeddings counted once)."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

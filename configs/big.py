@@ -1,0 +1,11 @@
+"""Transformer (big) of the paper on WMT'14 English -> German: d_model 1024, 16 heads, d_ff 4096,
+dropout 0.3, 300k steps (same ~25k tokens per side per step as base.py)."""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.model.update(dict(d_model=1024, num_heads=16, d_ff=4096, dropout_rate=0.3))
+  config.num_train_steps = 300_000
+  return config

@@ -1,0 +1,158 @@
+"""Reading parallel text from local files, with errors that name the file and line.
+
+Two layouts are supported, both UTF-8, optionally gzip-compressed (`.gz`):
+- a TSV file with a header line naming the columns (e.g. `id<TAB>en<TAB>fr`); the source and
+  target languages are picked by column name;
+- one file per language with the same number of lines (`train.en`, `train.fr`).
+
+A malformed line (wrong column count, empty side, invalid UTF-8, wrong header) raises
+`CorpusError` naming the file and line number. With `skip_malformed=True` such lines are skipped
+instead, and the count is returned in `ReadReport` so that nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from typing import Iterator, Sequence
+
+
+class CorpusError(ValueError):
+  """A corpus file is malformed; the message names the file and the line."""
+
+
+@dataclasses.dataclass
+class ReadReport:
+  """What reading a corpus did: pairs kept and lines skipped (with the first few reasons)."""
+
+  path: str
+  pairs: int = 0
+  skipped: int = 0
+  reasons: list[str] = dataclasses.field(default_factory=list)
+
+  def skip(self, reason: str) -> None:
+    self.skipped += 1
+    if len(self.reasons) < 5:
+      self.reasons.append(reason)
+
+  def __str__(self) -> str:
+    text = f'{self.path}: {self.pairs} pairs'
+    if self.skipped:
+      text += f', {self.skipped} malformed lines skipped (e.g. {self.reasons[0]})'
+    return text
+
+
+def _open_binary(path: str):
+  if not os.path.exists(path):
+    raise CorpusError(f'{path}: file not found')
+  return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+
+
+def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+  with _open_binary(path) as f:
+    try:
+      for number, raw in enumerate(f, start=1):
+        yield number, raw.rstrip(b'\r\n')
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+      raise CorpusError(f'{path}: cannot be read ({e})') from e
+
+
+def _decode(path: str, number: int, raw: bytes) -> str:
+  try:
+    return raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise CorpusError(f'{path}:{number}: invalid UTF-8 at byte {e.start}') from e
+
+
+def read_tsv(path: str, source_column: str, target_column: str, *,
+             skip_malformed: bool = False) -> tuple[list[tuple[str, str]], ReadReport]:
+  """Reads `(source, target)` pairs from a TSV file with a header line.
+
+  Args:
+    path: the file (`.gz` is decompressed).
+    source_column, target_column: header names of the two sides (e.g. 'en', 'fr').
+    skip_malformed: skip (and count) bad lines instead of raising.
+
+  Returns:
+    The pairs and a `ReadReport`.
+  """
+  report = ReadReport(path)
+  pairs: list[tuple[str, str]] = []
+  lines = _lines(path)
+  try:
+    number, raw = next(lines)
+  except StopIteration:
+    raise CorpusError(f'{path}: empty file (expected a header line)') from None
+  header = _decode(path, number, raw).split('\t')
+  missing = [c for c in (source_column, target_column) if c not in header]
+  if missing:
+    raise CorpusError(f'{path}:1: header {header} has no column {missing[0]!r} '
+                      f'(expected a header naming {source_column!r} and {target_column!r})')
+  src_index, tgt_index = header.index(source_column), header.index(target_column)
+  for number, raw in lines:
+    try:
+      line = _decode(path, number, raw)
+      fields = line.split('\t')
+      if len(fields) != len(header):
+        raise CorpusError(f'{path}:{number}: expected {len(header)} tab-separated columns, '
+                          f'found {len(fields)}')
+      source, target = fields[src_index].strip(), fields[tgt_index].strip()
+      if not source or not target:
+        side = source_column if not source else target_column
+        raise CorpusError(f'{path}:{number}: empty {side!r} side')
+    except CorpusError as e:
+      if not skip_malformed:
+        raise
+      report.skip(str(e))
+      continue
+    pairs.append((source, target))
+  report.pairs = len(pairs)
+  return pairs, report
+
+
+def read_parallel_files(source_path: str, target_path: str, *, skip_malformed: bool = False
+                        ) -> tuple[list[tuple[str, str]], ReadReport]:
+  """Reads `(source, target)` pairs from two line-aligned files (one sentence per line)."""
+  report = ReadReport(f'{source_path} + {target_path}')
+  pairs: list[tuple[str, str]] = []
+  source_lines, target_lines = _lines(source_path), _lines(target_path)
+  while True:
+    s, t = next(source_lines, None), next(target_lines, None)
+    if s is None and t is None:
+      break
+    if s is None or t is None:
+      shorter, longer = (source_path, target_path) if s is None else (target_path, source_path)
+      number = (t or s)[0]
+      raise CorpusError(f'{shorter}: has fewer lines than {longer} (which continues at line {number})')
+    number = s[0]
+    try:
+      source, target = _decode(source_path, number, s[1]).strip(), _decode(target_path, number, t[1]).strip()
+      if not source or not target:
+        path = source_path if not source else target_path
+        raise CorpusError(f'{path}:{number}: empty line (the other side is not empty)')
+    except CorpusError as e:
+      if not skip_malformed:
+        raise
+      report.skip(str(e))
+      continue
+    pairs.append((source, target))
+  report.pairs = len(pairs)
+  return pairs, report
+
+
+def read_local(spec: str, source_lang: str, target_lang: str, *, skip_malformed: bool = False
+               ) -> tuple[list[tuple[str, str]], ReadReport]:
+  """Reads a local split given as `file.tsv[.gz]` or `prefix` with `prefix.{src}`/`prefix.{tgt}` files."""
+  if spec.endswith(('.tsv', '.tsv.gz')):
+    return read_tsv(spec, source_lang, target_lang, skip_malformed=skip_malformed)
+  return read_parallel_files(f'{spec}.{source_lang}', f'{spec}.{target_lang}',
+                             skip_malformed=skip_malformed)
+
+
+def embedded_corpus_dir() -> str:
+  """Folder of the bible-en-fr corpus shipped inside the package."""
+  return os.path.join(os.path.dirname(__file__), 'data', 'bible_en_fr')
+
+
+EMBEDDED_SPLITS: Sequence[str] = ('train', 'validation', 'test')

@@ -57,16 +57,21 @@ def dot_product_attention(
     return jax.nn.dot_product_attention(query, key, value, bias=bias,
                                         implementation=implementation)
 
+  weights = attention_weights(query, key, bias).astype(value.dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+
+
+def attention_weights(query: jax.Array, key: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """softmax(Q Kᵀ / √d_k + bias): `[batch, heads, q_length, kv_length]` float32 (rows sum to 1)."""
   d_k = query.shape[-1]
   # Logits and softmax in float32 even for bfloat16 inputs: exp() of bf16 logits loses too much.
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, key,
                       preferred_element_type=jnp.float32) / math.sqrt(d_k)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
-  weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-  if dropout is not None:
-    weights = dropout(weights)
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+  return jax.nn.softmax(logits, axis=-1)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -77,6 +82,10 @@ class MultiHeadAttention(nnx.Module):
   projects queries from the decoder (`w_q` `[d_model, heads, head_dim]`) and keys/values from the
   encoder output (`w_kv` `[d_model, 2, heads, head_dim]`). The output projection is
   `w_o` `[heads, head_dim, d_model]`, which is the concatenation of heads followed by W^O.
+
+  Queries and values have biases (`b_q`, `b_v`); keys have none: a key bias adds the same q·b to
+  every logit of a query, which the softmax cancels, so its gradient is zero up to rounding noise
+  (which Adam would turn into lr-sized random steps).
 
   Decoding: `init_cache` (self-attention) allocates fixed-size key/value buffers so that a jitted
   loop feeds one token at a time; `init_cross_cache` (cross-attention) projects the encoder
@@ -109,29 +118,32 @@ class MultiHeadAttention(nnx.Module):
         1.0, 'fan_avg', 'uniform', in_axis=in_axis, out_axis=out_axis, batch_axis=batch_axis)
     if self_attention:
       self.w_qkv = nnx.Param(glorot(0, (2, 3), (1,))(rngs.params(), (d_model, 3, h, d_k), param_dtype))
-      self.b_qkv = nnx.Param(jnp.zeros((3, h, d_k), param_dtype))
     else:
       self.w_q = nnx.Param(glorot(0, (1, 2))(rngs.params(), (d_model, h, d_k), param_dtype))
-      self.b_q = nnx.Param(jnp.zeros((h, d_k), param_dtype))
       self.w_kv = nnx.Param(glorot(0, (2, 3), (1,))(rngs.params(), (d_model, 2, h, d_k), param_dtype))
-      self.b_kv = nnx.Param(jnp.zeros((2, h, d_k), param_dtype))
+    self.b_q = nnx.Param(jnp.zeros((h, d_k), param_dtype))
+    self.b_v = nnx.Param(jnp.zeros((h, d_k), param_dtype))
     self.w_o = nnx.Param(glorot((0, 1), 2)(rngs.params(), (h, d_k, d_model), param_dtype))
     self.b_o = nnx.Param(jnp.zeros((d_model,), param_dtype))
     self.attention_dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    # Set to True to keep the attention weights of each call as an nnx.Intermediate
+    # ('attention_weights', [batch, heads, q_length, kv_length]), e.g. to plot them.
+    self.sow_weights = False
     self.cached_key: Cache | None = nnx.data(None)
     self.cached_value: Cache | None = nnx.data(None)
     self.cache_index: Cache | None = nnx.data(None)
 
-  def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param) -> jax.Array:
+  def _project(self, x: jax.Array, kernel: nnx.Param) -> jax.Array:
     """`[b, l, d_model]` x kernel `[d_model, *out]` -> `[b, l, *out]` in the compute dtype."""
-    x = x.astype(self.dtype)
-    y = jnp.einsum('bld,d...->bl...', x, kernel[...].astype(self.dtype))
-    return y + bias[...].astype(self.dtype)
+    return jnp.einsum('bld,d...->bl...', x.astype(self.dtype), kernel[...].astype(self.dtype))
+
+  def _bias(self, name: str) -> jax.Array:
+    return getattr(self, name)[...].astype(self.dtype)
 
   def project_kv(self, inputs_kv: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values of the encoder output: `[b, k, d_model]` -> 2 x `[b, k, heads, head_dim]`."""
-    kv = self._project(inputs_kv, self.w_kv, self.b_kv)
-    return kv[:, :, 0], kv[:, :, 1]
+    kv = self._project(inputs_kv, self.w_kv)
+    return kv[:, :, 0], kv[:, :, 1] + self._bias('b_v')
 
   def init_cache(self, batch_size: int, max_length: int) -> None:
     """Allocates the self-attention cache: keys/values `[batch, max_length, heads, head_dim]`."""
@@ -190,13 +202,13 @@ class MultiHeadAttention(nnx.Module):
       `[batch, q_length, d_model]`.
     """
     if self.self_attention:
-      qkv = self._project(inputs_q, self.w_qkv, self.b_qkv)
-      query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+      qkv = self._project(inputs_q, self.w_qkv)
+      query, key, value = qkv[:, :, 0] + self._bias('b_q'), qkv[:, :, 1], qkv[:, :, 2] + self._bias('b_v')
       if decode:
         key, value, cache_bias = self._extend_cache(key, value)
         bias = cache_bias if bias is None else cache_bias + bias
     else:
-      query = self._project(inputs_q, self.w_q, self.b_q)
+      query = self._project(inputs_q, self.w_q) + self._bias('b_q')
       if decode:
         if self.cached_key is None:
           raise ValueError('decode=True needs init_cross_cache(encoded) first')
@@ -205,6 +217,8 @@ class MultiHeadAttention(nnx.Module):
         if inputs_kv is None:
           raise ValueError('cross-attention needs inputs_kv (the encoder output)')
         key, value = self.project_kv(inputs_kv)
+    if self.sow_weights:
+      self.sow(nnx.Intermediate, 'attention_weights', attention_weights(query, key, bias))
     dropout = self.attention_dropout if self.attention_dropout.rate > 0 else None
     heads = dot_product_attention(query, key, value, bias, dropout=dropout,
                                   implementation=self.implementation)

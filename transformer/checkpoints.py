@@ -17,7 +17,6 @@ import logging
 import os
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -48,6 +47,7 @@ class Checkpointer:
     checkpoint as the best one if the score is the best so far."""
     args = {'state': ocp.args.StandardSave(host_state)}
     if data_iterator is not None:
+      import grain  # the data extra; only runs that have a data iterator get here
       args['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     self.latest.save(step, args=ocp.args.Composite(**args), force=force)
     if bleu is not None and self.best is not None and (self.best_bleu is None or bleu > self.best_bleu):
@@ -70,6 +70,7 @@ class Checkpointer:
     for candidate in steps:
       args = {'state': ocp.args.StandardRestore(abstract_state)}
       if data_iterator is not None:
+        import grain
         args['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
       try:
         restored = manager.restore(candidate, args=ocp.args.Composite(**args))

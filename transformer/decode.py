@@ -7,7 +7,9 @@ cross-attention keys/values are projected once, and every step feeds one token t
 
 Beam search follows GNMT: hypotheses are ranked by log P / lp(len) with the length penalty
 lp(len) = ((5 + len) / 6)^α (α = 0.6 by default); `len` counts generated tokens including EOS.
-Finished hypotheses stop growing; the loop exits early once no live beam can beat the finished ones.
+A hypothesis finishes when its EOS extension ranks among the k best candidates (so beam size 1 is
+greedy decoding); finished hypotheses stop growing; the loop exits early once no live beam can beat
+the finished ones.
 """
 
 from __future__ import annotations
@@ -112,10 +114,13 @@ def beam_search(step_fn: StepFn, cache: Any, batch_size: int, *, beam_size: int,
     top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
     top_seqs = jnp.take_along_axis(alive_seqs, top_beams[:, :, None], axis=1)
     top_seqs = top_seqs.at[:, :, i].set(top_tokens)
-    ends = top_tokens == eos_id
+    is_eos = top_tokens == eos_id
+    # A hypothesis finishes only if its EOS extension ranks among the top k (as in fairseq): so
+    # beam size 1 is exactly greedy decoding.
+    ends = is_eos & (jnp.arange(2 * k) < k)[None, :]
 
-    # Alive: the best k candidates that did not just end.
-    alive_scores = jnp.where(ends, NEG_INF, top_log_probs)
+    # Alive: the best k candidates that do not end in EOS.
+    alive_scores = jnp.where(is_eos, NEG_INF, top_log_probs)
     new_alive_log_probs, alive_pick = jax.lax.top_k(alive_scores, k)
     new_alive_seqs = jnp.take_along_axis(top_seqs, alive_pick[:, :, None], axis=1)
     cache = _gather_beams(cache, jnp.take_along_axis(top_beams, alive_pick, axis=1), batch_size, k)

@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard event files; prints messages.
 
-  TensorBoard needs TensorFlow's summary writer (`flax.metrics.tensorboard`); on a JAX-only
-  install the events are skipped with a warning and metrics.jsonl still has everything.
+  TensorBoard events are written with TensorFlow's `tf.summary` (TensorFlow comes with the `data`
+  extra); on a JAX-only install they are skipped with a warning and metrics.jsonl has everything.
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True):
@@ -25,8 +25,10 @@ class MetricWriter:
       return
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
     try:
-      from flax.metrics import tensorboard  # imports TensorFlow
-      self._tensorboard = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      import tensorflow as tf  # only for the event files
+      tf.config.set_visible_devices([], 'GPU')  # the GPU belongs to JAX
+      self._tf = tf
+      self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
     except ImportError as e:
       log.warning('no TensorBoard events (%s); metrics.jsonl has the same numbers', e)
 
@@ -41,8 +43,9 @@ class MetricWriter:
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     if self._tensorboard is not None:
-      for name, value in scalars.items():
-        self._tensorboard.scalar(name, float(value), step)
+      with self._tensorboard.as_default():
+        for name, value in scalars.items():
+          self._tf.summary.scalar(name, float(value), step=int(step))
       self._tensorboard.flush()
 
   def close(self) -> None:

@@ -17,10 +17,12 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
+from flax import nnx
 
 from transformer import checkpoints, evaluation, flops, training
-from transformer.input_pipeline import datasets, pipeline, tokenizer as tokenizer_lib
+# grain (pipeline) and TFDS (datasets) are imported where training needs them, so that loading a
+# trained model for translation works on a JAX-only install.
+from transformer.input_pipeline import tokenizer as tokenizer_lib
 from transformer.metrics_writer import MetricWriter
 from transformer.model import Transformer, TransformerConfig
 
@@ -36,6 +38,7 @@ class ConfigError(ValueError):
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field; nothing runs on an invalid config."""
+  from transformer.input_pipeline import pipeline
   for name in ('batch_size', 'num_train_steps', 'warmup_steps', 'log_every', 'eval_every',
                'checkpoint_every', 'keep_checkpoints', 'eval_batch_size', 'vocab_size',
                'max_length', 'grad_accum_steps', 'decode_batch_size'):
@@ -96,34 +99,21 @@ def load_model_from_workdir(workdir: str, *, which: str = 'latest') -> tuple[Tra
     config = ml_collections.ConfigDict(json.load(f))
   tokenizer = load_tokenizer(workdir)
   model = training.create_model(model_config(config, tokenizer.vocab_size), seed=0)
-  from flax import nnx
-  params = nnx.state(model, nnx.Param)
+  optimizer, _ = training.make_optimizer(model.config.d_model, config.warmup_steps,
+                                         config.learning_rate_scale,
+                                         max_grad_norm=config.max_grad_norm or None)
+  graphdef, host_state, rngs = training.init_train_state(model, optimizer, seed=0)
   checkpointer = checkpoints.Checkpointer(workdir, keep_best=True)
   try:
-    abstract = {'params': checkpoints.abstract_host_state(params)}
-    restored = _restore_params_only(checkpointer, abstract, which)
+    restored = checkpointer.restore(checkpoints.abstract_host_state(host_state), None, which=which)
   finally:
     checkpointer.close()
   if restored is None:
     raise FileNotFoundError(f'{workdir} has no {which} checkpoint')
-  state, step = restored
-  nnx.update(model, state['params'])
+  host_state, step = restored
+  model = nnx.merge(graphdef, host_state.params, rngs)
   model.eval()
   return model, tokenizer, step
-
-
-def _restore_params_only(checkpointer, abstract, which):
-  import orbax.checkpoint as ocp
-  manager = checkpointer.best if which == 'best' else checkpointer.latest
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(item=abstract, restore_args=jax.tree.map(
-              lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract), partial_restore=True)))
-      return restored['state'], step
-    except Exception as e:  # noqa: BLE001
-      log.warning('checkpoint %d cannot be restored (%s); trying an older one', step, e)
-  return None
 
 
 class _Preemption:
@@ -141,7 +131,8 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _read_and_tokenize(config, split_name: str, split: str, tokenizer) -> tuple[list, pipeline.TokenizedPairs, str]:
+def _read_and_tokenize(config, split_name: str, split: str, tokenizer) -> tuple[list, Any, str]:
+  from transformer.input_pipeline import datasets, pipeline
   pairs, report = datasets.read_split(
       config.dataset, split, config.source_lang, config.target_lang,
       data_dir=config.tfds_data_dir or None, local_files=config.local_files.to_dict(),
@@ -153,6 +144,7 @@ def _read_and_tokenize(config, split_name: str, split: str, tokenizer) -> tuple[
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the workdir if it has checkpoints), evaluates, returns final metrics."""
+  from transformer.input_pipeline import datasets, pipeline
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   _check_workdir_config(config, workdir)
@@ -217,14 +209,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   say(f'MFU reference: {peak / 1e9:.1f} GFLOP/s ({peak_source})')
 
   def current_model() -> Transformer:
-    from flax import nnx
-    params = parallel.host_state(state.params) if False else parallel.host_state(state).params
-    m = nnx.merge(graphdef, params, rngs)
+    m = nnx.merge(graphdef, parallel.host_state(state).params, rngs)
     m.eval()
     return m
 
   def evaluate(step: int) -> dict[str, float]:
-    from flax import nnx
     host = parallel.host_state(state)
     params_on_device = parallel.device_state(host.params)
     sums = {'nll': 0.0, 'correct': 0.0, 'tokens': 0.0}
@@ -276,6 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         tokens_per_second = window_tokens / elapsed
         mfu = step_flops * window_steps / elapsed / peak if peak else float('nan')
         remaining = (config.num_train_steps - step) * elapsed / window_steps
+        if config.max_train_minutes:
+          remaining = min(remaining, 60 * config.max_train_minutes - (time.perf_counter() - run_start))
         lr = float(schedule(step - 1))
         if last_metrics['skipped']:
           say(f'step {step}: non-finite loss or gradient; the update was skipped')
@@ -286,20 +277,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                             'tokens_per_second': tokens_per_second, 'mfu': mfu,
                             'grad_norm': last_metrics['grad_norm']})
         window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+      out_of_time = config.max_train_minutes and (time.perf_counter() - run_start) / 60 >= config.max_train_minutes
+      if out_of_time:
+        say(f'time budget of {config.max_train_minutes} minutes reached at step {step}')
       if preemption.requested:
         say(f'SIGTERM received: saving a checkpoint at step {step} before exiting')
         checkpointer.save(step, parallel.host_state(state), train_iter, force=True)
         checkpointer.wait()
         return {'preempted_at_step': step}
-      evaluate_now = step % config.eval_every == 0 or step == config.num_train_steps
+      evaluate_now = step % config.eval_every == 0 or step == config.num_train_steps or out_of_time
       if evaluate_now:
         eval_metrics = evaluate(step)
         window_start = time.perf_counter()  # evaluation time is not training throughput
       if step % config.checkpoint_every == 0 or evaluate_now:
         checkpointer.save(step, parallel.host_state(state), train_iter,
                           bleu=eval_metrics.get('eval_bleu') if evaluate_now else None)
+      if out_of_time:
+        break
     checkpointer.wait()
-    results = _test(config, workdir, tokenizer, current_model(), say) if start_step < config.num_train_steps or True else {}
+    results = _test(config, workdir, tokenizer, current_model(), say)
     results.update({'step': step, 'train_minutes': (time.perf_counter() - run_start) / 60,
                     **{k: v for k, v in eval_metrics.items()}, 'train_loss': last_metrics.get('loss')})
     if is_lead:
@@ -315,10 +311,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _test(config, workdir: str, tokenizer, model: Transformer, say) -> dict[str, float]:
   """Test-set BLEU with each of `config.test_beam_sizes`."""
+  from transformer.input_pipeline import datasets
   pairs, report = datasets.read_split(
       config.dataset, config.test_split, config.source_lang, config.target_lang,
       data_dir=config.tfds_data_dir or None, local_files=config.local_files.to_dict(),
       skip_malformed=config.skip_malformed)
+  if config.test_max_sentences:
+    pairs = pairs[:config.test_max_sentences]
   sources, references = [s for s, _ in pairs], [t for _, t in pairs]
   results = {}
   for beam in config.test_beam_sizes:

@@ -94,11 +94,12 @@ def label_smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, weights: 
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab - 1)
   normalizer = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20))
-  log_probs = jax.nn.log_softmax(logits)
-  label_log_prob = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-  # Σ_v target_v · log p_v without materialising the one-hot target.
-  smoothed = confidence * label_log_prob + low * (log_probs.sum(-1) - label_log_prob)
-  loss = -smoothed - normalizer
+  # Σ_v target_v · log p_v = (1-ε-low)·z_label + low·Σ_v z_v - logsumexp(z), since the target sums
+  # to 1: two reductions over the logits, with neither log-probabilities nor a one-hot target
+  # materialised (the logits are the largest tensor of the step at small d_model).
+  label_logit = jnp.sum(jnp.where(jnp.arange(vocab) == labels[..., None], logits, 0.0), axis=-1)
+  loss = (jax.nn.logsumexp(logits, axis=-1) - (confidence - low) * label_logit
+          - low * logits.sum(-1) - normalizer)
   return (loss * weights).sum(), weights.sum()
 
 

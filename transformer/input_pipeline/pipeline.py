@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 from typing import Any, Sequence
 
 import grain
@@ -145,7 +144,8 @@ def train_dataset(
         num_packing_bins=batch_size, seed=seed, shuffle_bins=True)
   else:
     iter_ds = iter_ds.map(functools.partial(_pad_example, max_length=max_length))
-  return iter_ds.batch(batch_size, drop_remainder=True)
+  # Forever: every batch is full. A finite run keeps its last, partial batch (nothing is lost).
+  return iter_ds.batch(batch_size, drop_remainder=num_epochs is None)
 
 
 def eval_dataset(pairs: TokenizedPairs, *, batch_size: int, max_length: int,
@@ -161,5 +161,3 @@ def count_tokens(batch: dict[str, Any]) -> int:
   """Real (non-padding) source + target tokens in a batch."""
   return int((batch['inputs_segment_ids'] > 0).sum() + (batch['targets_segment_ids'] > 0).sum())
 
-
-log = logging.getLogger(__name__)

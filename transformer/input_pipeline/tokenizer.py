@@ -55,7 +55,8 @@ class Tokenizer:
 
   def normalize(self, text: str) -> str:
     """The text as the tokenizer sees it (NFKC, whitespace collapsed): what decode(encode()) returns."""
-    return self.processor.normalize(text)
+    # SentencePiece marks spaces (and the dummy prefix) with U+2581 in its normalised form.
+    return self.processor.normalize(text).replace('\u2581', ' ').strip()
 
 
 def train_tokenizer(

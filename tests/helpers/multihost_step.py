@@ -1,0 +1,43 @@
+"""One shard_map train step, run as one of several processes (or alone), printing loss and params.
+
+    python multihost_step.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
+NUM_PROCESSES=1 runs without jax.distributed (the single-process reference).
+"""
+
+import os
+import sys
+
+process_id, num_processes, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import jax  # noqa: E402
+
+if num_processes > 1:
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)
+
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from tests.test_train_step import synthetic_batch  # noqa: E402
+from transformer import training  # noqa: E402
+from transformer.model import TransformerConfig  # noqa: E402
+
+config = TransformerConfig(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
+                           num_decoder_layers=2, dropout_rate=0.0, max_length=64)
+model = training.create_model(config, seed=0)
+optimizer = optax.sgd(1.0)
+graphdef, state, rngs = training.init_train_state(model, optimizer, seed=0)
+parallel = training.DataParallel('shard_map')
+step = parallel.compile_train_step(training.make_train_step(graphdef, optimizer, label_smoothing=0.1,
+                                                            axis_name=parallel.axis_name))
+batch = synthetic_batch(rows=8)
+rows = 8 // jax.process_count()
+local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows] for k, v in batch.items()}
+state, metrics = step(parallel.device_state(state), rngs, parallel.device_batch(local))
+host = parallel.host_state(state)
+if jax.process_index() == 0:
+  leaves = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(host.params))}
+  np.savez(out, loss=parallel.metrics(metrics)['loss'], devices=jax.device_count(), **leaves)
+if num_processes > 1:
+  jax.distributed.shutdown()

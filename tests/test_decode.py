@@ -1,0 +1,129 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from transformer import Transformer, decode, evaluation
+
+PAD, BOS, EOS, A, B = 0, 1, 2, 3, 4
+
+
+def markov_step_fn(table):
+  """A hand-built 'model': the next-token distribution depends only on the previous token.
+
+  The cache counts the steps each row has taken, so wrong beam reordering would show."""
+  log_table = jnp.log(jnp.asarray(table, jnp.float32) + 1e-12)
+
+  def step_fn(tokens, position, cache):
+    del position
+    return log_table[tokens[:, 0]], cache + 1
+  return step_fn
+
+
+# From BOS: A 0.6, B 0.4. After A: EOS 0.4, A 0.3, B 0.3. After B: EOS 0.95, A 0.05.
+# Greedy takes A then EOS: P = 0.24. The better sequence is B EOS: P = 0.38.
+TABLE = np.zeros((5, 5))
+TABLE[BOS] = [0, 0, 0, 0.6, 0.4]
+TABLE[A] = [0, 0, 0.4, 0.3, 0.3]
+TABLE[B] = [0, 0, 0.95, 0.05, 0]
+TABLE[EOS] = [0, 0, 1.0, 0, 0]
+TABLE[PAD] = [0, 0, 1.0, 0, 0]
+
+
+def test_beam_search_finds_the_better_sequence_greedy_misses():
+  step_fn = markov_step_fn(TABLE)
+  greedy = decode.greedy_search(step_fn, jnp.zeros((1,)), 1, max_length=6, bos_id=BOS, eos_id=EOS)
+  np.testing.assert_array_equal(greedy[0], [A, EOS, PAD, PAD, PAD, PAD])
+  seqs, scores = decode.beam_search(step_fn, jnp.zeros((2,)), 1, beam_size=2, max_length=6, alpha=0.0,
+                                    bos_id=BOS, eos_id=EOS)
+  np.testing.assert_array_equal(seqs[0, 0], [B, EOS, PAD, PAD, PAD, PAD])
+  np.testing.assert_allclose(scores[0, 0], math.log(0.38), rtol=1e-5)
+  np.testing.assert_array_equal(seqs[0, 1], [A, EOS, PAD, PAD, PAD, PAD])
+  np.testing.assert_allclose(scores[0, 1], math.log(0.24), rtol=1e-5)
+
+
+def test_length_penalty_scores_and_finished_hypotheses_stop_growing():
+  step_fn = markov_step_fn(TABLE)
+  alpha = 0.6
+  seqs, scores = decode.beam_search(step_fn, jnp.zeros((3,)), 1, beam_size=3, max_length=8, alpha=alpha,
+                                    bos_id=BOS, eos_id=EOS)
+  for beam in range(3):
+    tokens = np.asarray(seqs[0, beam]).tolist()
+    assert EOS in tokens
+    end = tokens.index(EOS)
+    assert all(t == PAD for t in tokens[end + 1:])  # nothing after EOS
+    log_p, previous = 0.0, BOS
+    for t in tokens[:end + 1]:
+      log_p += math.log(TABLE[previous][t])
+      previous = t
+    lp = ((5 + end + 1) / 6) ** alpha
+    np.testing.assert_allclose(scores[0, beam], log_p / lp, rtol=1e-5)
+  assert np.all(np.diff(np.asarray(scores[0])) <= 1e-6)  # best first
+
+
+def random_step_fn(vocab=12, seed=0):
+  """Logits depend on the previous token and the position (a fixed random table)."""
+  table = jax.random.normal(jax.random.key(seed), (64, vocab, vocab)) * 2.0
+
+  def step_fn(tokens, position, cache):
+    return table[position, tokens[:, 0]], cache
+  return step_fn
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_beam_size_one_equals_greedy(seed):
+  step_fn = random_step_fn(seed=seed)
+  batch = 3
+  greedy = decode.greedy_search(step_fn, jnp.zeros((batch,)), batch, max_length=10, bos_id=BOS, eos_id=EOS)
+  seqs, _ = decode.beam_search(step_fn, jnp.zeros((batch,)), batch, beam_size=1, max_length=10, alpha=0.0,
+                               bos_id=BOS, eos_id=EOS)
+  np.testing.assert_array_equal(seqs[:, 0], greedy)
+
+
+@pytest.fixture
+def model(tiny_config):
+  m = Transformer(tiny_config, rngs=nnx.Rngs(3))
+  m.eval()
+  return m
+
+
+SRC = np.array([[5, 6, 7, 8, 2, 0], [9, 10, 2, 0, 0, 0], [11, 12, 13, 14, 15, 2]], np.int32)
+
+
+def test_cached_decoding_equals_recomputing_the_prefix(model):
+  cached = decode.generate(model, SRC, beam_size=1, max_length=12)
+  recomputed = decode.generate_recompute(model, SRC, max_length=12)
+  np.testing.assert_array_equal(cached, recomputed)
+
+
+def test_transformer_beam_search_outputs_are_well_formed(model):
+  tokens = np.asarray(decode.generate(model, SRC, beam_size=3, max_length=12))
+  assert tokens.shape == (3, 12)
+  for row in tokens.tolist():
+    if model.config.eos_id in row:
+      end = row.index(model.config.eos_id)
+      assert all(t == model.config.pad_id for t in row[end + 1:])
+  # Beam 1 through generate is the greedy path.
+  np.testing.assert_array_equal(decode.generate(model, SRC, beam_size=1, max_length=12),
+                                decode.generate_recompute(model, SRC, max_length=12))
+
+
+def test_default_max_length_is_source_length_plus_50_capped(model):
+  tokens = decode.generate(model, SRC, beam_size=1)
+  assert tokens.shape[1] == min(SRC.shape[1] + 50, model.config.max_length)
+  with pytest.raises(ValueError, match='beam_size'):
+    decode.generate(model, SRC, beam_size=0)
+
+
+def test_sacrebleu_on_detokenised_text():
+  refs = ['Au commencement, Dieu créa les cieux et la terre.', 'La terre était informe et vide.']
+  bleu, signature = evaluation.corpus_bleu(refs, refs)
+  assert bleu == pytest.approx(100.0)
+  assert 'tok:13a' in signature
+  worse, _ = evaluation.corpus_bleu(['Au commencement Dieu fit le ciel.', 'La terre était vide.'], refs)
+  assert 0 < worse < 100
+  with pytest.raises(ValueError, match='2 references'):
+    evaluation.corpus_bleu(['x'], refs)

@@ -1,0 +1,26 @@
+"""Executes each notebook top to bottom in its quick setting (TRANSFORMER_NOTEBOOK_QUICK=1)."""
+
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'notebooks')
+
+
+@pytest.mark.parametrize('name', ['quickstart.ipynb', 'teacher_forcing.ipynb'])
+def test_notebook_runs(name, tmp_path, monkeypatch):
+  path = os.path.join(NOTEBOOKS, name)
+  notebook = nbformat.read(path, as_version=4)
+  assert all(not cell.get('outputs') for cell in notebook.cells if cell.cell_type == 'code'), \
+      'notebooks are stored without outputs'
+  monkeypatch.setenv('TRANSFORMER_NOTEBOOK_QUICK', '1')
+  monkeypatch.setenv('TRANSFORMER_NOTEBOOK_FIGURES', str(tmp_path / 'figures'))
+  monkeypatch.setenv('MPLBACKEND', 'Agg')
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  client = NotebookClient(notebook, timeout=900, kernel_name='python3',
+                          resources={'metadata': {'path': NOTEBOOKS}})
+  client.execute()
+  figures = os.listdir(tmp_path / 'figures')
+  assert figures, 'the notebook drew no figure'

@@ -1,0 +1,230 @@
+"""End to end: train.py, resume after SIGTERM, checkpoints across device counts, multi-host."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import tiny_run
+from transformer import checkpoints, trainer
+
+ROOT = tiny_run.ROOT
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+  return tiny_run.write_tiny_corpus(str(tmp_path_factory.mktemp('corpus')))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, corpus):
+  workdir = str(tmp_path_factory.mktemp('trained') / 'run')
+  return workdir, tiny_run.run_train(workdir, tiny_run.tiny_overrides(corpus))
+
+
+def test_train_py_end_to_end_writes_everything(trained, corpus):
+  workdir, result = trained
+  out = result.stdout
+  assert 'step      6/6 | loss' in out and 'tok/s' in out and 'MFU' in out and 'ETA' in out
+  assert 'eval step 6:' in out and 'BLEU' in out and 'hypothesis:' in out
+  for name in ('config.json', 'tokenizer.model', 'metrics.jsonl', 'results.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  assert os.listdir(os.path.join(workdir, 'best'))
+  assert any(f.startswith('events') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
+  records = tiny_run.metrics(workdir)
+  assert [r['step'] for r in records if 'train_loss' in r] == [2, 4, 6]
+  assert [r['step'] for r in records if 'eval_bleu' in r] == [3, 6]
+  results = json.load(open(os.path.join(workdir, 'results.json')))
+  assert {'test_bleu_greedy', 'test_bleu_beam2', 'eval_loss', 'step'} <= set(results)
+
+  # A second run resumes (nothing left to train), reuses the tokenizer, and refuses a changed model.
+  again = tiny_run.run_train(workdir, tiny_run.tiny_overrides(corpus))
+  assert 'resumed from checkpoint at step 6' in again.stdout and 'tokenizer: reused' in again.stdout
+  changed = tiny_run.run_train(workdir, tiny_run.tiny_overrides(corpus, **{'model.d_model': 64}), check=False)
+  assert changed.returncode != 0 and 'different config' in changed.stderr and 'model' in changed.stderr
+
+
+def test_invalid_config_is_refused_before_anything_runs(tmp_path, corpus):
+  workdir = str(tmp_path / 'bad')
+  result = tiny_run.run_train(workdir, tiny_run.tiny_overrides(corpus, **{'model.num_heads': 5}), check=False)
+  assert result.returncode != 0 and 'divisible by num_heads' in result.stderr
+  result = tiny_run.run_train(workdir, tiny_run.tiny_overrides(corpus, batch_size=0), check=False)
+  assert result.returncode != 0 and 'config.batch_size must be a positive integer' in result.stderr
+
+
+def test_exact_resume_after_sigterm(tmp_path, corpus):
+  overrides = tiny_run.tiny_overrides(corpus, num_train_steps=40, log_every=1, eval_every=1000,
+                                      checkpoint_every=1000, **{'model.dropout_rate': 0.1})
+  straight = str(tmp_path / 'straight')
+  tiny_run.run_train(straight, overrides)
+
+  interrupted = str(tmp_path / 'interrupted')
+  process = subprocess.Popen(tiny_run.train_command(interrupted, overrides), cwd=ROOT, env=tiny_run.env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics_file = os.path.join(interrupted, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while time.time() < deadline:  # SIGTERM once at least N=20 steps are done
+    if os.path.exists(metrics_file) and any(json.loads(l)['step'] >= 20 for l in open(metrics_file) if l.strip()):
+      break
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.02)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  assert 'SIGTERM received: saving a checkpoint at step' in stdout, stdout[-2000:]
+  saved_step = int(stdout.split('saving a checkpoint at step ')[1].split()[0])
+  assert 20 <= saved_step < 40
+
+  resumed = tiny_run.run_train(interrupted, overrides)
+  assert f'resumed from checkpoint at step {saved_step}' in resumed.stdout
+  step_a, params_a = tiny_run.final_params(straight)
+  step_b, params_b = tiny_run.final_params(interrupted)
+  assert step_a == step_b == 40
+  for name in params_a:
+    np.testing.assert_allclose(params_b[name], params_a[name], atol=1e-6, err_msg=name)
+  # Same data order: the per-step training losses after the resume point match too.
+  loss = lambda w: {r['step']: r['train_loss'] for r in tiny_run.metrics(w) if 'train_loss' in r}
+  straight_loss, resumed_loss = loss(straight), loss(interrupted)
+  for step in range(saved_step + 1, 41):
+    assert resumed_loss[step] == pytest.approx(straight_loss[step], abs=1e-5), step
+
+
+def test_checkpoints_restore_across_device_counts(tmp_path, corpus):
+  def overrides(steps, parallelism='shard_map'):
+    # No dropout: each replica draws its own masks, so different device counts would differ.
+    return tiny_run.tiny_overrides(corpus, num_train_steps=steps, eval_every=1000, checkpoint_every=4,
+                                   log_every=1, test_beam_sizes='(1,)', parallelism=parallelism,
+                                   **{'model.dropout_rate': 0.0})
+  reference = str(tmp_path / 'eight')
+  tiny_run.run_train(reference, overrides(8), devices=8)
+  _, expected = tiny_run.final_params(reference)
+  for first, second in ((8, 2), (1, 8)):
+    workdir = str(tmp_path / f'{first}_to_{second}')
+    tiny_run.run_train(workdir, overrides(4, 'none' if first == 1 else 'shard_map'), devices=first)
+    result = tiny_run.run_train(workdir, overrides(8), devices=second)
+    assert 'resumed from checkpoint at step 4' in result.stdout
+    assert f'on {second} device(s)' in result.stdout
+    step, params = tiny_run.final_params(workdir)
+    assert step == 8
+    for name in expected:
+      np.testing.assert_allclose(params[name], expected[name], atol=2e-4, err_msg=f'{first}->{second} {name}')
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  workdir = str(tmp_path)
+  ckpt = checkpoints.Checkpointer(workdir, keep=3, keep_best=False)
+  for step in (1, 2):
+    ckpt.save(step, {'w': np.full((64, 64), float(step), np.float32)}, None, force=True)
+  ckpt.wait()
+  ckpt.close()
+  state_dir = os.path.join(workdir, 'checkpoints', '2', 'state')
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      if name not in ('commit_success.txt',):
+        with open(os.path.join(root, name), 'r+b') as f:
+          f.truncate(7)  # a torn write
+  reader = checkpoints.Checkpointer(workdir, keep=3, keep_best=False)
+  with caplog.at_level('WARNING'):
+    state, step = reader.restore({'w': np.zeros((64, 64), np.float32)}, None)
+  reader.close()
+  assert step == 1 and float(state['w'][0, 0]) == 1.0
+  assert 'checkpoint 2' in caplog.text and 'cannot be restored' in caplog.text
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
+  script = os.path.join(ROOT, 'tests', 'helpers', 'multihost_step.py')
+  single = str(tmp_path / 'single.npz')
+  subprocess.run([sys.executable, script, '0', '1', '0', single], cwd=ROOT, env=tiny_run.env(4),
+                 check=True, capture_output=True, timeout=300)
+  port = str(_free_port())
+  multi = str(tmp_path / 'multi.npz')
+  workers = [subprocess.Popen([sys.executable, script, str(i), '2', port, multi], cwd=ROOT,
+                              env=tiny_run.env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(2)]
+  for worker in workers:
+    _, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err.decode()[-3000:]
+  a, b = np.load(single), np.load(multi)
+  assert int(a['devices']) == int(b['devices']) == 4
+  np.testing.assert_allclose(b['loss'], a['loss'], atol=1e-6)
+  for key in a.files:
+    np.testing.assert_allclose(b[key], a[key], atol=1e-5, err_msg=key)
+
+
+def test_default_config_loss_decreases_on_the_embedded_corpus(tmp_path):
+  """The real default model and data (small batch, few steps): the loss must go down."""
+  workdir = str(tmp_path / 'default')
+  overrides = [f'--config.{k}={v}' for k, v in {
+      'num_train_steps': 40, 'batch_size': 8, 'log_every': 5, 'eval_every': 1000,
+      'checkpoint_every': 1000, 'bleu_sentences': 4, 'test_beam_sizes': '(1,)',
+      'test_max_sentences': 4, 'max_train_minutes': 0.0, 'tfds_data_dir': str(tmp_path / 'tfds'),
+      'vocab_max_sentences': 20000}.items()]
+  tiny_run.run_train(workdir, overrides)
+  losses = [r['train_loss'] for r in tiny_run.metrics(workdir) if 'train_loss' in r]
+  assert len(losses) == 8
+  assert losses[-1] < losses[0] - 1.0, losses
+
+
+def test_validate_config_names_the_field():
+  from configs import default
+  config = default.get_config()
+  config.overlong = 'wrap'
+  with pytest.raises(trainer.ConfigError, match='config.overlong'):
+    trainer.validate_config(config)
+  config = default.get_config()
+  config.model.max_length = 64
+  with pytest.raises(trainer.ConfigError, match='model.max_length'):
+    trainer.validate_config(config)
+
+
+def _translate(args, stdin=''):
+  return subprocess.run([sys.executable, '-m', 'transformer.translate', *args], cwd=ROOT, env=tiny_run.env(),
+                        input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_translate_round_trip(trained, tmp_path):
+  workdir, _ = trained
+  lines = ['In the beginning God created the heavens and the earth.', '', 'And God said', '',
+           'word ' * 200]
+  result = _translate([f'--workdir={workdir}', '--beam_size=2'], '\n'.join(lines) + '\n')
+  assert result.returncode == 0, result.stderr[-3000:]
+  outputs = result.stdout.split('\n')[:-1]
+  assert len(outputs) == len(lines)
+  assert outputs[1] == '' and outputs[3] == ''
+  assert 'line 5:' in result.stderr and 'truncated' in result.stderr
+  # The command prints what the library translates with the same checkpoint.
+  from transformer import evaluation
+  model, tokenizer, _ = trainer.load_model_from_workdir(workdir)
+  assert outputs == evaluation.translate(model, tokenizer, lines, beam_size=2, warn=lambda _: None)
+  # From a file, greedy, the best checkpoint: same line count.
+  source = tmp_path / 'in.txt'
+  source.write_text('\n'.join(lines[:3]) + '\n', encoding='utf-8')
+  result = _translate([f'--workdir={workdir}', f'--input={source}', '--beam_size=1', '--checkpoint=best'])
+  assert result.returncode == 0 and len(result.stdout.split('\n')[:-1]) == 3
+
+
+def test_translate_errors_are_clear(tmp_path, trained):
+  missing = _translate([f'--workdir={tmp_path / "nowhere"}'], 'hello\n')
+  assert missing.returncode == 2 and 'not a training workdir' in missing.stderr
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  workdir, _ = trained
+  for name in ('config.json', 'tokenizer.model'):
+    (empty / name).write_bytes(open(os.path.join(workdir, name), 'rb').read())
+  no_checkpoint = _translate([f'--workdir={empty}'], 'hello\n')
+  assert no_checkpoint.returncode == 2 and 'no latest checkpoint' in no_checkpoint.stderr
+  bad_beam = _translate([f'--workdir={workdir}', '--beam_size=0'], 'hello\n')
+  assert bad_beam.returncode != 0 and 'beam_size' in bad_beam.stderr

@@ -5,8 +5,13 @@
 The workdir is created if needed; if it holds checkpoints the run resumes from the newest one.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+import os
+
+# TensorFlow (used by TFDS only) prints CUDA/oneDNN notices at import; they say nothing about this run.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, tokenizer, metrics and results.')

@@ -296,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         break
     checkpointer.wait()
     results = _test(config, workdir, tokenizer, current_model(), say)
-    results.update({'step': step, 'train_minutes': (time.perf_counter() - run_start) / 60,
+    results.update({'step': step, 'loop_minutes': (time.perf_counter() - run_start) / 60,
                     **{k: v for k, v in eval_metrics.items()}, 'train_loss': last_metrics.get('loss')})
     if is_lead:
       with open(os.path.join(workdir, 'results.json'), 'w') as f:

@@ -13,9 +13,10 @@ instead, and the count is returned in `ReadReport` so that nothing is dropped si
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 
 class CorpusError(ValueError):
@@ -65,6 +66,23 @@ def _decode(path: str, number: int, raw: bytes) -> str:
     raise CorpusError(f'{path}:{number}: invalid UTF-8 at byte {e.start}') from e
 
 
+def _collect(parsers: Iterator[Callable[[], tuple[str, str]]], report: ReadReport,
+             skip_malformed: bool) -> tuple[list[tuple[str, str]], ReadReport]:
+  """Runs one parser per line; a CorpusError stops the read, or is counted with `skip_malformed`.
+
+  Errors raised by the iterator itself (not by a line's parser) always stop the read."""
+  pairs: list[tuple[str, str]] = []
+  for parse in parsers:
+    try:
+      pairs.append(parse())
+    except CorpusError as e:
+      if not skip_malformed:
+        raise
+      report.skip(str(e))
+  report.pairs = len(pairs)
+  return pairs, report
+
+
 def read_tsv(path: str, source_column: str, target_column: str, *,
              skip_malformed: bool = False) -> tuple[list[tuple[str, str]], ReadReport]:
   """Reads `(source, target)` pairs from a TSV file with a header line.
@@ -77,8 +95,6 @@ def read_tsv(path: str, source_column: str, target_column: str, *,
   Returns:
     The pairs and a `ReadReport`.
   """
-  report = ReadReport(path)
-  pairs: list[tuple[str, str]] = []
   lines = _lines(path)
   try:
     number, raw = next(lines)
@@ -90,55 +106,45 @@ def read_tsv(path: str, source_column: str, target_column: str, *,
     raise CorpusError(f'{path}:1: header {header} has no column {missing[0]!r} '
                       f'(expected a header naming {source_column!r} and {target_column!r})')
   src_index, tgt_index = header.index(source_column), header.index(target_column)
-  for number, raw in lines:
-    try:
-      line = _decode(path, number, raw)
-      fields = line.split('\t')
-      if len(fields) != len(header):
-        raise CorpusError(f'{path}:{number}: expected {len(header)} tab-separated columns, '
-                          f'found {len(fields)}')
-      source, target = fields[src_index].strip(), fields[tgt_index].strip()
-      if not source or not target:
-        side = source_column if not source else target_column
-        raise CorpusError(f'{path}:{number}: empty {side!r} side')
-    except CorpusError as e:
-      if not skip_malformed:
-        raise
-      report.skip(str(e))
-      continue
-    pairs.append((source, target))
-  report.pairs = len(pairs)
-  return pairs, report
+
+  def parse(number: int, raw: bytes) -> tuple[str, str]:
+    fields = _decode(path, number, raw).split('\t')
+    if len(fields) != len(header):
+      raise CorpusError(f'{path}:{number}: expected {len(header)} tab-separated columns, '
+                        f'found {len(fields)}')
+    source, target = fields[src_index].strip(), fields[tgt_index].strip()
+    if not source or not target:
+      side = source_column if not source else target_column
+      raise CorpusError(f'{path}:{number}: empty {side!r} side')
+    return source, target
+
+  return _collect((functools.partial(parse, n, r) for n, r in lines), ReadReport(path), skip_malformed)
 
 
 def read_parallel_files(source_path: str, target_path: str, *, skip_malformed: bool = False
                         ) -> tuple[list[tuple[str, str]], ReadReport]:
   """Reads `(source, target)` pairs from two line-aligned files (one sentence per line)."""
-  report = ReadReport(f'{source_path} + {target_path}')
-  pairs: list[tuple[str, str]] = []
-  source_lines, target_lines = _lines(source_path), _lines(target_path)
-  while True:
-    s, t = next(source_lines, None), next(target_lines, None)
-    if s is None and t is None:
-      break
-    if s is None or t is None:
-      shorter, longer = (source_path, target_path) if s is None else (target_path, source_path)
-      number = (t or s)[0]
-      raise CorpusError(f'{shorter}: has fewer lines than {longer} (which continues at line {number})')
-    number = s[0]
-    try:
-      source, target = _decode(source_path, number, s[1]).strip(), _decode(target_path, number, t[1]).strip()
-      if not source or not target:
-        path = source_path if not source else target_path
-        raise CorpusError(f'{path}:{number}: empty line (the other side is not empty)')
-    except CorpusError as e:
-      if not skip_malformed:
-        raise
-      report.skip(str(e))
-      continue
-    pairs.append((source, target))
-  report.pairs = len(pairs)
-  return pairs, report
+
+  def parse(number: int, source_raw: bytes, target_raw: bytes) -> tuple[str, str]:
+    source = _decode(source_path, number, source_raw).strip()
+    target = _decode(target_path, number, target_raw).strip()
+    if not source or not target:
+      path = source_path if not source else target_path
+      raise CorpusError(f'{path}:{number}: empty line (the other side is not empty)')
+    return source, target
+
+  def parsers():
+    source_lines, target_lines = _lines(source_path), _lines(target_path)
+    while True:
+      s, t = next(source_lines, None), next(target_lines, None)
+      if s is None and t is None:
+        return
+      if s is None or t is None:  # a structural error: never skipped
+        shorter, longer = (source_path, target_path) if s is None else (target_path, source_path)
+        raise CorpusError(f'{shorter}: has fewer lines than {longer} (which continues at line {(t or s)[0]})')
+      yield functools.partial(parse, s[0], s[1], t[1])
+
+  return _collect(parsers(), ReadReport(f'{source_path} + {target_path}'), skip_malformed)
 
 
 def read_local(spec: str, source_lang: str, target_lang: str, *, skip_malformed: bool = False

@@ -7,6 +7,7 @@ TensorBoard events, and results.json at the end.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -131,20 +132,18 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _read_and_tokenize(config, split_name: str, split: str, tokenizer) -> tuple[list, Any, str]:
-  from transformer.input_pipeline import datasets, pipeline
-  pairs, report = datasets.read_split(
+def _read(config: ml_collections.ConfigDict, split: str) -> tuple[list[tuple[str, str]], str]:
+  """Raw text pairs of one split of the configured dataset, and what was read."""
+  from transformer.input_pipeline import datasets
+  return datasets.read_split(
       config.dataset, split, config.source_lang, config.target_lang,
       data_dir=config.tfds_data_dir or None, local_files=config.local_files.to_dict(),
       skip_malformed=config.skip_malformed)
-  tokenized, stats = pipeline.tokenize_pairs(pairs, tokenizer, max_length=config.max_length,
-                                             overlong=config.overlong)
-  return pairs, tokenized, f'{split_name}: {report}; {stats}'
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the workdir if it has checkpoints), evaluates, returns final metrics."""
-  from transformer.input_pipeline import datasets, pipeline
+  from transformer.input_pipeline import pipeline
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   _check_workdir_config(config, workdir)
@@ -153,21 +152,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   say = writer.say
 
   # Data and tokenizer.
-  train_pairs, report = datasets.read_split(
-      config.dataset, config.train_split, config.source_lang, config.target_lang,
-      data_dir=config.tfds_data_dir or None, local_files=config.local_files.to_dict(),
-      skip_malformed=config.skip_malformed)
+  train_pairs, report = _read(config, config.train_split)
   tokenizer, trained_now = tokenizer_lib.load_or_train_tokenizer(
       os.path.join(workdir, 'tokenizer.model'),
       lambda: (text for pair in train_pairs for text in pair), vocab_size=config.vocab_size,
       character_coverage=config.character_coverage, max_sentences=config.vocab_max_sentences,
       seed=config.seed)
   say(f'tokenizer: {"trained" if trained_now else "reused"} {tokenizer.path} ({tokenizer.vocab_size} pieces)')
-  train_data, stats = pipeline.tokenize_pairs(train_pairs, tokenizer, max_length=config.max_length,
-                                              overlong=config.overlong)
+  tokenize = functools.partial(pipeline.tokenize_pairs, tokenizer=tokenizer,
+                               max_length=config.max_length, overlong=config.overlong)
+  train_data, stats = tokenize(train_pairs)
   say(f'train: {report}; {stats}')
-  eval_pairs, eval_data, eval_report = _read_and_tokenize(config, 'validation', config.eval_split, tokenizer)
-  say(eval_report)
+  eval_pairs, report = _read(config, config.eval_split)
+  eval_data, stats = tokenize(eval_pairs)
+  say(f'validation: {report}; {stats}')
 
   # Model, optimizer, parallelism.
   mconfig = model_config(config, tokenizer.vocab_size)
@@ -208,8 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   peak, peak_source = flops.device_peak()
   say(f'MFU reference: {peak / 1e9:.1f} GFLOP/s ({peak_source})')
 
-  def current_model() -> Transformer:
-    m = nnx.merge(graphdef, parallel.host_state(state).params, rngs)
+  def eval_model(params) -> Transformer:
+    m = nnx.merge(graphdef, params, rngs)
     m.eval()
     return m
 
@@ -228,8 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tokens = max(sums['tokens'], 1.0)
     metrics = {'eval_loss': sums['nll'] / tokens, 'eval_accuracy': sums['correct'] / tokens}
     metrics['eval_perplexity'] = math.exp(min(metrics['eval_loss'], 50.0))
-    m = nnx.merge(graphdef, host.params, rngs)
-    m.eval()
+    m = eval_model(host.params)
     count = config.bleu_sentences or len(eval_pairs)
     sources = [s for s, _ in eval_pairs[:count]]
     references = [t for _, t in eval_pairs[:count]]
@@ -295,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if out_of_time:
         break
     checkpointer.wait()
-    results = _test(config, workdir, tokenizer, current_model(), say)
+    results = _test(config, tokenizer, eval_model(parallel.host_state(state).params), say)
     results.update({'step': step, 'loop_minutes': (time.perf_counter() - run_start) / 60,
                     **{k: v for k, v in eval_metrics.items()}, 'train_loss': last_metrics.get('loss')})
     if is_lead:
@@ -309,13 +306,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
 
 
-def _test(config, workdir: str, tokenizer, model: Transformer, say) -> dict[str, float]:
+def _test(config, tokenizer, model: Transformer, say) -> dict[str, float]:
   """Test-set BLEU with each of `config.test_beam_sizes`."""
-  from transformer.input_pipeline import datasets
-  pairs, report = datasets.read_split(
-      config.dataset, config.test_split, config.source_lang, config.target_lang,
-      data_dir=config.tfds_data_dir or None, local_files=config.local_files.to_dict(),
-      skip_malformed=config.skip_malformed)
+  pairs, _ = _read(config, config.test_split)
   if config.test_max_sentences:
     pairs = pairs[:config.test_max_sentences]
   sources, references = [s for s, _ in pairs], [t for _, t in pairs]

@@ -51,9 +51,7 @@ def dot_product_attention(
       raise ValueError(f'unknown attention implementation {implementation!r}; '
                        f'choose one of {IMPLEMENTATIONS}')
     if bias is not None:
-      # jax.nn.dot_product_attention wants a rank-4 bias in the compute dtype.
-      bias = jnp.broadcast_to(bias, bias.shape[:1] + (bias.shape[1],) + bias.shape[2:])
-      bias = bias.astype(query.dtype)
+      bias = bias.astype(query.dtype)  # jax.nn.dot_product_attention wants the compute dtype
     return jax.nn.dot_product_attention(query, key, value, bias=bias,
                                         implementation=implementation)
 

@@ -81,7 +81,6 @@ class Checkpointer:
         continue
       if errors:
         log.warning('restored checkpoint %d after skipping %d unreadable newer one(s)', candidate, len(errors))
-      self.skipped = errors
       return restored['state'], candidate
     if errors:
       raise RuntimeError('no checkpoint could be restored:\n' + '\n'.join(errors))

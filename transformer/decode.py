@@ -24,6 +24,9 @@ from flax import nnx
 from transformer.attention import Cache
 from transformer.model import Transformer
 
+# The self-attention caches change every step (and are reordered with the beams); the
+# cross-attention keys/values are fixed per sentence.
+SELF_CACHE = nnx.All(Cache, nnx.Not(nnx.PathContains('cross_attention')))
 StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 NEG_INF = -1.0e7
 
@@ -164,7 +167,7 @@ def _generate(graphdef: nnx.GraphDef, state: nnx.State, src_tokens: jax.Array, *
     src_tokens = jnp.repeat(src_tokens, beam_size, axis=0)
   model.init_cache(encoded, max_length)
   graphdef_cached, self_cache, cross_cache, rest = nnx.split(
-      model, nnx.All(Cache, nnx.Not(nnx.PathContains('cross_attention'))), Cache, ...)
+      model, SELF_CACHE, Cache, ...)
   rows = src_tokens.shape[0]
 
   def step_fn(tokens, position, caches):
@@ -172,8 +175,7 @@ def _generate(graphdef: nnx.GraphDef, state: nnx.State, src_tokens: jax.Array, *
     m = nnx.merge(graphdef_cached, self_cache, cross_cache, rest)
     logits = m.decode(tokens, encoded, src_tokens, tgt_positions=jnp.full((rows, 1), position),
                       decode=True)
-    return logits[:, 0], (nnx.state(m, nnx.All(Cache, nnx.Not(nnx.PathContains('cross_attention')))),
-                          cross_cache)
+    return logits[:, 0], (nnx.state(m, SELF_CACHE), cross_cache)
 
   if beam_size == 1:
     tokens = greedy_search(step_fn, (self_cache, cross_cache), batch_size, max_length=max_length,

@@ -1,12 +1,15 @@
 """Our train step against PyTorch's `nn.Transformer` on the same configuration and batch.
 
-    python benchmarks/compare_pytorch.py [--config=A|B] [--steps=10] [--json]
+    python benchmarks/compare_pytorch.py [--config=A|B] [--what=train|decode|both] [--steps=10] [--json]
 
 Both sides do the same work: shared embedding tied to the output layer, teacher forcing with
 causal + padding masks, label-smoothed (0.1) cross-entropy over non-padding targets, Adam, dropout
 0.1. They are timed alternately in one process (median of `--steps` after warm-up). PyTorch runs
-eager and, when it works, under `torch.compile`. Without torch installed this prints how to get it
-(`pip install torch==2.13.0` takes a CPU wheel on the project's CI machines) and exits 0.
+eager and, when it works, under `torch.compile`. Decoding compares cached greedy search (32 random
+sentences, 64 generated tokens each, untrained weights) with PyTorch's loop over the same
+`nn.Transformer` layers with a KV cache, checked against its full forward pass. Without torch
+installed this prints how to get it (`pip install torch==2.13.0` takes a CPU wheel on the
+project's CI machines) and exits 0.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import numpy as np  # noqa: E402
 from benchmarks.train_throughput import CONFIGS, build_step  # noqa: E402
 
 
-def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool):
+def torch_model(spec: dict):
+  """PyTorch `nn.Transformer` (pre-LN, dropout 0.1) with a shared embedding tied to the output."""
   import torch
   from torch import nn
 
@@ -43,18 +47,26 @@ def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool)
           num_decoder_layers=m['num_decoder_layers'], dim_feedforward=m['d_ff'], dropout=0.1,
           batch_first=True, norm_first=True)
       self.register_buffer('positions', torch.from_numpy(_sinusoids(512, m['d_model'])))
+      self.scale = math.sqrt(m['d_model'])
+
+    def embed_at(self, tokens, start: int = 0):
+      return self.embed(tokens) * self.scale + self.positions[start:start + tokens.shape[1]]
 
     def forward(self, src, dec_in):
-      scale = math.sqrt(m['d_model'])
-      s = self.embed(src) * scale + self.positions[: src.shape[1]]
-      t = self.embed(dec_in) * scale + self.positions[: dec_in.shape[1]]
       causal = nn.Transformer.generate_square_subsequent_mask(dec_in.shape[1], device=src.device)
-      h = self.transformer(s, t, tgt_mask=causal, src_key_padding_mask=src == 0,
-                           tgt_key_padding_mask=dec_in == 0, memory_key_padding_mask=src == 0,
-                           tgt_is_causal=True)
+      h = self.transformer(self.embed_at(src), self.embed_at(dec_in), tgt_mask=causal,
+                           src_key_padding_mask=src == 0, tgt_key_padding_mask=dec_in == 0,
+                           memory_key_padding_mask=src == 0, tgt_is_causal=True)
       return h @ self.embed.weight.T
 
-  model = TorchTransformer()
+  return TorchTransformer()
+
+
+def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool):
+  import torch
+  from torch import nn
+
+  model = torch_model(spec)
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
   loss_fn = nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.1)
   src = torch.from_numpy(batch['inputs']).long()
@@ -73,6 +85,73 @@ def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool)
   return step
 
 
+def torch_greedy_cached(model, src, length: int, bos_id: int = 1, forced=None):
+  """PyTorch's greedy loop with a KV cache: self-attention keys/values appended per step,
+  cross-attention keys/values projected once per sentence (what `decode.generate` does).
+
+  `src` `[batch, src_length]` long -> `[batch, length]` generated tokens; with `forced`
+  `[batch, length]` long, feeds those tokens instead and returns the logits
+  `[batch, length, vocab]` (to check the cache against the full forward pass).
+  """
+  import torch
+  import torch.nn.functional as F
+
+  t = model.transformer
+  d = model.embed.weight.shape[1]
+  layers = t.decoder.layers
+  heads = layers[0].self_attn.num_heads
+  batch = src.shape[0]
+
+  def split(x):  # [batch, len, d] -> [batch, heads, len, head_dim]
+    return x.view(batch, -1, heads, d // heads).transpose(1, 2)
+
+  def merge(x):
+    return x.transpose(1, 2).reshape(batch, -1, d)
+
+  with torch.inference_mode():
+    memory = t.encoder(model.embed_at(src), src_key_padding_mask=src == 0)
+    cross = []
+    for layer in layers:
+      w, b = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
+      cross.append((split(F.linear(memory, w[d:2 * d], b[d:2 * d])), split(F.linear(memory, w[2 * d:], b[2 * d:]))))
+    keep_source = (src != 0)[:, None, None, :]
+    keys = [src.new_zeros((batch, heads, length, d // heads), dtype=memory.dtype) for _ in layers]
+    values = [torch.zeros_like(k) for k in keys]
+    token = torch.full((batch, 1), bos_id, dtype=torch.long)
+    out, logits = [], []
+    for step in range(length):
+      x = model.embed_at(token, step)
+      for i, layer in enumerate(layers):
+        q, k, v = F.linear(layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, -1)
+        keys[i][:, :, step:step + 1] = split(k)
+        values[i][:, :, step:step + 1] = split(v)
+        a = F.scaled_dot_product_attention(split(q), keys[i][:, :, :step + 1], values[i][:, :, :step + 1])
+        x = x + layer.self_attn.out_proj(merge(a))
+        w, b = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
+        q = F.linear(layer.norm2(x), w[:d], b[:d])
+        a = F.scaled_dot_product_attention(split(q), *cross[i], attn_mask=keep_source)
+        x = x + layer.multihead_attn.out_proj(merge(a))
+        x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+      step_logits = t.decoder.norm(x) @ model.embed.weight.T
+      token = step_logits.argmax(-1) if forced is None else forced[:, step:step + 1]
+      out.append(token)
+      logits.append(step_logits)
+    return torch.cat(out, 1) if forced is None else torch.cat(logits, 1)
+
+
+def check_cached_loop(model, src, bos_id: int) -> None:
+  """The cached loop's logits equal the full forward pass's (so the PyTorch side is a fair loop)."""
+  import torch
+  forced = torch.randint(3, model.embed.weight.shape[0], src.shape)
+  dec_in = torch.cat([torch.full_like(forced[:, :1], bos_id), forced[:, :-1]], 1)
+  with torch.inference_mode():
+    full = model(src, dec_in)
+  cached = torch_greedy_cached(model, src, src.shape[1], bos_id, forced=forced)
+  if not torch.allclose(cached, full, atol=1e-4, rtol=1e-4):
+    raise AssertionError(f"PyTorch's cached loop disagrees with its forward pass: max difference "
+                         f'{(cached - full).abs().max():.2e}')
+
+
 def _sinusoids(length: int, d: int) -> np.ndarray:
   from transformer.layers import sinusoidal_table
   return sinusoidal_table(length, d)
@@ -89,19 +168,7 @@ def median_time(fn, steps: int, warmup: int = 2) -> float:
   return statistics.median(times)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', choices=sorted(CONFIGS), default='A')
-  parser.add_argument('--steps', type=int, default=10)
-  parser.add_argument('--json', action='store_true')
-  args = parser.parse_args()
-  try:
-    import torch
-  except ImportError:
-    print('PyTorch is not installed. To compare: pip install torch==2.13.0  (a CPU wheel here), then '
-          'run this again.')
-    return 0
-
+def compare_train(args) -> dict:
   config, spec, state, rngs, step, batch = build_step(args.config, 'float32')
   host_batch = {k: np.asarray(v) for k, v in batch.items()}
   tokens = int((host_batch['inputs'] > 0).sum() + (host_batch['targets'] > 0).sum())
@@ -118,21 +185,76 @@ def main():
     variants['PyTorch torch.compile'] = compiled
   except Exception as e:  # noqa: BLE001  torch.compile needs a C++ toolchain and may fail
     print(f'torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}')
-  # Alternate rounds so that both sides see the same machine conditions.
+  return _alternate(variants, tokens, args.steps, f'train step, config {args.config}, batch '
+                    f'{spec["batch"]} x {spec["length"]}')
+
+
+def compare_decode(args) -> dict:
+  """Cached greedy decoding of 32 random sentences to 64 tokens, ours against PyTorch's loop."""
+  import torch
+  from flax import nnx
+  from transformer import Transformer, TransformerConfig, decode
+
+  spec = CONFIGS[args.config]
+  batch, length = 32, 64
+  config = TransformerConfig(**spec['model'], dropout_rate=0.0, max_length=256)
+  model = Transformer(config, rngs=nnx.Rngs(0))
+  model.eval()
+  # EOS logit 0 < the largest random logit: both sides generate exactly `length` tokens.
+  model.embed.table.embedding[...] = model.embed.table.embedding[...].at[config.eos_id].set(0.0)
+  src = np.random.default_rng(0).integers(3, config.vocab_size, size=(batch, length)).astype(np.int32)
+  src[:, -1] = config.eos_id
+  torch_model_ = torch_model(spec).eval()
+  with torch.no_grad():
+    torch_model_.embed.weight[config.eos_id] = 0.0
+  torch_src = torch.from_numpy(src).long()
+  check_cached_loop(torch_model_, torch_src, config.bos_id)
+
+  def ours():
+    jax.block_until_ready(decode.generate(model, src, beam_size=1, max_length=length))
+
+  variants = {'ours (JAX)': ours, 'PyTorch eager': lambda: torch_greedy_cached(torch_model_, torch_src, length)}
+  return _alternate(variants, batch * length, args.steps, f'cached greedy decoding, config '
+                    f'{args.config}, {batch} sentences x {length} tokens')
+
+
+def _alternate(variants: dict, tokens: int, steps: int, title: str) -> dict:
+  """Times the variants in alternating rounds so that all see the same machine conditions."""
   samples = {name: [] for name in variants}
   for _ in range(3):
     for name, fn in variants.items():
-      samples[name].append(median_time(fn, max(args.steps // 3, 2)))
+      samples[name].append(median_time(fn, max(steps // 3, 2)))
   results = {name: tokens / statistics.median(times) for name, times in samples.items()}
   best_torch = max(v for k, v in results.items() if k != 'ours (JAX)')
-  print(f'config {args.config} on {jax.devices()[0].device_kind}, torch {torch.__version__}, '
-        f'{torch.get_num_threads()} threads')
+  print(title)
   for name, tps in results.items():
     print(f'  {name:<24} {tps:>10,.0f} tok/s')
-  print(f'  ratio ours / fastest PyTorch: {results["ours (JAX)"] / best_torch:.2f}x')
+  ratio = results['ours (JAX)'] / best_torch
+  print(f'  ratio ours / fastest PyTorch: {ratio:.2f}x')
+  return {'tokens_per_second': results, 'ratio': ratio}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', choices=sorted(CONFIGS), default='A')
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--what', choices=('train', 'decode', 'both'), default='both')
+  parser.add_argument('--json', action='store_true')
+  args = parser.parse_args()
+  try:
+    import torch
+  except ImportError:
+    print('PyTorch is not installed. To compare: pip install torch==2.13.0  (a CPU wheel here), then '
+          'run this again.')
+    return 0
+  print(f'{jax.devices()[0].device_kind}; torch {torch.__version__} with {torch.get_num_threads()} threads')
+  out = {'config': args.config}
+  if args.what in ('train', 'both'):
+    out['train'] = compare_train(args)
+  if args.what in ('decode', 'both'):
+    out['decode'] = compare_decode(args)
   if args.json:
-    print(json.dumps({'config': args.config, 'tokens_per_second': results,
-                      'ratio': results['ours (JAX)'] / best_torch}))
+    print(json.dumps(out))
   return 0
 
 

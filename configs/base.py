@@ -26,6 +26,7 @@ def get_config():
   config.batch_size = 96
   config.num_train_steps = 100_000
   config.max_train_minutes = 0.0
+  config.lr_schedule = 'rsqrt'       # the paper's
   config.warmup_steps = 4000
   config.learning_rate_scale = 1.0
   config.eval_every = 5000

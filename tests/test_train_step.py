@@ -106,6 +106,25 @@ def test_rsqrt_schedule_peaks_at_warmup():
   np.testing.assert_allclose(values[3], values[2] / 2, rtol=1e-3)
 
 
+def test_linear_schedule_warms_up_like_rsqrt_then_reaches_zero_at_the_last_step():
+  rsqrt = training.rsqrt_schedule(256, 200, scale=0.45)
+  linear = training.linear_decay_schedule(256, 200, total_steps=1000, scale=0.45)
+  for count in (0, 57, 199):  # same warm-up and peak
+    np.testing.assert_allclose(linear(count), rsqrt(count), rtol=1e-5)
+  values = np.array([linear(c) for c in range(199, 1001)])
+  assert np.all(np.diff(values) < 0)  # strictly decreasing after the peak
+  np.testing.assert_allclose(values[(599 - 199)], values[0] / 2, rtol=1e-2)  # halfway at step 600
+  assert 0 < float(linear(999)) < values[0] / 100  # the last update is tiny but not zero
+  assert float(linear(1000)) == 0.0
+
+
+def test_make_optimizer_rejects_unknown_schedule():
+  with pytest.raises(ValueError, match="schedule must be one of"):
+    training.make_optimizer(64, 10, schedule='cosine')
+  with pytest.raises(ValueError, match='needs total_steps'):
+    training.make_optimizer(64, 10, schedule='linear')
+
+
 def test_decoder_input_restarts_at_each_packed_example():
   targets = jnp.array([[5, 6, 2, 7, 2, 0]])
   segments = jnp.array([[1, 1, 1, 2, 2, 0]])

@@ -188,6 +188,10 @@ def test_validate_config_names_the_field():
   config.model.max_length = 64
   with pytest.raises(trainer.ConfigError, match='model.max_length'):
     trainer.validate_config(config)
+  config = default.get_config()
+  config.lr_schedule = 'cosine'
+  with pytest.raises(trainer.ConfigError, match='config.lr_schedule'):
+    trainer.validate_config(config)
 
 
 def _translate(args, stdin=''):

@@ -50,6 +50,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.overlong must be one of {pipeline.OVERLONG_POLICIES}, got {config.overlong!r}')
   if config.parallelism not in training.PARALLELISMS:
     raise ConfigError(f'config.parallelism must be one of {training.PARALLELISMS}, got {config.parallelism!r}')
+  if config.get('lr_schedule', 'rsqrt') not in training.SCHEDULES:
+    raise ConfigError(f'config.lr_schedule must be one of {training.SCHEDULES}, got {config.lr_schedule!r}')
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ConfigError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing}')
   if config.eval_beam_size < 1 or any(b < 1 for b in config.test_beam_sizes):
@@ -67,6 +69,14 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> Transfor
   return TransformerConfig(vocab_size=vocab_size, pad_id=tokenizer_lib.PAD_ID,
                            bos_id=tokenizer_lib.BOS_ID, eos_id=tokenizer_lib.EOS_ID,
                            **config.model.to_dict())
+
+
+def make_optimizer(config: ml_collections.ConfigDict, d_model: int):
+  """The optimizer and learning-rate schedule that `config` describes."""
+  return training.make_optimizer(d_model, config.warmup_steps, config.learning_rate_scale,
+                                 max_grad_norm=config.max_grad_norm or None,
+                                 schedule=config.get('lr_schedule', 'rsqrt'),
+                                 total_steps=config.num_train_steps)
 
 
 def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -100,9 +110,7 @@ def load_model_from_workdir(workdir: str, *, which: str = 'latest') -> tuple[Tra
     config = ml_collections.ConfigDict(json.load(f))
   tokenizer = load_tokenizer(workdir)
   model = training.create_model(model_config(config, tokenizer.vocab_size), seed=0)
-  optimizer, _ = training.make_optimizer(model.config.d_model, config.warmup_steps,
-                                         config.learning_rate_scale,
-                                         max_grad_norm=config.max_grad_norm or None)
+  optimizer, _ = make_optimizer(config, model.config.d_model)
   graphdef, host_state, rngs = training.init_train_state(model, optimizer, seed=0)
   checkpointer = checkpoints.Checkpointer(workdir, keep_best=True)
   try:
@@ -178,9 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       f'{parallel.num_replicas} replicas')
   rows_per_host = config.batch_size // jax.process_count()
   model = training.create_model(mconfig, config.seed)
-  optimizer, schedule = training.make_optimizer(
-      mconfig.d_model, config.warmup_steps, config.learning_rate_scale,
-      max_grad_norm=config.max_grad_norm or None)
+  optimizer, schedule = make_optimizer(config, mconfig.d_model)
   graphdef, host_state, rngs = training.init_train_state(model, optimizer, config.seed)
   say(f'model: {sum(x.size for x in jax.tree.leaves(host_state.params)):,} parameters; '
       f'{parallel.num_replicas} replica(s) ({config.parallelism}) on {jax.device_count()} device(s), '

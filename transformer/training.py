@@ -47,6 +47,9 @@ class TrainState:
   rng: jax.Array
 
 
+SCHEDULES = ('rsqrt', 'linear')
+
+
 def rsqrt_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> optax.Schedule:
   """The paper's lr = scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5) (step from 1)."""
   def schedule(count):
@@ -55,15 +58,39 @@ def rsqrt_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> optax
   return schedule
 
 
+def linear_decay_schedule(d_model: int, warmup_steps: int, total_steps: int,
+                          scale: float = 1.0) -> optax.Schedule:
+  """The paper's warm-up to the same peak, then a straight line to 0 at `total_steps`.
+
+  For budgeted runs: the rsqrt schedule is still at half its peak after 4·warmup steps, so a run
+  that stops early never anneals; decaying to zero by the last step does.
+  """
+  peak = scale * d_model**-0.5 * warmup_steps**-0.5
+  warmup = min(warmup_steps, total_steps)
+  return optax.join_schedules(
+      [optax.linear_schedule(peak / warmup_steps, peak, warmup - 1),
+       optax.linear_schedule(peak, 0.0, max(total_steps - warmup + 1, 1))],
+      [warmup - 1])
+
+
 def make_optimizer(d_model: int, warmup_steps: int, learning_rate_scale: float = 1.0,
                    b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9,
-                   max_grad_norm: float | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Adam(β₁ 0.9, β₂ 0.98, ε 1e-9) with the rsqrt warm-up schedule (paper §5.3)."""
-  schedule = rsqrt_schedule(d_model, warmup_steps, learning_rate_scale)
-  adam = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
+                   max_grad_norm: float | None = None, schedule: str = 'rsqrt',
+                   total_steps: int | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Adam(β₁ 0.9, β₂ 0.98, ε 1e-9) with the paper's rsqrt warm-up schedule (§5.3) or, with
+  `schedule='linear'`, the same warm-up and a linear decay to 0 at `total_steps`."""
+  if schedule == 'rsqrt':
+    lr = rsqrt_schedule(d_model, warmup_steps, learning_rate_scale)
+  elif schedule == 'linear':
+    if not total_steps:
+      raise ValueError("schedule='linear' needs total_steps")
+    lr = linear_decay_schedule(d_model, warmup_steps, total_steps, learning_rate_scale)
+  else:
+    raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule!r}')
+  adam = optax.adam(lr, b1=b1, b2=b2, eps=eps)
   if max_grad_norm:
     adam = optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)
-  return adam, schedule
+  return adam, lr
 
 
 def decoder_input_from_targets(targets: jax.Array, segment_ids: jax.Array, positions: jax.Array,

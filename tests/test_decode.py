@@ -127,3 +127,13 @@ def test_sacrebleu_on_detokenised_text():
   assert 0 < worse < 100
   with pytest.raises(ValueError, match='2 references'):
     evaluation.corpus_bleu(['x'], refs)
+
+
+def test_argmax_last_matches_argmax_with_ties_and_nan():
+  logits = jnp.array([[0.0, 3.0, 3.0, 1.0], [5.0, -1.0, 5.0, 5.0], [-2.0, -3.0, -1.0, -1.5],
+                      [jnp.nan, jnp.nan, jnp.nan, jnp.nan]])
+  out = np.asarray(decode.argmax_last(logits))
+  np.testing.assert_array_equal(out[:3], np.asarray(logits[:3].argmax(-1)))  # first maximum on ties
+  assert 0 <= out[3] < 4  # an all-NaN row still gives a token inside the vocabulary
+  random = jax.random.normal(jax.random.key(0), (32, 8000))
+  np.testing.assert_array_equal(decode.argmax_last(random), random.argmax(-1))

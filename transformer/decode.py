@@ -36,6 +36,18 @@ def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
+def argmax_last(logits: jax.Array) -> jax.Array:
+  """`logits.argmax(-1)` (first maximum on ties) as int32, in two plain reductions.
+
+  XLA:CPU lowers argmax to one variadic (value, index) reduce that ran at a third of the speed
+  of max + min-index over `[32, 8000]` logits: 0.58 against 0.20 ms, 7% of a greedy step.
+  """
+  vocab = logits.shape[-1]
+  best = logits.max(-1, keepdims=True)
+  index = jnp.min(jnp.where(logits == best, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+  return jnp.minimum(index, vocab - 1)  # all-NaN rows: no element equals the max
+
+
 def greedy_search(step_fn: StepFn, cache: Any, batch_size: int, *, max_length: int, bos_id: int,
                   eos_id: int, pad_id: int = 0) -> jax.Array:
   """Picks the most likely token at each step.
@@ -52,7 +64,7 @@ def greedy_search(step_fn: StepFn, cache: Any, batch_size: int, *, max_length: i
     i, tokens, cache, finished = carry
     previous = jnp.where(i == 0, bos_id, tokens[:, jnp.maximum(i - 1, 0)])
     logits, cache = step_fn(previous[:, None], i, cache)
-    token = jnp.where(finished, pad_id, logits.argmax(-1).astype(jnp.int32))
+    token = jnp.where(finished, pad_id, argmax_last(logits))
     tokens = tokens.at[:, i].set(token)
     return i + 1, tokens, cache, finished | (token == eos_id)
 

@@ -99,9 +99,10 @@ def test_exact_resume_after_sigterm(tmp_path, corpus):
 def test_checkpoints_restore_across_device_counts(tmp_path, corpus):
   def overrides(steps, parallelism='shard_map'):
     # No dropout: each replica draws its own masks, so different device counts would differ.
+    # rsqrt: its learning rate does not depend on num_train_steps, which the resume raises 4 -> 8.
     return tiny_run.tiny_overrides(corpus, num_train_steps=steps, eval_every=1000, checkpoint_every=4,
                                    log_every=1, test_beam_sizes='(1,)', parallelism=parallelism,
-                                   **{'model.dropout_rate': 0.0})
+                                   lr_schedule='rsqrt', **{'model.dropout_rate': 0.0})
   reference = str(tmp_path / 'eight')
   tiny_run.run_train(reference, overrides(8), devices=8)
   _, expected = tiny_run.final_params(reference)
@@ -115,6 +116,18 @@ def test_checkpoints_restore_across_device_counts(tmp_path, corpus):
     assert step == 8
     for name in expected:
       np.testing.assert_allclose(params[name], expected[name], atol=2e-4, err_msg=f'{first}->{second} {name}')
+
+
+def test_resume_warns_when_num_train_steps_moves_the_linear_schedule(tmp_path):
+  from configs import default
+  config = default.get_config()
+  workdir = str(tmp_path)
+  assert trainer._check_workdir_config(config, workdir) == []  # first run: saves config.json
+  config.num_train_steps = 2 * config.num_train_steps
+  warnings = trainer._check_workdir_config(config, workdir)
+  assert len(warnings) == 1 and 'num_train_steps changed' in warnings[0] and 'linear' in warnings[0]
+  config.lr_schedule = 'rsqrt'  # the paper's schedule ignores num_train_steps
+  assert trainer._check_workdir_config(config, workdir) == []
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):

@@ -79,10 +79,14 @@ def make_optimizer(config: ml_collections.ConfigDict, d_model: int):
                                  total_steps=config.num_train_steps)
 
 
-def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Saves config.json on the first run; on a resume, refuses a config that changes the model."""
+def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Saves config.json on the first run; on a resume, refuses a config that changes the model.
+
+  Returns warnings about allowed changes that alter the run (to be logged).
+  """
   path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json_best_effort())
+  warnings = []
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
@@ -91,10 +95,18 @@ def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> No
       details = '; '.join(f'{k}: {saved.get(k)!r} in the workdir, {current.get(k)!r} now' for k in changed)
       raise ConfigError(f'{workdir} was trained with a different config ({details}). Use a new '
                         '--workdir, or the original values.')
+    if (config.get('lr_schedule', 'rsqrt') == 'linear'
+        and saved.get('num_train_steps') != config.num_train_steps):
+      warnings.append(
+          f"warning: num_train_steps changed from {saved.get('num_train_steps')} to "
+          f"{config.num_train_steps}; with lr_schedule='linear' the learning rate from the resumed "
+          'step on follows the new decay line (it jumps), so this run differs from one trained '
+          'with the new value from the start')
   if jax.process_index() == 0:
     with open(path + '.tmp', 'w') as f:
       json.dump(current, f, indent=2)
     os.replace(path + '.tmp', path)
+  return warnings
 
 
 def load_tokenizer(workdir: str) -> tokenizer_lib.Tokenizer:
@@ -154,10 +166,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from transformer.input_pipeline import pipeline
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
-  _check_workdir_config(config, workdir)
+  config_warnings = _check_workdir_config(config, workdir)
   is_lead = jax.process_index() == 0
   writer = MetricWriter(workdir, enabled=is_lead)
   say = writer.say
+  for warning in config_warnings:
+    say(warning)
 
   # Data and tokenizer.
   train_pairs, report = _read(config, config.train_split)

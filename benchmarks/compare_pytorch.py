@@ -204,16 +204,16 @@ def compare_decode(args) -> dict:
   model.embed.table.embedding[...] = model.embed.table.embedding[...].at[config.eos_id].set(0.0)
   src = np.random.default_rng(0).integers(3, config.vocab_size, size=(batch, length)).astype(np.int32)
   src[:, -1] = config.eos_id
-  torch_model_ = torch_model(spec).eval()
+  reference_model = torch_model(spec).eval()
   with torch.no_grad():
-    torch_model_.embed.weight[config.eos_id] = 0.0
+    reference_model.embed.weight[config.eos_id] = 0.0
   torch_src = torch.from_numpy(src).long()
-  check_cached_loop(torch_model_, torch_src, config.bos_id)
+  check_cached_loop(reference_model, torch_src, config.bos_id)
 
   def ours():
     jax.block_until_ready(decode.generate(model, src, beam_size=1, max_length=length))
 
-  variants = {'ours (JAX)': ours, 'PyTorch eager': lambda: torch_greedy_cached(torch_model_, torch_src, length)}
+  variants = {'ours (JAX)': ours, 'PyTorch eager': lambda: torch_greedy_cached(reference_model, torch_src, length)}
   return _alternate(variants, batch * length, args.steps, f'cached greedy decoding, config '
                     f'{args.config}, {batch} sentences x {length} tokens')
 

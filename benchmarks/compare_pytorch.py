@@ -192,20 +192,13 @@ def compare_train(args) -> dict:
 def compare_decode(args) -> dict:
   """Cached greedy decoding of 32 random sentences to 64 tokens, ours against PyTorch's loop."""
   import torch
-  from flax import nnx
-  from transformer import Transformer, TransformerConfig, decode
+  from benchmarks.decode_throughput import decoding_setup
+  from transformer import decode
 
-  spec = CONFIGS[args.config]
   batch, length = 32, 64
-  config = TransformerConfig(**spec['model'], dropout_rate=0.0, max_length=256)
-  model = Transformer(config, rngs=nnx.Rngs(0))
-  model.eval()
-  # EOS logit 0 < the largest random logit: both sides generate exactly `length` tokens.
-  model.embed.table.embedding[...] = model.embed.table.embedding[...].at[config.eos_id].set(0.0)
-  src = np.random.default_rng(0).integers(3, config.vocab_size, size=(batch, length)).astype(np.int32)
-  src[:, -1] = config.eos_id
-  reference_model = torch_model(spec).eval()
-  with torch.no_grad():
+  config, model, src = decoding_setup(args.config, batch, length)
+  reference_model = torch_model(CONFIGS[args.config]).eval()
+  with torch.no_grad():  # as in decoding_setup: no EOS, so both sides generate `length` tokens
     reference_model.embed.weight[config.eos_id] = 0.0
   torch_src = torch.from_numpy(src).long()
   check_cached_loop(reference_model, torch_src, config.bos_id)

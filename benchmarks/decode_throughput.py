@@ -38,6 +38,21 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
   return statistics.median(times), times
 
 
+def decoding_setup(name: str, batch: int, length: int) -> tuple[TransformerConfig, Transformer, np.ndarray]:
+  """An untrained model of config `name` that never emits EOS, and `[batch, length]` random sources.
+
+  The EOS embedding row is zeroed: its logit (0) never beats the largest random logit, so every
+  decoder generates exactly the requested number of tokens.
+  """
+  config = TransformerConfig(**CONFIGS[name]['model'], dropout_rate=0.0, max_length=256)
+  model = Transformer(config, rngs=nnx.Rngs(0))
+  model.eval()
+  model.embed.table.embedding[...] = model.embed.table.embedding[...].at[config.eos_id].set(0.0)
+  src = np.random.default_rng(0).integers(3, config.vocab_size, size=(batch, length)).astype(np.int32)
+  src[:, -1] = config.eos_id
+  return config, model, src
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', choices=sorted(CONFIGS), default='A')
@@ -47,15 +62,7 @@ def main():
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args()
 
-  spec = CONFIGS[args.config]
-  config = TransformerConfig(**spec['model'], dropout_rate=0.0, max_length=256)
-  model = Transformer(config, rngs=nnx.Rngs(0))
-  model.eval()
-  # EOS logit 0 < the largest random logit: every variant generates exactly --length tokens.
-  model.embed.table.embedding[...] = model.embed.table.embedding[...].at[config.eos_id].set(0.0)
-  rng = np.random.default_rng(0)
-  src = rng.integers(3, config.vocab_size, size=(args.batch, args.length)).astype(np.int32)
-  src[:, -1] = config.eos_id
+  config, model, src = decoding_setup(args.config, args.batch, args.length)
 
   variants = {
       'greedy, KV cache': lambda: decode.generate(model, src, beam_size=1, max_length=args.length),

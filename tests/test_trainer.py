@@ -127,6 +127,7 @@ def test_resume_warns_when_num_train_steps_moves_the_linear_schedule(tmp_path):
   warnings = trainer._check_workdir_config(config, workdir)
   assert len(warnings) == 1 and 'num_train_steps changed' in warnings[0] and 'linear' in warnings[0]
   config.lr_schedule = 'rsqrt'  # the paper's schedule ignores num_train_steps
+  config.num_train_steps = 3 * config.num_train_steps
   assert trainer._check_workdir_config(config, workdir) == []
 
 

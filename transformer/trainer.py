@@ -50,7 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.overlong must be one of {pipeline.OVERLONG_POLICIES}, got {config.overlong!r}')
   if config.parallelism not in training.PARALLELISMS:
     raise ConfigError(f'config.parallelism must be one of {training.PARALLELISMS}, got {config.parallelism!r}')
-  if config.get('lr_schedule', 'rsqrt') not in training.SCHEDULES:
+  if _lr_schedule(config) not in training.SCHEDULES:
     raise ConfigError(f'config.lr_schedule must be one of {training.SCHEDULES}, got {config.lr_schedule!r}')
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ConfigError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing}')
@@ -71,11 +71,16 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> Transfor
                            **config.model.to_dict())
 
 
+def _lr_schedule(config: ml_collections.ConfigDict) -> str:
+  # Workdirs from before `lr_schedule` existed were trained with the paper's schedule.
+  return config.get('lr_schedule', 'rsqrt')
+
+
 def make_optimizer(config: ml_collections.ConfigDict, d_model: int):
   """The optimizer and learning-rate schedule that `config` describes."""
   return training.make_optimizer(d_model, config.warmup_steps, config.learning_rate_scale,
                                  max_grad_norm=config.max_grad_norm or None,
-                                 schedule=config.get('lr_schedule', 'rsqrt'),
+                                 schedule=_lr_schedule(config),
                                  total_steps=config.num_train_steps)
 
 
@@ -95,7 +100,7 @@ def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> li
       details = '; '.join(f'{k}: {saved.get(k)!r} in the workdir, {current.get(k)!r} now' for k in changed)
       raise ConfigError(f'{workdir} was trained with a different config ({details}). Use a new '
                         '--workdir, or the original values.')
-    if (config.get('lr_schedule', 'rsqrt') == 'linear'
+    if (_lr_schedule(config) == 'linear'
         and saved.get('num_train_steps') != config.num_train_steps):
       warnings.append(
           f"warning: num_train_steps changed from {saved.get('num_train_steps')} to "

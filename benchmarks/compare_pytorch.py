@@ -1,11 +1,15 @@
 """Our train step against PyTorch's `nn.Transformer` on the same configuration and batch.
 
-    python benchmarks/compare_pytorch.py [--config=A|B] [--what=train|decode|both] [--steps=10] [--json]
+    python benchmarks/compare_pytorch.py [--config=A|B] [--what=train|decode|both]
+                                         [--dtype=float32|bfloat16] [--steps=10] [--json]
 
 Both sides do the same work: shared embedding tied to the output layer, teacher forcing with
 causal + padding masks, label-smoothed (0.1) cross-entropy over non-padding targets, Adam, dropout
 0.1. They are timed alternately in one process (median of `--steps` after warm-up). PyTorch runs
-eager and, when it works, under `torch.compile`. Decoding compares cached greedy search (32 random
+eager and, when it works, under `torch.compile`. With `--dtype=bfloat16` the train step is mixed
+precision on both sides: ours computes in bfloat16 with float32 parameters
+(`TransformerConfig(dtype='bfloat16')`), PyTorch runs its forward pass and loss under
+`torch.autocast('cpu', dtype=torch.bfloat16)`; decoding is always float32. Decoding compares cached greedy search (32 random
 sentences, 64 generated tokens each, untrained weights) with PyTorch's loop over the same
 `nn.Transformer` layers with a KV cache, checked against its full forward pass. Without torch
 installed this prints how to get it (`pip install torch==2.13.0` takes a CPU wheel on the
@@ -17,10 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+# PyTorch's OpenMP threads (libgomp) keep spinning on the 2 cores after each parallel region and
+# slowed the JAX steps timed after them by ~15% (config A, bfloat16: 4,265 against 5,094 tok/s with
+# passive waiting, which is what ours reaches alone); passive waiting costs PyTorch ~3%. Must be
+# set before torch is imported.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -62,7 +73,9 @@ def torch_model(spec: dict):
   return TorchTransformer()
 
 
-def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool):
+def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool, dtype: str = 'float32'):
+  import contextlib
+
   import torch
   from torch import nn
 
@@ -73,11 +86,15 @@ def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool)
   targets = torch.from_numpy(batch['targets']).long()
   dec_in = torch.cat([torch.ones_like(targets[:, :1]), targets[:, :-1]], 1) * (targets != 0)
   forward = torch.compile(model) if compile_model else model
+  # Mixed precision as PyTorch users write it: forward and loss under autocast, backward outside.
+  precision = ((lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if dtype == 'bfloat16'
+               else contextlib.nullcontext)
 
   def step():
     optimizer.zero_grad(set_to_none=True)
-    logits = forward(src, dec_in)
-    loss = loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    with precision():
+      logits = forward(src, dec_in)
+      loss = loss_fn(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -169,7 +186,7 @@ def median_time(fn, steps: int, warmup: int = 2) -> float:
 
 
 def compare_train(args) -> dict:
-  config, spec, state, rngs, step, batch = build_step(args.config, 'float32')
+  config, spec, state, rngs, step, batch = build_step(args.config, args.dtype)
   host_batch = {k: np.asarray(v) for k, v in batch.items()}
   tokens = int((host_batch['inputs'] > 0).sum() + (host_batch['targets'] > 0).sum())
   holder = {'state': state}
@@ -178,15 +195,16 @@ def compare_train(args) -> dict:
     holder['state'], metrics = step(holder['state'], rngs, batch)
     jax.block_until_ready(metrics)
 
-  variants = {'ours (JAX)': ours, 'PyTorch eager': torch_step_fn(spec, host_batch, compile_model=False)}
+  variants = {'ours (JAX)': ours,
+              'PyTorch eager': torch_step_fn(spec, host_batch, compile_model=False, dtype=args.dtype)}
   try:
-    compiled = torch_step_fn(spec, host_batch, compile_model=True)
+    compiled = torch_step_fn(spec, host_batch, compile_model=True, dtype=args.dtype)
     compiled()
     variants['PyTorch torch.compile'] = compiled
   except Exception as e:  # noqa: BLE001  torch.compile needs a C++ toolchain and may fail
     print(f'torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}')
-  return _alternate(variants, tokens, args.steps, f'train step, config {args.config}, batch '
-                    f'{spec["batch"]} x {spec["length"]}')
+  return _alternate(variants, tokens, args.steps, f'train step, config {args.config} ({args.dtype}), '
+                    f'batch {spec["batch"]} x {spec["length"]}')
 
 
 def compare_decode(args) -> dict:
@@ -232,6 +250,8 @@ def main():
   parser.add_argument('--config', choices=sorted(CONFIGS), default='A')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--what', choices=('train', 'decode', 'both'), default='both')
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                      help='train-step precision on both sides (decoding is float32)')
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args()
   try:
@@ -241,7 +261,7 @@ def main():
           'run this again.')
     return 0
   print(f'{jax.devices()[0].device_kind}; torch {torch.__version__} with {torch.get_num_threads()} threads')
-  out = {'config': args.config}
+  out = {'config': args.config, 'dtype': args.dtype}
   if args.what in ('train', 'both'):
     out['train'] = compare_train(args)
   if args.what in ('decode', 'both'):

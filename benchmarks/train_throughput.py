@@ -6,7 +6,8 @@ Config A: the CPU default's scale (vocab 8000, d_model 256, 4 heads, d_ff 1024, 
 batch 32, length 64). Config B: Transformer-base dims (vocab 32000, d_model 512, 8 heads,
 d_ff 2048, 6+6 layers, batch 16, length 64). Lengths are uniform in [39, 64] (about 20% padding).
 tokens/s counts non-padding source + target tokens; MFU = analytic model FLOP/s / peak (on CPU the
-peak is a float32 2048³ jnp.dot measured in the same run; on GPU the card's dense bf16 peak).
+peak is a 2048³ jnp.dot in the run's dtype measured in the same run; on GPU the card's dense bf16
+peak).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def main():
   median = statistics.median(times)
   tokens = int((np.asarray(batch['inputs_segment_ids']) > 0).sum() + (np.asarray(batch['targets_segment_ids']) > 0).sum())
   model_flops = flops.train_step_flops(config, spec['batch'], spec['length'], spec['length'])
-  peak, peak_source = flops.device_peak()
+  peak, peak_source = flops.device_peak(config.dtype)
   result = {
       'config': args.config, 'dtype': args.dtype, 'attention': args.attention,
       'device': jax.devices()[0].device_kind, 'step_ms_median': 1e3 * median,

@@ -83,9 +83,11 @@ def test_beam_size_one_equals_greedy(seed):
   np.testing.assert_array_equal(seqs[:, 0], greedy)
 
 
-@pytest.fixture
-def model(tiny_config):
-  m = Transformer(tiny_config, rngs=nnx.Rngs(3))
+@pytest.fixture(params=['float32', 'bfloat16'])
+def model(tiny_config, request):
+  """The tiny model in float32 and in bfloat16 compute (whose CPU projections take their own
+  path, `transformer.precision`, in the cached steps as in the full pass)."""
+  m = Transformer(tiny_config.replace(dtype=request.param), rngs=nnx.Rngs(3))
   m.eval()
   return m
 

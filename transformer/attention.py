@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from transformer import masks
+from transformer import masks, precision
 
 Implementation = Literal['reference', 'xla', 'cudnn']
 IMPLEMENTATIONS = ('reference', 'xla', 'cudnn')
@@ -156,7 +156,7 @@ class MultiHeadAttention(nnx.Module):
 
   def _project(self, x: jax.Array, kernel: nnx.Param) -> jax.Array:
     """`[b, l, d_model]` x kernel `[d_model, *out]` -> `[b, l, *out]` in the compute dtype."""
-    return jnp.einsum('bld,d...->bl...', x.astype(self.dtype), kernel[...].astype(self.dtype))
+    return precision.project('bld,d...->bl...', x, kernel[...], self.dtype)
 
   def _bias(self, name: str) -> jax.Array:
     return getattr(self, name)[...].astype(self.dtype)
@@ -249,5 +249,5 @@ class MultiHeadAttention(nnx.Module):
     dropout = self.attention_dropout if self.attention_dropout.rate > 0 else None
     heads = dot_product_attention(query, key, value, bias, dropout=dropout,
                                   implementation=self.implementation)
-    out = jnp.einsum('bqhd,hdm->bqm', heads, self.w_o[...].astype(self.dtype))
+    out = precision.project('bqhd,hdm->bqm', heads, self.w_o[...], self.dtype)
     return out + self.b_o[...].astype(self.dtype)

@@ -34,10 +34,16 @@ def train_step_flops(config: TransformerConfig, batch: int, src_length: int, tgt
   return 3.0 * (matmul_forward + attention_forward)
 
 
-def measure_cpu_peak(n: int = 2048, repeats: int = 5) -> float:
-  """float32 FLOP/s of an n×n×n `jnp.dot` under jit on the default device (best of `repeats`)."""
-  a = jnp.ones((n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
+def measure_cpu_peak(n: int = 2048, repeats: int = 5, dtype: str = 'float32') -> float:
+  """FLOP/s of an n×n×n `jnp.dot` under jit on the default device (best of `repeats`).
+
+  For bfloat16 the product accumulates into float32 (`preferred_element_type`): that is the form
+  XLA:CPU runs on its fast bf16 kernels (with a bf16 result it runs at about the float32 rate), so
+  this is the best bf16 matmul rate the CPU gives through XLA.
+  """
+  a = jnp.ones((n, n), jnp.dtype(dtype))
+  accumulate = jnp.float32 if jnp.dtype(dtype) == jnp.bfloat16 else None
+  dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=accumulate))
   dot(a, a).block_until_ready()
   best = float('inf')
   for _ in range(repeats):
@@ -47,8 +53,13 @@ def measure_cpu_peak(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / best
 
 
-def device_peak() -> tuple[float, str]:
-  """(peak FLOP/s, how it was obtained) for the first device."""
+def device_peak(dtype: str = 'float32') -> tuple[float, str]:
+  """(peak FLOP/s, how it was obtained) for the first device, for compute in `dtype`.
+
+  Accelerators: the card's dense bf16 peak whatever `dtype` (MFU is quoted against it). CPU: a
+  matmul of `dtype` measured now, since a CPU's bf16 and float32 rates differ (about 2× where it
+  has AVX512-BF16) and its clock depends on the machine.
+  """
   device = jax.devices()[0]
   if device.platform == 'gpu':
     for name, peak in GPU_PEAK_BF16.items():
@@ -57,4 +68,4 @@ def device_peak() -> tuple[float, str]:
     return 0.0, f'unknown GPU {device.device_kind}'
   if device.platform == 'tpu':
     return 0.0, f'TPU {device.device_kind} (peak unknown here)'
-  return measure_cpu_peak(), 'measured float32 2048³ jnp.dot on this CPU'
+  return measure_cpu_peak(dtype=dtype), f'measured {dtype} 2048³ jnp.dot on this CPU'

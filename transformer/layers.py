@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from transformer import precision
+
 
 class Embed(nnx.Module):
   """Token embedding shared by source, target and the pre-softmax projection (paper §3.4).
@@ -31,8 +33,14 @@ class Embed(nnx.Module):
     return self.table(tokens) * math.sqrt(self.d_model)
 
   def attend(self, x: jax.Array) -> jax.Array:
-    """Output projection with the same weights: `[batch, length, d_model]` -> logits `[batch, length, vocab_size]`."""
-    return self.table.attend(x)
+    """Output projection with the same weights: `[batch, length, d_model]` -> float32 logits
+    `[batch, length, vocab_size]`.
+
+    In bfloat16 the products are summed in float32 and the logits stay float32: the loss, the
+    argmax and beam scores read them, and rounding them to bfloat16 first would only lose digits.
+    """
+    dtype = self.table.dtype or self.table.param_dtype
+    return precision.project('bld,vd->blv', x, self.table.embedding[...], dtype, float32_result=True)
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,11 +94,20 @@ class FeedForward(nnx.Module):
   def __init__(self, d_model: int, d_ff: int, *, dropout_rate: float = 0.0, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     init = nnx.initializers.xavier_uniform()
-    self.w_1 = nnx.Linear(d_model, d_ff, kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.w_2 = nnx.Linear(d_ff, d_model, kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.dtype = dtype
+    # nnx.Linear holds the parameters (kernel [in, out], bias [out]); the matmuls go through
+    # precision.project, which is what makes bfloat16 fast on CPU.
+    self.w_1 = nnx.Linear(d_model, d_ff, kernel_init=init, param_dtype=param_dtype, rngs=rngs)
+    self.w_2 = nnx.Linear(d_ff, d_model, kernel_init=init, param_dtype=param_dtype, rngs=rngs)
     # Dropout on the hidden ReLU activations, as in tensor2tensor's "relu_dropout" (0 in the paper).
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[batch, length, d_model]` -> `[batch, length, d_model]`."""
-    return self.w_2(self.dropout(jax.nn.relu(self.w_1(x))))
+    hidden = jax.nn.relu(self._linear(self.w_1, x))
+    return self._linear(self.w_2, self.dropout(hidden))
+
+  def _linear(self, layer: nnx.Linear, x: jax.Array) -> jax.Array:
+    """x W + b: `[batch, length, d_in]` -> `[batch, length, d_out]` in the compute dtype."""
+    return (precision.project('bli,io->blo', x, layer.kernel[...], self.dtype)
+            + layer.bias[...].astype(self.dtype))

@@ -333,7 +333,7 @@ class Transformer(nnx.Module):
       cross_mask = masks.combine(cross_mask, masks.segment_mask(tgt_segments, src_segments))
     x = self.decoder(self.embed(decoder_input), encoded, masks.mask_to_bias(self_mask),
                      masks.mask_to_bias(cross_mask), tgt_positions, decode=decode)
-    return self.embed.attend(x).astype(jnp.float32)
+    return self.embed.attend(x)
 
   def __call__(
       self,

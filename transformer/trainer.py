@@ -228,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       grad_accum_steps=config.grad_accum_steps, axis_name=parallel.axis_name))
   eval_step = parallel.compile_eval_step(training.make_eval_step(graphdef, axis_name=parallel.axis_name))
   step_flops = flops.train_step_flops(mconfig, config.batch_size, config.max_length, config.max_length)
-  peak, peak_source = flops.device_peak()
+  peak, peak_source = flops.device_peak(mconfig.dtype)
   say(f'MFU reference: {peak / 1e9:.1f} GFLOP/s ({peak_source})')
 
   def eval_model(params) -> Transformer:

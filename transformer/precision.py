@@ -1,0 +1,67 @@
+"""Mixed precision: how bfloat16 projections accumulate.
+
+A bfloat16 projection multiplies bfloat16 operands, sums the products in float32 and rounds the
+result to bfloat16 once; GPUs and TPUs do exactly that inside their bfloat16 dots. XLA:CPU does
+too, but it runs such a dot on its fast AVX512-BF16 kernels only when the dot's *result* is
+float32: with a bfloat16 result the same matmul runs at the float32 rate (2048×1024×256 on the
+project's EPYC CPU: ~400 against ~170 GFLOP/s), so mixed precision gained nothing on CPU. On CPU
+we therefore ask for the float32 result and round it ourselves: the same numbers, 1.25–1.3× faster
+train steps (configs A and B of `benchmarks/train_throughput.py`). Only projections take this
+form: XLA:CPU's batched-dot kernel (attention's per-head contractions) does not implement
+bf16 × bf16 -> f32 at all. Accelerators keep the plain dot.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _bf16_projection(equation: str, result_dtype, x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """bfloat16 einsum `equation` with float32 sums, returned in `result_dtype`; `x` and `kernel`
+  may be float32 (cast here), and their gradients come back in their own dtypes."""
+  return jnp.einsum(equation, x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16),
+                    preferred_element_type=jnp.float32).astype(result_dtype)
+
+
+def _bf16_projection_fwd(equation, result_dtype, x, kernel):
+  return _bf16_projection(equation, result_dtype, x, kernel), (x, kernel)
+
+
+def _bf16_projection_bwd(equation, result_dtype, residuals, g):
+  # Written out rather than left to autodiff: autodiff feeds the float32 cotangent of the float32
+  # result into both gradient matmuls, which then run as float32 × float32 (half the speed).
+  # Each index of a projection appears in exactly two of x, kernel, result, so the gradients are
+  # the same einsum with the roles swapped, bf16 operands, float32 sums.
+  x, kernel = residuals
+  inputs, result = equation.split('->')
+  x_indices, kernel_indices = inputs.split(',')
+  g, x16, kernel16 = g.astype(jnp.bfloat16), x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+  dx = jnp.einsum(f'{result},{kernel_indices}->{x_indices}', g, kernel16,
+                  preferred_element_type=jnp.float32)
+  dkernel = jnp.einsum(f'{x_indices},{result}->{kernel_indices}', x16, g,
+                       preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_bf16_projection.defvjp(_bf16_projection_fwd, _bf16_projection_bwd)
+
+
+def project(equation: str, x: jax.Array, kernel: jax.Array, dtype, *,
+            float32_result: bool = False) -> jax.Array:
+  """A projection `jnp.einsum(equation, x, kernel)` with both operands in the compute `dtype`.
+
+  The result is in `dtype`, or float32 with `float32_result` (logits: the sums are not rounded to
+  bfloat16). A projection shares no index between `x` and the weight `kernel` that is not summed:
+  every index (and `...`) appears in exactly two of x, kernel and the result, e.g. 'bld,dhk->blhk'.
+  On CPU in bfloat16 the forward and both gradient matmuls take bf16 operands and sum in float32
+  (module docstring).
+  """
+  result_dtype = jnp.float32 if float32_result else jnp.dtype(dtype)
+  if jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == 'cpu':
+    return _bf16_projection(equation, result_dtype, x, kernel)
+  return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype),
+                    preferred_element_type=result_dtype)

@@ -9,11 +9,18 @@ causal + padding masks, label-smoothed (0.1) cross-entropy over non-padding targ
 eager and, when it works, under `torch.compile`. With `--dtype=bfloat16` the train step is mixed
 precision on both sides: ours computes in bfloat16 with float32 parameters
 (`TransformerConfig(dtype='bfloat16')`), PyTorch runs its forward pass and loss under
-`torch.autocast('cpu', dtype=torch.bfloat16)`; decoding is always float32. Decoding compares cached greedy search (32 random
-sentences, 64 generated tokens each, untrained weights) with PyTorch's loop over the same
-`nn.Transformer` layers with a KV cache, checked against its full forward pass. Without torch
-installed this prints how to get it (`pip install torch==2.13.0` takes a CPU wheel on the
-project's CI machines) and exits 0.
+`torch.autocast('cpu', dtype=torch.bfloat16)`; decoding is always float32.
+
+Decoding compares cached greedy search (32 random sentences, 64 generated tokens each, untrained
+weights) with PyTorch's loop over the same `nn.Transformer` layers with a KV cache, checked
+against its full forward pass. Without torch installed this prints how to get it
+(`pip install torch==2.13.0` takes a CPU wheel on the project's CI machines) and exits 0.
+
+In one process the two runtimes' thread pools interfere on a small CPU: on the 2-core EPYC,
+PyTorch's libgomp threads slowed our train steps by ~15%, and `OMP_WAIT_POLICY=PASSIVE`, which
+removes that, slowed PyTorch's many small decoding ops by ~25%. The ratio printed here is under
+whatever environment you give it; time each side alone (`train_throughput.py`,
+`decode_throughput.py`) for the other view.
 """
 
 from __future__ import annotations
@@ -21,17 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
-
-# PyTorch's OpenMP threads (libgomp) keep spinning on the 2 cores after each parallel region and
-# slowed the JAX steps timed after them by ~15% (config A, bfloat16: 4,265 against 5,094 tok/s with
-# passive waiting, which is what ours reaches alone); passive waiting costs PyTorch ~3%. Must be
-# set before torch is imported.
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -1,6 +1,7 @@
 """Generated tokens/s: greedy with the KV cache, greedy recomputing the prefix, beam 4 with the cache.
 
-    python benchmarks/decode_throughput.py [--config=A] [--batch=32] [--length=64] [--json]
+    python benchmarks/decode_throughput.py [--config=A] [--dtype=float32|bfloat16] [--batch=32]
+                                           [--length=64] [--json]
 
 32 source sentences of length 64 (random tokens, untrained weights). Every variant generates
 exactly `--length` tokens: the EOS embedding row is zeroed, so its logit (0) never beats the
@@ -38,13 +39,15 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
   return statistics.median(times), times
 
 
-def decoding_setup(name: str, batch: int, length: int) -> tuple[TransformerConfig, Transformer, np.ndarray]:
-  """An untrained model of config `name` that never emits EOS, and `[batch, length]` random sources.
+def decoding_setup(name: str, batch: int, length: int, dtype: str = 'float32'
+                   ) -> tuple[TransformerConfig, Transformer, np.ndarray]:
+  """An untrained model of config `name` computing in `dtype` that never emits EOS, and
+  `[batch, length]` random sources.
 
   The EOS embedding row is zeroed: its logit (0) never beats the largest random logit, so every
   decoder generates exactly the requested number of tokens.
   """
-  config = TransformerConfig(**CONFIGS[name]['model'], dropout_rate=0.0, max_length=256)
+  config = TransformerConfig(**CONFIGS[name]['model'], dropout_rate=0.0, max_length=256, dtype=dtype)
   model = Transformer(config, rngs=nnx.Rngs(0))
   model.eval()
   model.embed.table.embedding[...] = model.embed.table.embedding[...].at[config.eos_id].set(0.0)
@@ -56,13 +59,14 @@ def decoding_setup(name: str, batch: int, length: int) -> tuple[TransformerConfi
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', choices=sorted(CONFIGS), default='A')
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--length', type=int, default=64)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args()
 
-  config, model, src = decoding_setup(args.config, args.batch, args.length)
+  config, model, src = decoding_setup(args.config, args.batch, args.length, args.dtype)
 
   variants = {
       'greedy, KV cache': lambda: decode.generate(model, src, beam_size=1, max_length=args.length),
@@ -70,7 +74,7 @@ def main():
       'beam 4, KV cache': lambda: decode.generate(model, src, beam_size=4, max_length=args.length),
   }
   results = {}
-  print(f'config {args.config}: {args.batch} sentences, {args.length} generated tokens each, on {jax.devices()[0].device_kind}')
+  print(f'config {args.config} ({args.dtype}): {args.batch} sentences, {args.length} generated tokens each, on {jax.devices()[0].device_kind}')
   for name, fn in variants.items():
     median, times = timed(fn, args.repeats)
     tokens_per_second = args.batch * args.length / median
@@ -79,7 +83,7 @@ def main():
   speedup = results['greedy, KV cache']['tokens_per_second'] / results['greedy, recompute prefix']['tokens_per_second']
   print(f'  cache speed-up (greedy): {speedup:.1f}x')
   if args.json:
-    print(json.dumps({'config': args.config, 'variants': results, 'cache_speedup': speedup}))
+    print(json.dumps({'config': args.config, 'dtype': args.dtype, 'variants': results, 'cache_speedup': speedup}))
 
 
 if __name__ == '__main__':

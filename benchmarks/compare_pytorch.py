@@ -26,6 +26,7 @@ whatever environment you give it; time each side alone (`train_throughput.py`,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -74,8 +75,6 @@ def torch_model(spec: dict):
 
 
 def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool, dtype: str = 'float32'):
-  import contextlib
-
   import torch
   from torch import nn
 

@@ -22,8 +22,7 @@ def _bf16_values(shape, seed):
 
 def _within_bf16_rounding(actual, exact, scale):
   # One rounding to bfloat16 (8 significant bits) of a float32 sum: relative error <= 2^-8 of the
-  # result, plus float32 summation error (negligible here). Summing in bfloat16 instead would be
-  # off by several times that on sums of 16-40 products.
+  # result, plus float32 summation error (negligible here).
   np.testing.assert_allclose(np.asarray(actual, np.float64), exact, rtol=2**-8, atol=1e-6 * scale)
 
 

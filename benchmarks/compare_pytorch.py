@@ -1,7 +1,8 @@
 """Our train step against PyTorch's `nn.Transformer` on the same configuration and batch.
 
     python benchmarks/compare_pytorch.py [--config=A|B] [--what=train|decode|both]
-                                         [--dtype=float32|bfloat16] [--steps=10] [--json]
+                                         [--dtype=float32|bfloat16] [--side=both|ours|pytorch]
+                                         [--steps=10] [--json]
 
 Both sides do the same work: shared embedding tied to the output layer, teacher forcing with
 causal + padding masks, label-smoothed (0.1) cross-entropy over non-padding targets, Adam, dropout
@@ -19,8 +20,8 @@ against its full forward pass. Without torch installed this prints how to get it
 In one process the two runtimes' thread pools interfere on a small CPU: on the 2-core EPYC,
 PyTorch's libgomp threads slowed our train steps by ~15%, and `OMP_WAIT_POLICY=PASSIVE`, which
 removes that, slowed PyTorch's many small decoding ops by ~25%. The ratio printed here is under
-whatever environment you give it; time each side alone (`train_throughput.py`,
-`decode_throughput.py`) for the other view.
+whatever environment you give it; for each side alone, run it twice, back to back, with
+`--side=ours` and `--side=pytorch` (each prints its tokens/s and no ratio).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.train_throughput import CONFIGS, build_step  # noqa: E402
+from benchmarks.train_throughput import CONFIGS, build_step, synthetic_batch  # noqa: E402
 
 
 def torch_model(spec: dict):
@@ -185,23 +186,26 @@ def median_time(fn, steps: int, warmup: int = 2) -> float:
 
 
 def compare_train(args) -> dict:
-  config, spec, state, rngs, step, batch = build_step(args.config, args.dtype)
-  host_batch = {k: np.asarray(v) for k, v in batch.items()}
+  spec = CONFIGS[args.config]
+  host_batch = synthetic_batch(spec['batch'], spec['length'], spec['model']['vocab_size'])
   tokens = int((host_batch['inputs'] > 0).sum() + (host_batch['targets'] > 0).sum())
-  holder = {'state': state}
+  variants = {}
+  if args.side != 'pytorch':
+    _, _, state, rngs, step, batch = build_step(args.config, args.dtype)  # the same synthetic batch
+    holder = {'state': state}
 
-  def ours():
-    holder['state'], metrics = step(holder['state'], rngs, batch)
-    jax.block_until_ready(metrics)
-
-  variants = {'ours (JAX)': ours,
-              'PyTorch eager': torch_step_fn(spec, host_batch, compile_model=False, dtype=args.dtype)}
-  try:
-    compiled = torch_step_fn(spec, host_batch, compile_model=True, dtype=args.dtype)
-    compiled()
-    variants['PyTorch torch.compile'] = compiled
-  except Exception as e:  # noqa: BLE001  torch.compile needs a C++ toolchain and may fail
-    print(f'torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}')
+    def ours():
+      holder['state'], metrics = step(holder['state'], rngs, batch)
+      jax.block_until_ready(metrics)
+    variants['ours (JAX)'] = ours
+  if args.side != 'ours':
+    variants['PyTorch eager'] = torch_step_fn(spec, host_batch, compile_model=False, dtype=args.dtype)
+    try:
+      compiled = torch_step_fn(spec, host_batch, compile_model=True, dtype=args.dtype)
+      compiled()
+      variants['PyTorch torch.compile'] = compiled
+    except Exception as e:  # noqa: BLE001  torch.compile needs a C++ toolchain and may fail
+      print(f'torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}')
   return _alternate(variants, tokens, args.steps, f'train step, config {args.config} ({args.dtype}), '
                     f'batch {spec["batch"]} x {spec["length"]}')
 
@@ -223,7 +227,11 @@ def compare_decode(args) -> dict:
   def ours():
     jax.block_until_ready(decode.generate(model, src, beam_size=1, max_length=length))
 
-  variants = {'ours (JAX)': ours, 'PyTorch eager': lambda: torch_greedy_cached(reference_model, torch_src, length)}
+  variants = {}
+  if args.side != 'pytorch':
+    variants['ours (JAX)'] = ours
+  if args.side != 'ours':
+    variants['PyTorch eager'] = lambda: torch_greedy_cached(reference_model, torch_src, length)
   return _alternate(variants, batch * length, args.steps, f'cached greedy decoding, config '
                     f'{args.config}, {batch} sentences x {length} tokens')
 
@@ -235,12 +243,14 @@ def _alternate(variants: dict, tokens: int, steps: int, title: str) -> dict:
     for name, fn in variants.items():
       samples[name].append(median_time(fn, max(steps // 3, 2)))
   results = {name: tokens / statistics.median(times) for name, times in samples.items()}
-  best_torch = max(v for k, v in results.items() if k != 'ours (JAX)')
   print(title)
   for name, tps in results.items():
     print(f'  {name:<24} {tps:>10,.0f} tok/s')
-  ratio = results['ours (JAX)'] / best_torch
-  print(f'  ratio ours / fastest PyTorch: {ratio:.2f}x')
+  torch_results = [v for k, v in results.items() if k != 'ours (JAX)']
+  ratio = None
+  if 'ours (JAX)' in results and torch_results:
+    ratio = results['ours (JAX)'] / max(torch_results)
+    print(f'  ratio ours / fastest PyTorch: {ratio:.2f}x')
   return {'tokens_per_second': results, 'ratio': ratio}
 
 
@@ -251,6 +261,8 @@ def main():
   parser.add_argument('--what', choices=('train', 'decode', 'both'), default='both')
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
                       help='train-step precision on both sides (decoding is float32)')
+  parser.add_argument('--side', choices=('both', 'ours', 'pytorch'), default='both',
+                      help='time one side only, alone in this process (see the docstring)')
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args()
   try:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.train_throughput import CONFIGS, build_step, synthetic_batch  # noqa: E402
+from benchmarks.train_throughput import CONFIGS, DTYPES, build_step, synthetic_batch  # noqa: E402
 
 
 def torch_model(spec: dict):
@@ -259,7 +259,7 @@ def main():
   parser.add_argument('--config', choices=sorted(CONFIGS), default='A')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--what', choices=('train', 'decode', 'both'), default='both')
-  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+  parser.add_argument('--dtype', choices=DTYPES, default='float32',
                       help='train-step precision on both sides (decoding is float32)')
   parser.add_argument('--side', choices=('both', 'ours', 'pytorch'), default='both',
                       help='time one side only, alone in this process (see the docstring)')

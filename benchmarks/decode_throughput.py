@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.train_throughput import CONFIGS  # noqa: E402
+from benchmarks.train_throughput import CONFIGS, DTYPES  # noqa: E402
 from transformer import Transformer, TransformerConfig, decode  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def decoding_setup(name: str, batch: int, length: int, dtype: str = 'float32'
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', choices=sorted(CONFIGS), default='A')
-  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+  parser.add_argument('--dtype', choices=DTYPES, default='float32')
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--length', type=int, default=64)
   parser.add_argument('--repeats', type=int, default=3)

@@ -27,6 +27,9 @@ import numpy as np  # noqa: E402
 from transformer import flops, training  # noqa: E402
 from transformer.model import TransformerConfig  # noqa: E402
 
+# Compute dtypes the benchmarks offer (float32 parameters either way).
+DTYPES = ('float32', 'bfloat16')
+
 CONFIGS = {
     'A': dict(model=dict(vocab_size=8000, d_model=256, num_heads=4, d_ff=1024,
                          num_encoder_layers=3, num_decoder_layers=3), batch=32, length=64),
@@ -73,7 +76,7 @@ def build_step(name: str, dtype: str, attention: str = 'reference', timings: dic
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', choices=sorted(CONFIGS), default='A')
-  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+  parser.add_argument('--dtype', choices=DTYPES, default='float32')
   parser.add_argument('--attention', choices=('reference', 'xla', 'cudnn'), default='reference')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=2)

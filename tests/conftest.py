@@ -12,10 +12,10 @@ import pytest  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 
+from tests.helpers import configs  # noqa: E402
 from transformer import TransformerConfig  # noqa: E402
 
 
 @pytest.fixture
 def tiny_config() -> TransformerConfig:
-  return TransformerConfig(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
-                           num_decoder_layers=2, dropout_rate=0.0, max_length=64)
+  return configs.tiny_config()

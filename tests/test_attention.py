@@ -1,10 +1,10 @@
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from transformer import MultiHeadAttention, dot_product_attention, masks
+from transformer import CrossAttention, SelfAttention, dot_product_attention, masks
 
 
 def numpy_attention(q, k, v, bias):
@@ -19,8 +19,11 @@ def numpy_attention(q, k, v, bias):
 
 def random_qkv(seed=0, b=2, q=5, k=7, h=3, d=8):
   keys = jax.random.split(jax.random.key(seed), 3)
-  return (jax.random.normal(keys[0], (b, q, h, d)), jax.random.normal(keys[1], (b, k, h, d)),
-          jax.random.normal(keys[2], (b, k, h, d)))
+  return (
+    jax.random.normal(keys[0], (b, q, h, d)),
+    jax.random.normal(keys[1], (b, k, h, d)),
+    jax.random.normal(keys[2], (b, k, h, d)),
+  )
 
 
 def padding_bias(b=2, q=5, k=7):
@@ -49,9 +52,11 @@ def test_masked_keys_get_no_weight():
 def test_reference_equals_jax_nn_dot_product_attention(implementation):
   q, k, v = random_qkv(seed=1)
   bias = padding_bias()
-  np.testing.assert_allclose(dot_product_attention(q, k, v, bias),
-                             dot_product_attention(q, k, v, bias, implementation=implementation),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    dot_product_attention(q, k, v, bias),
+    dot_product_attention(q, k, v, bias, implementation=implementation),
+    atol=1e-5,
+  )
 
 
 def test_fully_padded_row_is_finite():
@@ -72,13 +77,17 @@ def test_unknown_implementation_is_rejected():
 def test_multi_head_equals_per_head_then_concat_and_project(self_attention):
   d_model, h = 12, 3
   d_k = d_model // h
-  mha = MultiHeadAttention(d_model, h, self_attention=self_attention, rngs=nnx.Rngs(0))
+  mha = (SelfAttention if self_attention else CrossAttention)(d_model, h, rngs=nnx.Rngs(0))
   # Non-zero biases so that they are checked too.
   for name in ('b_q', 'b_v', 'b_o'):
     p = getattr(mha, name)
     p[...] = jax.random.normal(jax.random.key(len(name) + ord(name[-1])), p.shape)
   x = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, d_model)), np.float64)
-  mem = x if self_attention else np.asarray(jax.random.normal(jax.random.key(2), (2, 6, d_model)), np.float64)
+  mem = (
+    x
+    if self_attention
+    else np.asarray(jax.random.normal(jax.random.key(2), (2, 6, d_model)), np.float64)
+  )
   if self_attention:
     w = np.asarray(mha.w_qkv[...], np.float64)
     wq, wk, wv = w[:, 0], w[:, 1], w[:, 2]
@@ -93,15 +102,41 @@ def test_multi_head_equals_per_head_then_concat_and_project(self_attention):
     ki = mem @ wk[:, i] + bk[i]
     vi = mem @ wv[:, i] + bv[i]
     s = qi @ ki.transpose(0, 2, 1) / np.sqrt(d_k)
-    s = np.exp(s - s.max(-1, keepdims=True)); s /= s.sum(-1, keepdims=True)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
     heads.append(s @ vi)
   w_o = np.asarray(mha.w_o[...], np.float64).reshape(d_model, d_model)  # [h*d_k, d_model]
   expected = np.concatenate(heads, -1) @ w_o + np.asarray(mha.b_o[...])
-  out = mha(jnp.asarray(x, jnp.float32), None if self_attention else jnp.asarray(mem, jnp.float32))
+  if self_attention:
+    out = mha(jnp.asarray(x, jnp.float32))
+  else:
+    out = mha(jnp.asarray(x, jnp.float32), jnp.asarray(mem, jnp.float32))
   np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
 def test_decode_without_cache_is_a_clear_error():
-  mha = MultiHeadAttention(8, 2, self_attention=True, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='init_cache'):
-    mha(jnp.ones((1, 1, 8)), decode=True)
+    SelfAttention(8, 2, rngs=nnx.Rngs(0))(jnp.ones((1, 1, 8)), decode=True)
+  with pytest.raises(ValueError, match='init_cache'):
+    CrossAttention(8, 2, rngs=nnx.Rngs(0))(jnp.ones((1, 1, 8)), decode=True)
+
+
+def test_self_and_cross_attention_have_their_own_parameters_and_caches():
+  self_attention, cross = (
+    SelfAttention(8, 2, rngs=nnx.Rngs(0)),
+    CrossAttention(8, 2, rngs=nnx.Rngs(0)),
+  )
+  params = lambda m: set(nnx.state(m, nnx.Param).keys())
+  assert params(self_attention) == {'w_qkv', 'b_q', 'b_v', 'w_o', 'b_o'}
+  assert params(cross) == {'w_q', 'w_kv', 'b_q', 'b_v', 'w_o', 'b_o'}
+  self_attention.init_cache(batch_size=2, max_length=5)
+  assert (
+    self_attention.cached_key.shape == (2, 2, 4, 5) and int(self_attention.cache_index[...]) == 0
+  )
+  encoded = jnp.ones((2, 3, 8))
+  cross.init_cache(encoded)
+  assert cross.cached_key.shape == (2, 2, 4, 3)
+  # The cross cache holds the keys/values of the encoder output: decoding from it equals the
+  # full call with the encoder output.
+  x = jax.random.normal(jax.random.key(4), (2, 1, 8))
+  np.testing.assert_allclose(cross(x, decode=True), cross(x, encoded), atol=1e-6)

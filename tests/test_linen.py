@@ -1,7 +1,7 @@
+from flax import linen, nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen, nnx
 
 from transformer import Transformer, shift_right
 from transformer import linen as transformer_linen
@@ -16,7 +16,9 @@ def test_linen_wrapper_inside_a_linen_parent_matches_nnx(tiny_config):
   class Parent(linen.Module):
     @linen.compact
     def __call__(self, src, dec_in, deterministic=True):
-      logits = transformer_linen.Transformer(config, name='transformer')(src, dec_in, deterministic=deterministic)
+      logits = transformer_linen.Transformer(config, name='transformer')(
+        src, dec_in, deterministic=deterministic
+      )
       return linen.Dense(3)(logits)
 
   dec_in = shift_right(TGT, config.bos_id)
@@ -29,8 +31,14 @@ def test_linen_wrapper_inside_a_linen_parent_matches_nnx(tiny_config):
   nnx_model = Transformer(config, rngs=nnx.Rngs(7))
   nnx_model.eval()
   nnx.update(nnx_model, lin_vars['params']['transformer'])
-  np.testing.assert_allclose(linen_model.apply(lin_vars, SRC, dec_in), nnx_model(SRC, dec_in), atol=1e-6)
-  np.testing.assert_allclose(linen_model.apply(lin_vars, SRC, method='encode'), nnx_model.encode(SRC), atol=1e-6)
+  np.testing.assert_allclose(
+    linen_model.apply(lin_vars, SRC, dec_in), nnx_model(SRC, dec_in), atol=1e-6
+  )
+  np.testing.assert_allclose(
+    linen_model.apply(lin_vars, SRC, method='encode'), nnx_model.encode(SRC), atol=1e-6
+  )
   # Dropout is active only when asked for, and then uses Linen's 'dropout' key.
-  train = linen_model.apply(lin_vars, SRC, dec_in, deterministic=False, rngs={'dropout': jax.random.key(2)})
+  train = linen_model.apply(
+    lin_vars, SRC, dec_in, deterministic=False, rngs={'dropout': jax.random.key(2)}
+  )
   assert not np.allclose(train, nnx_model(SRC, dec_in))

@@ -1,16 +1,23 @@
 import subprocess
 import sys
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
-import transformer
-from transformer import (DecoderBlock, Embed, PositionalEncoding, Transformer, TransformerConfig,
-                         count_params, masks, shift_right)
+from transformer import (
+  DecoderBlock,
+  Embed,
+  PositionalEncoding,
+  Transformer,
+  TransformerConfig,
+  count_params,
+  masks,
+  shift_right,
+)
 
 SRC = jnp.array([[5, 6, 7, 8, 9, 0], [10, 11, 12, 0, 0, 0], [13, 14, 15, 16, 17, 18]])
 TGT = jnp.array([[20, 21, 22, 2, 0, 0, 0], [23, 24, 2, 0, 0, 0, 0], [25, 26, 27, 28, 29, 30, 2]])
@@ -27,8 +34,8 @@ def test_causality_future_targets_do_not_change_earlier_outputs(tiny_config):
   dec_in = shift_right(TGT, tiny_config.bos_id)
   logits = model(SRC, dec_in)
   for t in range(dec_in.shape[1] - 1):
-    changed = dec_in.at[:, t + 1:].set(7)
-    np.testing.assert_allclose(model(SRC, changed)[:, :t + 1], logits[:, :t + 1], atol=1e-6)
+    changed = dec_in.at[:, t + 1 :].set(7)
+    np.testing.assert_allclose(model(SRC, changed)[:, : t + 1], logits[:, : t + 1], atol=1e-6)
     # And the change is seen at later positions (the check above could not pass vacuously).
   assert not np.allclose(model(SRC, dec_in.at[:, 3:].set(7))[:, 3:], logits[:, 3:])
 
@@ -54,7 +61,9 @@ def test_padding_bias_hides_masked_keys_whatever_they_hold(tiny_config):
   valid = SRC != tiny_config.pad_id
   enc = model.encode(SRC)
   garbage = jnp.where(valid[..., None], enc, 1e3)
-  np.testing.assert_allclose(model.decode(dec_in, garbage, SRC), model.decode(dec_in, enc, SRC), atol=1e-5)
+  np.testing.assert_allclose(
+    model.decode(dec_in, garbage, SRC), model.decode(dec_in, enc, SRC), atol=1e-5
+  )
 
 
 def test_packed_examples_do_not_see_each_other(tiny_config):
@@ -68,11 +77,19 @@ def test_packed_examples_do_not_see_each_other(tiny_config):
   src = pad(jnp.concatenate([a_src, b_src]), 9)[None]
   src_seg = pad(jnp.array([1] * 3 + [2] * 4), 9)[None]
   src_pos = pad(jnp.concatenate([jnp.arange(3), jnp.arange(4)]), 9)[None]
-  dec_in = pad(jnp.concatenate([shift_right(a_tgt[None], 1)[0], shift_right(b_tgt[None], 1)[0]]), 10)[None]
+  dec_in = pad(
+    jnp.concatenate([shift_right(a_tgt[None], 1)[0], shift_right(b_tgt[None], 1)[0]]), 10
+  )[None]
   tgt_seg = pad(jnp.array([1] * 3 + [2] * 5), 10)[None]
   tgt_pos = pad(jnp.concatenate([jnp.arange(3), jnp.arange(5)]), 10)[None]
-  packed = model(src, dec_in, src_segments=src_seg, tgt_segments=tgt_seg,
-                 src_positions=src_pos, tgt_positions=tgt_pos)[0]
+  packed = model(
+    src,
+    dec_in,
+    src_segments=src_seg,
+    tgt_segments=tgt_seg,
+    src_positions=src_pos,
+    tgt_positions=tgt_pos,
+  )[0]
   np.testing.assert_allclose(packed[:3], alone[0], atol=1e-5)
   np.testing.assert_allclose(packed[3:8], alone[1], atol=1e-5)
 
@@ -88,7 +105,9 @@ def test_teacher_forcing_equals_token_by_token_decoding(tiny_config, norm_positi
   steps = []
   for t in range(dec_in.shape[1]):
     positions = jnp.full((SRC.shape[0], 1), t)
-    steps.append(model.decode(dec_in[:, t:t + 1], encoded, SRC, tgt_positions=positions, decode=True))
+    steps.append(
+      model.decode(dec_in[:, t : t + 1], encoded, SRC, tgt_positions=positions, decode=True)
+    )
   sequential = np.concatenate(steps, axis=1)
   # Compare at every real target position (decoder input is not padding).
   valid = np.asarray(dec_in != config.pad_id)
@@ -113,9 +132,9 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close(tiny_config):
 
 
 def _expected_params(vocab, d, d_ff, n_enc, n_dec):
-  attention = 4 * d * d + 3 * d         # W^Q, W^K, W^V, W^O; biases on Q, V and the output
+  attention = 4 * d * d + 3 * d  # W^Q, W^K, W^V, W^O; biases on Q, V and the output
   ffn = d * d_ff + d_ff + d_ff * d + d  # W_1, b_1, W_2, b_2
-  norm = 2 * d                          # LayerNorm scale and bias
+  norm = 2 * d  # LayerNorm scale and bias
   encoder_layer = attention + ffn + 2 * norm
   decoder_layer = 2 * attention + ffn + 3 * norm
   return vocab * d + n_enc * encoder_layer + n_dec * decoder_layer
@@ -138,7 +157,9 @@ def test_decoder_only_language_model_trains_one_step(tiny_config):
     def __init__(self, rngs):
       self.embed = Embed(config.vocab_size, config.d_model, rngs=rngs)
       self.positions = PositionalEncoding(config.max_length, config.d_model, rngs=rngs)
-      self.blocks = nnx.List([DecoderBlock(config, cross_attention=False, rngs=rngs) for _ in range(2)])
+      self.blocks = nnx.List(
+        [DecoderBlock(config, cross_attention=False, rngs=rngs) for _ in range(2)]
+      )
 
     def __call__(self, tokens):
       bias = masks.mask_to_bias(masks.causal_mask(tokens.shape[1]))
@@ -161,7 +182,9 @@ def test_decoder_only_language_model_trains_one_step(tiny_config):
   assert np.isfinite(loss) and loss_fn(lm) < before
 
 
-@pytest.mark.parametrize('field,value,match', [
+@pytest.mark.parametrize(
+  'field,value,match',
+  [
     ('d_model', 30, 'divisible by num_heads'),
     ('num_heads', 0, 'positive integer'),
     ('d_ff', -1, 'positive integer'),
@@ -173,7 +196,8 @@ def test_decoder_only_language_model_trains_one_step(tiny_config):
     ('attention_implementation', 'magic', 'attention_implementation'),
     ('dtype', 'int8', 'dtype'),
     ('eos_id', 0, 'must differ'),
-])
+  ],
+)
 def test_invalid_configs_raise_clear_errors(field, value, match):
   with pytest.raises(ValueError, match=match):
     TransformerConfig(**{field: value})
@@ -186,9 +210,11 @@ def test_decode_length_beyond_positional_table_is_rejected(tiny_config):
 
 
 def test_import_does_not_pull_in_tensorflow():
-  code = ('import sys, transformer, transformer.linen, transformer.model, transformer.attention, '
-          'transformer.decode, transformer.training, transformer.checkpoints, transformer.trainer, '
-          'transformer.evaluation, transformer.translate; '
-          'assert "tensorflow" not in sys.modules, "tensorflow imported"; '
-          'assert "grain" not in sys.modules, "grain (data extra) imported"')
+  code = (
+    'import sys, transformer, transformer.linen, transformer.model, transformer.attention, '
+    'transformer.decode, transformer.training, transformer.checkpoints, transformer.trainer, '
+    'transformer.evaluation, transformer.translate; '
+    'assert "tensorflow" not in sys.modules, "tensorflow imported"; '
+    'assert "grain" not in sys.modules, "grain (data extra) imported"'
+  )
   subprocess.run([sys.executable, '-c', code], check=True)

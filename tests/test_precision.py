@@ -7,10 +7,10 @@ from transformer import precision
 
 # The projections the model uses: attention Q/K/V and output, feed-forward, logits.
 EQUATIONS = {
-    'bld,d...->bl...': ((2, 5, 16), (16, 3, 2, 8)),
-    'bqhd,hdm->bqm': ((2, 5, 4, 8), (4, 8, 16)),
-    'bli,io->blo': ((2, 5, 16), (16, 24)),
-    'bld,vd->blv': ((2, 5, 16), (40, 16)),
+  'bld,d...->bl...': ((2, 5, 16), (16, 3, 2, 8)),
+  'bqhd,hdm->bqm': ((2, 5, 4, 8), (4, 8, 16)),
+  'bli,io->blo': ((2, 5, 16), (16, 24)),
+  'bld,vd->blv': ((2, 5, 16), (40, 16)),
 }
 
 
@@ -31,18 +31,27 @@ def test_bfloat16_projection_and_its_gradients_sum_in_float32(equation):
   x_shape, kernel_shape = EQUATIONS[equation]
   x, kernel = _bf16_values(x_shape, 0), _bf16_values(kernel_shape, 1)
   float32_result = equation.endswith('blv')
-  out = precision.project(equation, jnp.asarray(x, jnp.bfloat16), jnp.asarray(kernel, jnp.float32),
-                          jnp.bfloat16, float32_result=float32_result)
+  out = precision.project(
+    equation,
+    jnp.asarray(x, jnp.bfloat16),
+    jnp.asarray(kernel, jnp.float32),
+    jnp.bfloat16,
+    float32_result=float32_result,
+  )
   assert out.dtype == (jnp.float32 if float32_result else jnp.bfloat16)
   explicit = equation.replace('...', 'tuv')  # numpy's einsum wants the ellipsis spelled out here
   exact = np.einsum(explicit, x, kernel)
   _within_bf16_rounding(out, exact, np.abs(exact).max())
 
   cotangent = _bf16_values(exact.shape, 2)
+
   def loss(x, kernel):
     y = precision.project(equation, x, kernel, jnp.bfloat16, float32_result=float32_result)
     return jnp.sum(y.astype(jnp.float32) * cotangent.astype(np.float32))
-  dx, dkernel = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x, jnp.bfloat16), jnp.asarray(kernel, jnp.float32))
+
+  dx, dkernel = jax.grad(loss, argnums=(0, 1))(
+    jnp.asarray(x, jnp.bfloat16), jnp.asarray(kernel, jnp.float32)
+  )
   assert dx.dtype == jnp.bfloat16 and dkernel.dtype == jnp.float32  # each in its input's dtype
   inputs, result = explicit.split('->')
   x_indices, kernel_indices = inputs.split(',')

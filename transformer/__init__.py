@@ -1,16 +1,42 @@
 """transformer: the encoder-decoder Transformer of "Attention Is All You Need" in JAX and Flax NNX.
 
-Importing this package never imports TensorFlow; only `transformer.input_pipeline` needs it.
+    from transformer import Transformer, TransformerConfig
+
+The names below are loaded on first use, so that `import transformer.<module>` imports only what
+that module needs (the translate CLI checks its input before JAX and Flax load). Importing the
+package never imports TensorFlow or grain: only `transformer.input_pipeline` needs them.
 """
 
-from transformer.attention import Cache, MultiHeadAttention, dot_product_attention
-from transformer.layers import Embed, FeedForward, PositionalEncoding, sinusoidal_table
-from transformer.model import (AddNorm, Decoder, DecoderBlock, Encoder, EncoderBlock, Transformer,
-                               TransformerConfig, count_params, shift_right)
+import importlib
 
-__all__ = [
-    'AddNorm', 'Cache', 'Decoder', 'DecoderBlock', 'Embed', 'Encoder', 'EncoderBlock',
-    'FeedForward', 'MultiHeadAttention', 'PositionalEncoding', 'Transformer', 'TransformerConfig',
-    'count_params', 'dot_product_attention', 'shift_right', 'sinusoidal_table',
-]
-__version__ = '0.1.0'
+_EXPORTS = {
+  'Cache': 'attention',
+  'CrossAttention': 'attention',
+  'SelfAttention': 'attention',
+  'dot_product_attention': 'attention',
+  'Embed': 'layers',
+  'FeedForward': 'layers',
+  'PositionalEncoding': 'layers',
+  'sinusoidal_table': 'layers',
+  'AddNorm': 'model',
+  'Decoder': 'model',
+  'DecoderBlock': 'model',
+  'Encoder': 'model',
+  'EncoderBlock': 'model',
+  'Transformer': 'model',
+  'TransformerConfig': 'model',
+  'count_params': 'model',
+  'shift_right': 'model',
+}
+__all__ = sorted(_EXPORTS)
+__version__ = '0.2.0'
+
+
+def __getattr__(name: str):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(f'transformer.{_EXPORTS[name]}'), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+  return sorted(list(globals()) + __all__)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import math
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from transformer import precision
 
@@ -21,12 +21,24 @@ class Embed(nnx.Module):
   encoding it is added to.
   """
 
-  def __init__(self, vocab_size: int, d_model: int, *, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    vocab_size: int,
+    d_model: int,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.d_model = d_model
     self.table = nnx.Embed(
-        vocab_size, d_model, dtype=dtype, param_dtype=param_dtype,
-        embedding_init=nnx.initializers.normal(stddev=d_model**-0.5), rngs=rngs)
+      vocab_size,
+      d_model,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      embedding_init=nnx.initializers.normal(stddev=d_model**-0.5),
+      rngs=rngs,
+    )
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """`[batch, length]` int -> `[batch, length, d_model]`, multiplied by √d_model."""
@@ -40,7 +52,9 @@ class Embed(nnx.Module):
     argmax and beam scores read them, and rounding them to bfloat16 first would only lose digits.
     """
     dtype = self.table.dtype or self.table.param_dtype
-    return precision.project('bld,vd->blv', x, self.table.embedding[...], dtype, float32_result=True)
+    return precision.project(
+      'bld,vd->blv', x, self.table.embedding[...], dtype, float32_result=True
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -61,13 +75,21 @@ class PositionalEncoding(nnx.Module):
   packed row restarts them at every example and a decoding step sits at the cache index.
   """
 
-  def __init__(self, max_length: int, d_model: int, *, learned: bool = False,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    max_length: int,
+    d_model: int,
+    *,
+    learned: bool = False,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.max_length = max_length
     self.d_model = d_model
     if learned:
       self.table = nnx.Param(
-          nnx.initializers.normal(stddev=0.02)(rngs.params(), (max_length, d_model), param_dtype))
+        nnx.initializers.normal(stddev=0.02)(rngs.params(), (max_length, d_model), param_dtype)
+      )
     else:
       # The sinusoids are a constant of the traced program, not state: no gradient, no checkpoint.
       self.table = nnx.data(None)
@@ -91,8 +113,16 @@ class PositionalEncoding(nnx.Module):
 class FeedForward(nnx.Module):
   """FFN(x) = max(0, x W₁ + b₁) W₂ + b₂, applied at every position (paper eq. 2)."""
 
-  def __init__(self, d_model: int, d_ff: int, *, dropout_rate: float = 0.0, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    d_model: int,
+    d_ff: int,
+    *,
+    dropout_rate: float = 0.0,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     init = nnx.initializers.xavier_uniform()
     self.dtype = dtype
     # nnx.Linear holds the parameters (kernel [in, out], bias [out]); the matmuls go through
@@ -109,5 +139,6 @@ class FeedForward(nnx.Module):
 
   def _linear(self, layer: nnx.Linear, x: jax.Array) -> jax.Array:
     """x W + b: `[batch, length, d_in]` -> `[batch, length, d_out]` in the compute dtype."""
-    return (precision.project('bli,io->blo', x, layer.kernel[...], self.dtype)
-            + layer.bias[...].astype(self.dtype))
+    return precision.project('bli,io->blo', x, layer.kernel[...], self.dtype) + layer.bias[
+      ...
+    ].astype(self.dtype)

@@ -13,8 +13,8 @@ The parameters live in the Linen `params` collection under `transformer/...` wit
 
 from __future__ import annotations
 
-import jax
 from flax import linen, nnx
+import jax
 
 from transformer import model as nnx_model
 
@@ -48,13 +48,21 @@ class Transformer(linen.Module):
   def setup(self):
     self.transformer = nnx.bridge.ToLinen(_BridgedTransformer, args=(self.config,))
 
-  def __call__(self, src_tokens: jax.Array, decoder_input: jax.Array, *, deterministic: bool = True,
-               **kwargs) -> jax.Array:
+  def __call__(
+    self, src_tokens: jax.Array, decoder_input: jax.Array, *, deterministic: bool = True, **kwargs
+  ) -> jax.Array:
     """`[batch, src_length]`, `[batch, tgt_length]` -> logits `[batch, tgt_length, vocab_size]`."""
-    return self.transformer(src_tokens, decoder_input, nnx_method=_call,
-                            deterministic=deterministic, method='__call__', **kwargs)
+    return self.transformer(
+      src_tokens,
+      decoder_input,
+      nnx_method=_call,
+      deterministic=deterministic,
+      method='__call__',
+      **kwargs,
+    )
 
   def encode(self, src_tokens: jax.Array, *, deterministic: bool = True, **kwargs) -> jax.Array:
     """`[batch, src_length]` -> `[batch, src_length, d_model]`."""
-    return self.transformer(src_tokens, nnx_method=_call, deterministic=deterministic,
-                            method='encode', **kwargs)
+    return self.transformer(
+      src_tokens, nnx_method=_call, deterministic=deterministic, method='encode', **kwargs
+    )

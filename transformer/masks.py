@@ -9,12 +9,12 @@ padded position's (ignored) output stays finite.
 
 from __future__ import annotations
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 # Large but finite: -inf would turn a fully masked row into NaN (inf - inf) in the softmax.
-NEG_INF = -1e9
+MASK_BIAS = -1e9
 
 
 def padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
@@ -58,7 +58,7 @@ def combine(*masks: jax.Array | None) -> jax.Array | None:
 
 
 def mask_to_bias(mask: jax.Array | None, dtype=jnp.float32) -> jax.Array | None:
-  """Additive attention bias: 0 where `mask` is True, `NEG_INF` where it is False.
+  """Additive attention bias: 0 where `mask` is True, `MASK_BIAS` where it is False.
 
   Args:
     mask: `[batch, 1, q_length, kv_length]` bool, or None.
@@ -68,4 +68,4 @@ def mask_to_bias(mask: jax.Array | None, dtype=jnp.float32) -> jax.Array | None:
   """
   if mask is None:
     return None
-  return jnp.where(mask, 0.0, NEG_INF).astype(dtype)
+  return jnp.where(mask, 0.0, MASK_BIAS).astype(dtype)

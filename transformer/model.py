@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from transformer import masks
-from transformer.attention import IMPLEMENTATIONS, MultiHeadAttention
+from transformer import masks, special_ids
+from transformer.attention import IMPLEMENTATIONS, CrossAttention, SelfAttention
 from transformer.layers import Embed, FeedForward, PositionalEncoding
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -41,50 +41,70 @@ class TransformerConfig:
   d_ff: int = 2048
   num_encoder_layers: int = 6
   num_decoder_layers: int = 6
-  dropout_rate: float = 0.1            # P_drop: sublayer outputs and embedding sums
+  dropout_rate: float = 0.1  # P_drop: sublayer outputs and embedding sums
   attention_dropout_rate: float = 0.0  # on attention weights (not in the paper)
-  relu_dropout_rate: float = 0.0       # on the FFN hidden layer (not in the paper)
-  max_length: int = 256                # longest position the positional encoding covers
+  relu_dropout_rate: float = 0.0  # on the FFN hidden layer (not in the paper)
+  max_length: int = 256  # longest position the positional encoding covers
   positional_encoding: str = 'sinusoidal'  # 'sinusoidal' (paper) or 'learned'
-  norm_position: str = 'post'          # 'post': LayerNorm(x + Sublayer(x)) (paper); 'pre'
+  norm_position: str = 'post'  # 'post': LayerNorm(x + Sublayer(x)) (paper); 'pre'
   attention_implementation: str = 'reference'  # 'reference' | 'xla' | 'cudnn'
   dtype: str = 'float32'
   param_dtype: str = 'float32'
-  pad_id: int = 0
-  bos_id: int = 1
-  eos_id: int = 2
+  pad_id: int = special_ids.PAD_ID
+  bos_id: int = special_ids.BOS_ID
+  eos_id: int = special_ids.EOS_ID
 
   def __post_init__(self):
-    for name in ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
-                 'num_decoder_layers', 'max_length'):
+    for name in (
+      'vocab_size',
+      'd_model',
+      'num_heads',
+      'd_ff',
+      'num_encoder_layers',
+      'num_decoder_layers',
+      'max_length',
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f'TransformerConfig.{name} must be a positive integer, got {value!r}')
     if self.d_model % self.num_heads:
-      raise ValueError(f'TransformerConfig.d_model={self.d_model} must be divisible by '
-                       f'num_heads={self.num_heads}')
+      raise ValueError(
+        f'TransformerConfig.d_model={self.d_model} must be divisible by num_heads={self.num_heads}'
+      )
     for name in ('dropout_rate', 'attention_dropout_rate', 'relu_dropout_rate'):
       value = getattr(self, name)
       if not 0.0 <= value < 1.0:
         raise ValueError(f'TransformerConfig.{name} must be in [0, 1), got {value!r}')
     if self.positional_encoding not in ('sinusoidal', 'learned'):
-      raise ValueError("TransformerConfig.positional_encoding must be 'sinusoidal' or 'learned', "
-                       f'got {self.positional_encoding!r}')
+      raise ValueError(
+        "TransformerConfig.positional_encoding must be 'sinusoidal' or 'learned', "
+        f'got {self.positional_encoding!r}'
+      )
     if self.norm_position not in ('post', 'pre'):
-      raise ValueError(f"TransformerConfig.norm_position must be 'post' or 'pre', got {self.norm_position!r}")
+      raise ValueError(
+        f"TransformerConfig.norm_position must be 'post' or 'pre', got {self.norm_position!r}"
+      )
     if self.attention_implementation not in IMPLEMENTATIONS:
-      raise ValueError(f'TransformerConfig.attention_implementation must be one of {IMPLEMENTATIONS}, '
-                       f'got {self.attention_implementation!r}')
+      raise ValueError(
+        f'TransformerConfig.attention_implementation must be one of {IMPLEMENTATIONS}, '
+        f'got {self.attention_implementation!r}'
+      )
     if self.attention_implementation != 'reference' and self.attention_dropout_rate > 0:
-      raise ValueError('attention_dropout_rate > 0 needs attention_implementation="reference" '
-                       '(jax.nn.dot_product_attention has no dropout)')
+      raise ValueError(
+        'attention_dropout_rate > 0 needs attention_implementation="reference" '
+        '(jax.nn.dot_product_attention has no dropout)'
+      )
     for name in ('dtype', 'param_dtype'):
       if getattr(self, name) not in _DTYPES:
-        raise ValueError(f'TransformerConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}')
+        raise ValueError(
+          f'TransformerConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}'
+        )
     ids = {'pad_id': self.pad_id, 'bos_id': self.bos_id, 'eos_id': self.eos_id}
     for name, value in ids.items():
       if not 0 <= value < self.vocab_size:
-        raise ValueError(f'TransformerConfig.{name}={value} is outside the vocabulary [0, {self.vocab_size})')
+        raise ValueError(
+          f'TransformerConfig.{name}={value} is outside the vocabulary [0, {self.vocab_size})'
+        )
     if len(set(ids.values())) != 3:
       raise ValueError(f'pad_id, bos_id and eos_id must differ, got {ids}')
 
@@ -104,8 +124,16 @@ class TransformerConfig:
   @classmethod
   def big(cls, **overrides) -> 'TransformerConfig':
     """Transformer (big): N=6, d_model=1024, d_ff=4096, h=16, P_drop=0.3."""
-    return cls(**{'vocab_size': 37000, 'd_model': 1024, 'd_ff': 4096, 'num_heads': 16,
-                  'dropout_rate': 0.3, **overrides})
+    return cls(
+      **{
+        'vocab_size': 37000,
+        'd_model': 1024,
+        'd_ff': 4096,
+        'num_heads': 16,
+        'dropout_rate': 0.3,
+        **overrides,
+      }
+    )
 
   def replace(self, **changes) -> 'TransformerConfig':
     return dataclasses.replace(self, **changes)
@@ -118,10 +146,13 @@ class AddNorm(nnx.Module):
   pre-LN:          x + Dropout(Sublayer(LayerNorm(x))) (trains deep stacks without warm-up).
   """
 
-  def __init__(self, d_model: int, *, pre_norm: bool, dropout_rate: float, dtype, param_dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, d_model: int, *, pre_norm: bool, dropout_rate: float, dtype, param_dtype, rngs: nnx.Rngs
+  ):
     self.pre_norm = pre_norm
-    self.norm = nnx.LayerNorm(d_model, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm = nnx.LayerNorm(
+      d_model, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
   def __call__(self, x: jax.Array, sublayer: Callable[[jax.Array], jax.Array]) -> jax.Array:
@@ -131,24 +162,48 @@ class AddNorm(nnx.Module):
     return self.norm(x + self.dropout(sublayer(x)))
 
 
-def _block_kwargs(config: TransformerConfig) -> dict:
-  return dict(pre_norm=config.norm_position == 'pre', dropout_rate=config.dropout_rate,
-              dtype=config.compute_dtype, param_dtype=config.parameter_dtype)
+def _add_norm(config: TransformerConfig, rngs: nnx.Rngs) -> AddNorm:
+  return AddNorm(
+    config.d_model,
+    pre_norm=config.norm_position == 'pre',
+    dropout_rate=config.dropout_rate,
+    dtype=config.compute_dtype,
+    param_dtype=config.parameter_dtype,
+    rngs=rngs,
+  )
+
+
+def _attention(kind: type, config: TransformerConfig, rngs: nnx.Rngs):
+  return kind(
+    config.d_model,
+    config.num_heads,
+    dropout_rate=config.attention_dropout_rate,
+    implementation=config.attention_implementation,
+    dtype=config.compute_dtype,
+    param_dtype=config.parameter_dtype,
+    rngs=rngs,
+  )
+
+
+def _feed_forward(config: TransformerConfig, rngs: nnx.Rngs) -> FeedForward:
+  return FeedForward(
+    config.d_model,
+    config.d_ff,
+    dropout_rate=config.relu_dropout_rate,
+    dtype=config.compute_dtype,
+    param_dtype=config.parameter_dtype,
+    rngs=rngs,
+  )
 
 
 class EncoderBlock(nnx.Module):
   """One encoder layer: self-attention, then the feed-forward network, each with Add & Norm."""
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    kw = _block_kwargs(config)
-    self.self_attention = MultiHeadAttention(
-        config.d_model, config.num_heads, self_attention=True,
-        dropout_rate=config.attention_dropout_rate, implementation=config.attention_implementation,
-        dtype=kw['dtype'], param_dtype=kw['param_dtype'], rngs=rngs)
-    self.self_attention_norm = AddNorm(config.d_model, rngs=rngs, **kw)
-    self.feed_forward = FeedForward(config.d_model, config.d_ff, dropout_rate=config.relu_dropout_rate,
-                                    dtype=kw['dtype'], param_dtype=kw['param_dtype'], rngs=rngs)
-    self.feed_forward_norm = AddNorm(config.d_model, rngs=rngs, **kw)
+    self.self_attention = _attention(SelfAttention, config, rngs)
+    self.self_attention_norm = _add_norm(config, rngs)
+    self.feed_forward = _feed_forward(config, rngs)
+    self.feed_forward_norm = _add_norm(config, rngs)
 
   def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
     """`x` `[batch, src_length, d_model]`, `bias` `[batch, 1, src_length, src_length]`."""
@@ -164,44 +219,39 @@ class DecoderBlock(nnx.Module):
   """
 
   def __init__(self, config: TransformerConfig, *, cross_attention: bool = True, rngs: nnx.Rngs):
-    kw = _block_kwargs(config)
-    attention = lambda self_attention: MultiHeadAttention(
-        config.d_model, config.num_heads, self_attention=self_attention,
-        dropout_rate=config.attention_dropout_rate, implementation=config.attention_implementation,
-        dtype=kw['dtype'], param_dtype=kw['param_dtype'], rngs=rngs)
-    self.self_attention = attention(True)
-    self.self_attention_norm = AddNorm(config.d_model, rngs=rngs, **kw)
+    self.self_attention = _attention(SelfAttention, config, rngs)
+    self.self_attention_norm = _add_norm(config, rngs)
     if cross_attention:
-      self.cross_attention = attention(False)
-      self.cross_attention_norm = AddNorm(config.d_model, rngs=rngs, **kw)
+      self.cross_attention = _attention(CrossAttention, config, rngs)
+      self.cross_attention_norm = _add_norm(config, rngs)
     else:
       self.cross_attention = nnx.data(None)
       self.cross_attention_norm = nnx.data(None)
-    self.feed_forward = FeedForward(config.d_model, config.d_ff, dropout_rate=config.relu_dropout_rate,
-                                    dtype=kw['dtype'], param_dtype=kw['param_dtype'], rngs=rngs)
-    self.feed_forward_norm = AddNorm(config.d_model, rngs=rngs, **kw)
+    self.feed_forward = _feed_forward(config, rngs)
+    self.feed_forward_norm = _add_norm(config, rngs)
 
   def __call__(
-      self,
-      x: jax.Array,
-      encoded: jax.Array | None = None,
-      self_bias: jax.Array | None = None,
-      cross_bias: jax.Array | None = None,
-      *,
-      decode: bool = False,
+    self,
+    x: jax.Array,
+    encoded: jax.Array | None = None,
+    self_bias: jax.Array | None = None,
+    cross_bias: jax.Array | None = None,
+    *,
+    decode: bool = False,
   ) -> jax.Array:
     """Args:
-      x: `[batch, tgt_length, d_model]` (`tgt_length` = 1 when decoding token by token).
-      encoded: `[batch, src_length, d_model]` encoder output (unused when decoding from the cache).
-      self_bias: `[batch, 1, tgt_length, tgt_length]` causal ∧ padding bias (built from the cache
-        when decoding).
-      cross_bias: `[batch, 1, tgt_length, src_length]` source padding bias.
-      decode: read/extend the KV caches (see `Transformer.init_cache`).
+    x: `[batch, tgt_length, d_model]` (`tgt_length` = 1 when decoding token by token).
+    encoded: `[batch, src_length, d_model]` encoder output (unused when decoding from the cache).
+    self_bias: `[batch, 1, tgt_length, tgt_length]` causal ∧ padding bias (built from the cache
+      when decoding).
+    cross_bias: `[batch, 1, tgt_length, src_length]` source padding bias.
+    decode: read/extend the KV caches (see `Transformer.init_cache`).
     """
     x = self.self_attention_norm(x, lambda y: self.self_attention(y, bias=self_bias, decode=decode))
     if self.cross_attention is not None:
       x = self.cross_attention_norm(
-          x, lambda y: self.cross_attention(y, encoded, bias=cross_bias, decode=decode))
+        x, lambda y: self.cross_attention(y, encoded, bias=cross_bias, decode=decode)
+      )
     return self.feed_forward_norm(x, self.feed_forward)
 
 
@@ -210,12 +260,21 @@ class _Stack(nnx.Module):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.positional_encoding = PositionalEncoding(
-        config.max_length, config.d_model, learned=config.positional_encoding == 'learned',
-        param_dtype=config.parameter_dtype, rngs=rngs)
+      config.max_length,
+      config.d_model,
+      learned=config.positional_encoding == 'learned',
+      param_dtype=config.parameter_dtype,
+      rngs=rngs,
+    )
     self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
     if config.norm_position == 'pre':
-      self.final_norm = nnx.LayerNorm(config.d_model, epsilon=1e-6, dtype=config.compute_dtype,
-                                      param_dtype=config.parameter_dtype, rngs=rngs)
+      self.final_norm = nnx.LayerNorm(
+        config.d_model,
+        epsilon=1e-6,
+        dtype=config.compute_dtype,
+        param_dtype=config.parameter_dtype,
+        rngs=rngs,
+      )
     else:
       self.final_norm = nnx.data(None)
 
@@ -231,10 +290,13 @@ class Encoder(_Stack):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)
-    self.layers = nnx.List([EncoderBlock(config, rngs=rngs) for _ in range(config.num_encoder_layers)])
+    self.layers = nnx.List(
+      [EncoderBlock(config, rngs=rngs) for _ in range(config.num_encoder_layers)]
+    )
 
-  def __call__(self, embedded: jax.Array, bias: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, embedded: jax.Array, bias: jax.Array | None = None, positions: jax.Array | None = None
+  ) -> jax.Array:
     """`embedded` `[batch, src_length, d_model]` -> encoder output `[batch, src_length, d_model]`."""
     x = self._inputs(embedded, positions)
     for layer in self.layers:
@@ -247,23 +309,25 @@ class Decoder(_Stack):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)
-    self.layers = nnx.List([DecoderBlock(config, rngs=rngs) for _ in range(config.num_decoder_layers)])
+    self.layers = nnx.List(
+      [DecoderBlock(config, rngs=rngs) for _ in range(config.num_decoder_layers)]
+    )
 
-  def __call__(self, embedded: jax.Array, encoded: jax.Array | None,
-               self_bias: jax.Array | None = None, cross_bias: jax.Array | None = None,
-               positions: jax.Array | None = None, *, decode: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    embedded: jax.Array,
+    encoded: jax.Array | None,
+    self_bias: jax.Array | None = None,
+    cross_bias: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    *,
+    decode: bool = False,
+  ) -> jax.Array:
     """`embedded` `[batch, tgt_length, d_model]` -> `[batch, tgt_length, d_model]`."""
     x = self._inputs(embedded, positions)
     for layer in self.layers:
       x = layer(x, encoded, self_bias, cross_bias, decode=decode)
     return self._output(x)
-
-
-def _every_query(valid: jax.Array) -> jax.Array:
-  # Only padded *keys* are masked. Padded query positions still attend (causally) to the real
-  # tokens, so every output, padded or not, depends only on real tokens at allowed positions; and
-  # no row is fully masked unless the whole sequence is padding.
-  return jnp.ones_like(valid)
 
 
 class Transformer(nnx.Module):
@@ -276,34 +340,51 @@ class Transformer(nnx.Module):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.embed = Embed(config.vocab_size, config.d_model, dtype=config.compute_dtype,
-                       param_dtype=config.parameter_dtype, rngs=rngs)
+    self.embed = Embed(
+      config.vocab_size,
+      config.d_model,
+      dtype=config.compute_dtype,
+      param_dtype=config.parameter_dtype,
+      rngs=rngs,
+    )
     self.encoder = Encoder(config, rngs=rngs)
     self.decoder = Decoder(config, rngs=rngs)
 
-  def encode(self, src_tokens: jax.Array, src_segments: jax.Array | None = None,
-             src_positions: jax.Array | None = None) -> jax.Array:
+  def _source_mask(self, src_tokens: jax.Array, query_length: int) -> jax.Array:
+    """`[batch, 1, query_length, src_length]`: every query may see the non-padding source keys.
+
+    Only keys are masked: padded query positions still attend to real tokens, so every output,
+    padded or not, stays finite and depends only on real tokens."""
+    key_valid = src_tokens != self.config.pad_id
+    query_valid = jnp.ones((src_tokens.shape[0], query_length), bool)
+    return masks.padding_mask(query_valid, key_valid)
+
+  def encode(
+    self,
+    src_tokens: jax.Array,
+    src_segments: jax.Array | None = None,
+    src_positions: jax.Array | None = None,
+  ) -> jax.Array:
     """`src_tokens` `[batch, src_length]` int -> encoder output `[batch, src_length, d_model]`.
 
     Padding (`pad_id`) is masked out; with packed rows, `src_segments` keeps examples apart and
     `src_positions` restarts positions at each example.
     """
-    valid = src_tokens != self.config.pad_id
-    mask = masks.padding_mask(_every_query(valid), valid)
+    mask = self._source_mask(src_tokens, src_tokens.shape[1])
     if src_segments is not None:
       mask = masks.combine(mask, masks.segment_mask(src_segments, src_segments))
     return self.encoder(self.embed(src_tokens), masks.mask_to_bias(mask), src_positions)
 
   def decode(
-      self,
-      decoder_input: jax.Array,
-      encoded: jax.Array,
-      src_tokens: jax.Array,
-      *,
-      src_segments: jax.Array | None = None,
-      tgt_segments: jax.Array | None = None,
-      tgt_positions: jax.Array | None = None,
-      decode: bool = False,
+    self,
+    decoder_input: jax.Array,
+    encoded: jax.Array,
+    src_tokens: jax.Array,
+    *,
+    src_segments: jax.Array | None = None,
+    tgt_segments: jax.Array | None = None,
+    tgt_positions: jax.Array | None = None,
+    decode: bool = False,
   ) -> jax.Array:
     """Logits for the next token at every target position.
 
@@ -318,52 +399,82 @@ class Transformer(nnx.Module):
     Returns:
       `[batch, tgt_length, vocab_size]` float32 logits.
     """
-    src_valid = src_tokens != self.config.pad_id
-    tgt_valid = decoder_input != self.config.pad_id
-    cross_mask = masks.padding_mask(_every_query(tgt_valid), src_valid)
+    cross_mask = self._source_mask(src_tokens, decoder_input.shape[1])
     if decode:
       if tgt_positions is None:
         raise ValueError('decode=True needs tgt_positions (the index of the token being fed)')
       self_mask = None  # the self-attention cache builds its own causal mask
     else:
-      self_mask = masks.combine(masks.causal_mask(decoder_input.shape[1]),
-                                masks.padding_mask(_every_query(tgt_valid), tgt_valid))
+      # Targets are right-padded, so the causal mask already hides padded keys from every real
+      # query. The decoder input is never compared with pad_id: a model whose decoder starts with
+      # the pad token (Marian) must not mask its own first position.
+      self_mask = masks.causal_mask(decoder_input.shape[1])
     if tgt_segments is not None:
       self_mask = masks.combine(self_mask, masks.segment_mask(tgt_segments, tgt_segments))
       cross_mask = masks.combine(cross_mask, masks.segment_mask(tgt_segments, src_segments))
-    x = self.decoder(self.embed(decoder_input), encoded, masks.mask_to_bias(self_mask),
-                     masks.mask_to_bias(cross_mask), tgt_positions, decode=decode)
+    x = self.decoder(
+      self.embed(decoder_input),
+      encoded,
+      masks.mask_to_bias(self_mask),
+      masks.mask_to_bias(cross_mask),
+      tgt_positions,
+      decode=decode,
+    )
     return self.embed.attend(x)
 
   def __call__(
-      self,
-      src_tokens: jax.Array,
-      decoder_input: jax.Array,
-      *,
-      src_segments: jax.Array | None = None,
-      tgt_segments: jax.Array | None = None,
-      src_positions: jax.Array | None = None,
-      tgt_positions: jax.Array | None = None,
+    self,
+    src_tokens: jax.Array,
+    decoder_input: jax.Array,
+    *,
+    src_segments: jax.Array | None = None,
+    tgt_segments: jax.Array | None = None,
+    src_positions: jax.Array | None = None,
+    tgt_positions: jax.Array | None = None,
   ) -> jax.Array:
     """Teacher forcing: `[batch, src_length]`, `[batch, tgt_length]` -> logits `[batch, tgt_length, vocab_size]`."""
     encoded = self.encode(src_tokens, src_segments, src_positions)
-    return self.decode(decoder_input, encoded, src_tokens, src_segments=src_segments,
-                       tgt_segments=tgt_segments, tgt_positions=tgt_positions)
+    return self.decode(
+      decoder_input,
+      encoded,
+      src_tokens,
+      src_segments=src_segments,
+      tgt_segments=tgt_segments,
+      tgt_positions=tgt_positions,
+    )
 
   def init_cache(self, encoded: jax.Array, max_decode_length: int) -> None:
     """Prepares token-by-token decoding: empty self-attention caches of `max_decode_length`
     slots and cross-attention keys/values projected once from `encoded` `[batch, src_length, d_model]`."""
     if max_decode_length > self.config.max_length:
-      raise ValueError(f'max_decode_length={max_decode_length} exceeds the positional encoding '
-                       f'length max_length={self.config.max_length}')
+      raise ValueError(
+        f'max_decode_length={max_decode_length} exceeds the positional encoding '
+        f'length max_length={self.config.max_length}'
+      )
     for layer in self.decoder.layers:
       layer.self_attention.init_cache(encoded.shape[0], max_decode_length)
-      layer.cross_attention.init_cross_cache(encoded)
+      layer.cross_attention.init_cache(encoded)
 
 
-def shift_right(targets: jax.Array, bos_id: int) -> jax.Array:
-  """Teacher forcing's decoder input: `[BOS] + targets[:-1]` for `[batch, length]` int targets."""
-  return jnp.concatenate([jnp.full_like(targets[:, :1], bos_id), targets[:, :-1]], axis=1)
+def shift_right(targets: jax.Array, bos_id: int, segment_ids: jax.Array | None = None) -> jax.Array:
+  """Teacher forcing's decoder input: `[BOS] + target[:-1]` for every example of a row.
+
+  Args:
+    targets: `[batch, length]` int target tokens (right-padded).
+    bos_id: the decoder's start token.
+    segment_ids: `[batch, length]` int ids of packed examples (0 on padding), or None for one
+      example per row. An example starts where the id changes: it gets BOS there, and padding
+      stays as it is.
+
+  Returns:
+    `[batch, length]` int decoder input.
+  """
+  previous = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  if segment_ids is None:
+    return previous.at[:, 0].set(bos_id)
+  previous_segment = jnp.pad(segment_ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+  shifted = jnp.where(segment_ids != previous_segment, bos_id, previous)
+  return jnp.where(segment_ids > 0, shifted, targets)
 
 
 def count_params(model: nnx.Module) -> int:

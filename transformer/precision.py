@@ -2,14 +2,12 @@
 
 A bfloat16 projection multiplies bfloat16 operands, sums the products in float32 and rounds the
 result to bfloat16 once; GPUs and TPUs do exactly that inside their bfloat16 dots. XLA:CPU does
-too, but it runs such a dot on its fast AVX512-BF16 kernels only when the dot's *result* is
-float32: with a bfloat16 result the same matmul runs at the float32 rate (2048×1024×256 on the
-project's EPYC CPU: ~400 against ~170 GFLOP/s), so mixed precision gained nothing on CPU. On CPU
-we therefore ask for the float32 result and round it ourselves, in the forward pass and in both
-gradient matmuls: the same numbers, and bf16 train steps 1.4–1.5× faster than before (configs A
-and B of `benchmarks/train_throughput.py`). Only projections take this form: XLA:CPU's batched-dot
-kernel (attention's per-head contractions) does not implement bf16 × bf16 -> f32 at all.
-Accelerators keep the plain dot.
+too, but it runs such a dot on its fast AVX512-BF16/AMX kernels only when the dot's *result* is
+float32 (with a bfloat16 result it runs at about the float32 rate). On CPU the projections
+therefore ask for the float32 result and round it themselves, in the forward pass and in both
+gradient matmuls: the same numbers, at the bf16 rate. Only projections take this form: XLA:CPU's
+batched-dot kernel (attention's per-head contractions) has no bf16 × bf16 -> f32 form.
+Accelerators keep the plain dot. Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -24,8 +22,12 @@ import jax.numpy as jnp
 def _bf16_projection(equation: str, result_dtype, x: jax.Array, kernel: jax.Array) -> jax.Array:
   """bfloat16 einsum `equation` with float32 sums, returned in `result_dtype`; `x` and `kernel`
   may be float32 (cast here), and their gradients come back in their own dtypes."""
-  return jnp.einsum(equation, x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16),
-                    preferred_element_type=jnp.float32).astype(result_dtype)
+  return jnp.einsum(
+    equation,
+    x.astype(jnp.bfloat16),
+    kernel.astype(jnp.bfloat16),
+    preferred_element_type=jnp.float32,
+  ).astype(result_dtype)
 
 
 def _bf16_projection_fwd(equation, result_dtype, x, kernel):
@@ -42,18 +44,21 @@ def _bf16_projection_bwd(equation, result_dtype, residuals, g):
   inputs, result = equation.split('->')
   x_indices, kernel_indices = inputs.split(',')
   g, x16, kernel16 = g.astype(jnp.bfloat16), x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
-  dx = jnp.einsum(f'{result},{kernel_indices}->{x_indices}', g, kernel16,
-                  preferred_element_type=jnp.float32)
-  dkernel = jnp.einsum(f'{x_indices},{result}->{kernel_indices}', x16, g,
-                       preferred_element_type=jnp.float32)
+  dx = jnp.einsum(
+    f'{result},{kernel_indices}->{x_indices}', g, kernel16, preferred_element_type=jnp.float32
+  )
+  dkernel = jnp.einsum(
+    f'{x_indices},{result}->{kernel_indices}', x16, g, preferred_element_type=jnp.float32
+  )
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
 _bf16_projection.defvjp(_bf16_projection_fwd, _bf16_projection_bwd)
 
 
-def project(equation: str, x: jax.Array, kernel: jax.Array, dtype, *,
-            float32_result: bool = False) -> jax.Array:
+def project(
+  equation: str, x: jax.Array, kernel: jax.Array, dtype, *, float32_result: bool = False
+) -> jax.Array:
   """A projection `jnp.einsum(equation, x, kernel)` with both operands in the compute `dtype`.
 
   The result is in `dtype`, or float32 with `float32_result` (logits: the sums are not rounded to
@@ -65,5 +70,6 @@ def project(equation: str, x: jax.Array, kernel: jax.Array, dtype, *,
   result_dtype = jnp.float32 if float32_result else jnp.dtype(dtype)
   if jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == 'cpu':
     return _bf16_projection(equation, result_dtype, x, kernel)
-  return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype),
-                    preferred_element_type=result_dtype)
+  return jnp.einsum(
+    equation, x.astype(dtype), kernel.astype(dtype), preferred_element_type=result_dtype
+  )

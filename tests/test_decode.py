@@ -1,10 +1,10 @@
 import math
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from transformer import Transformer, decode, evaluation
 
@@ -20,6 +20,7 @@ def markov_step_fn(table):
   def step_fn(tokens, position, cache):
     del position
     return log_table[tokens[:, 0]], cache + 1
+
   return step_fn
 
 
@@ -37,8 +38,9 @@ def test_beam_search_finds_the_better_sequence_greedy_misses():
   step_fn = markov_step_fn(TABLE)
   greedy = decode.greedy_search(step_fn, jnp.zeros((1,)), 1, max_length=6, bos_id=BOS, eos_id=EOS)
   np.testing.assert_array_equal(greedy[0], [A, EOS, PAD, PAD, PAD, PAD])
-  seqs, scores = decode.beam_search(step_fn, jnp.zeros((2,)), 1, beam_size=2, max_length=6, alpha=0.0,
-                                    bos_id=BOS, eos_id=EOS)
+  seqs, scores = decode.beam_search(
+    step_fn, jnp.zeros((2,)), 1, beam_size=2, max_length=6, alpha=0.0, bos_id=BOS, eos_id=EOS
+  )
   np.testing.assert_array_equal(seqs[0, 0], [B, EOS, PAD, PAD, PAD, PAD])
   np.testing.assert_allclose(scores[0, 0], math.log(0.38), rtol=1e-5)
   np.testing.assert_array_equal(seqs[0, 1], [A, EOS, PAD, PAD, PAD, PAD])
@@ -48,15 +50,16 @@ def test_beam_search_finds_the_better_sequence_greedy_misses():
 def test_length_penalty_scores_and_finished_hypotheses_stop_growing():
   step_fn = markov_step_fn(TABLE)
   alpha = 0.6
-  seqs, scores = decode.beam_search(step_fn, jnp.zeros((3,)), 1, beam_size=3, max_length=8, alpha=alpha,
-                                    bos_id=BOS, eos_id=EOS)
+  seqs, scores = decode.beam_search(
+    step_fn, jnp.zeros((3,)), 1, beam_size=3, max_length=8, alpha=alpha, bos_id=BOS, eos_id=EOS
+  )
   for beam in range(3):
     tokens = np.asarray(seqs[0, beam]).tolist()
     assert EOS in tokens
     end = tokens.index(EOS)
-    assert all(t == PAD for t in tokens[end + 1:])  # nothing after EOS
+    assert all(t == PAD for t in tokens[end + 1 :])  # nothing after EOS
     log_p, previous = 0.0, BOS
-    for t in tokens[:end + 1]:
+    for t in tokens[: end + 1]:
       log_p += math.log(TABLE[previous][t])
       previous = t
     lp = ((5 + end + 1) / 6) ** alpha
@@ -70,6 +73,7 @@ def random_step_fn(vocab=12, seed=0):
 
   def step_fn(tokens, position, cache):
     return table[position, tokens[:, 0]], cache
+
   return step_fn
 
 
@@ -77,9 +81,19 @@ def random_step_fn(vocab=12, seed=0):
 def test_beam_size_one_equals_greedy(seed):
   step_fn = random_step_fn(seed=seed)
   batch = 3
-  greedy = decode.greedy_search(step_fn, jnp.zeros((batch,)), batch, max_length=10, bos_id=BOS, eos_id=EOS)
-  seqs, _ = decode.beam_search(step_fn, jnp.zeros((batch,)), batch, beam_size=1, max_length=10, alpha=0.0,
-                               bos_id=BOS, eos_id=EOS)
+  greedy = decode.greedy_search(
+    step_fn, jnp.zeros((batch,)), batch, max_length=10, bos_id=BOS, eos_id=EOS
+  )
+  seqs, _ = decode.beam_search(
+    step_fn,
+    jnp.zeros((batch,)),
+    batch,
+    beam_size=1,
+    max_length=10,
+    alpha=0.0,
+    bos_id=BOS,
+    eos_id=EOS,
+  )
   np.testing.assert_array_equal(seqs[:, 0], greedy)
 
 
@@ -107,17 +121,39 @@ def test_transformer_beam_search_outputs_are_well_formed(model):
   for row in tokens.tolist():
     if model.config.eos_id in row:
       end = row.index(model.config.eos_id)
-      assert all(t == model.config.pad_id for t in row[end + 1:])
+      assert all(t == model.config.pad_id for t in row[end + 1 :])
   # Beam 1 through generate is the greedy path.
-  np.testing.assert_array_equal(decode.generate(model, SRC, beam_size=1, max_length=12),
-                                decode.generate_recompute(model, SRC, max_length=12))
+  np.testing.assert_array_equal(
+    decode.generate(model, SRC, beam_size=1, max_length=12),
+    decode.generate_recompute(model, SRC, max_length=12),
+  )
 
 
-def test_default_max_length_is_source_length_plus_50_capped(model):
-  tokens = decode.generate(model, SRC, beam_size=1)
-  assert tokens.shape[1] == min(SRC.shape[1] + 50, model.config.max_length)
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_each_sentence_generates_at_most_its_own_source_length_plus_extra(model, beam_size):
+  tokens = np.asarray(decode.generate(model, SRC, beam_size=beam_size, extra_length=3))
+  source_lengths = (SRC != model.config.pad_id).sum(-1)  # 5, 2, 6
+  assert tokens.shape[1] == 16  # the longest limit (9), rounded up to a multiple of 16
+  for row, limit in enumerate(source_lengths + 3):
+    assert (tokens[row, limit:] == model.config.pad_id).all(), (row, tokens[row])
+  # The default extra length is 50, capped at the model's max_length (64 here).
+  assert decode.generate(model, SRC, beam_size=1).shape[1] == 64
   with pytest.raises(ValueError, match='beam_size'):
     decode.generate(model, SRC, beam_size=0)
+
+
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_a_translation_does_not_depend_on_the_rest_of_its_batch(model, beam_size):
+  """Alone or next to a much longer source, a sentence gets the same tokens."""
+  long_source = np.arange(3, 3 + 40, dtype=np.int32) % (model.config.vocab_size - 3) + 3
+  batch = np.zeros((2, 48), np.int32)
+  batch[0, :6] = SRC[2]
+  batch[1, :40] = long_source
+  together = np.asarray(decode.generate(model, batch, beam_size=beam_size, extra_length=4))
+  alone = np.asarray(decode.generate(model, SRC[2:3], beam_size=beam_size, extra_length=4))
+  width = min(together.shape[1], alone.shape[1])
+  np.testing.assert_array_equal(together[0, :width], alone[0, :width])
+  assert (together[0, width:] == model.config.pad_id).all()
 
 
 def test_sacrebleu_on_detokenised_text():
@@ -125,15 +161,23 @@ def test_sacrebleu_on_detokenised_text():
   bleu, signature = evaluation.corpus_bleu(refs, refs)
   assert bleu == pytest.approx(100.0)
   assert 'tok:13a' in signature
-  worse, _ = evaluation.corpus_bleu(['Au commencement Dieu fit le ciel.', 'La terre était vide.'], refs)
+  worse, _ = evaluation.corpus_bleu(
+    ['Au commencement Dieu fit le ciel.', 'La terre était vide.'], refs
+  )
   assert 0 < worse < 100
   with pytest.raises(ValueError, match='2 references'):
     evaluation.corpus_bleu(['x'], refs)
 
 
 def test_argmax_last_matches_argmax_with_ties_and_nan():
-  logits = jnp.array([[0.0, 3.0, 3.0, 1.0], [5.0, -1.0, 5.0, 5.0], [-2.0, -3.0, -1.0, -1.5],
-                      [jnp.nan, jnp.nan, jnp.nan, jnp.nan]])
+  logits = jnp.array(
+    [
+      [0.0, 3.0, 3.0, 1.0],
+      [5.0, -1.0, 5.0, 5.0],
+      [-2.0, -3.0, -1.0, -1.5],
+      [jnp.nan, jnp.nan, jnp.nan, jnp.nan],
+    ]
+  )
   out = np.asarray(decode.argmax_last(logits))
   np.testing.assert_array_equal(out[:3], np.asarray(logits[:3].argmax(-1)))  # first maximum on ties
   assert 0 <= out[3] < 4  # an all-NaN row still gives a token inside the vocabulary

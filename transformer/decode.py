@@ -5,11 +5,16 @@ The search functions are model-agnostic: they drive a `step_fn(tokens [n, 1], po
 `generate` builds that step function for a `Transformer`: the encoder runs once per sentence, the
 cross-attention keys/values are projected once, and every step feeds one token through the decoder.
 
-Beam search follows GNMT: hypotheses are ranked by log P / lp(len) with the length penalty
-lp(len) = ((5 + len) / 6)^α (α = 0.6 by default); `len` counts generated tokens including EOS.
-A hypothesis finishes when its EOS extension ranks among the k best candidates (so beam size 1 is
-greedy decoding); finished hypotheses stop growing; the loop exits early once no live beam can beat
-the finished ones.
+Every sentence has its own limit on generated tokens (`limits`, EOS included), so what a sentence
+becomes does not depend on the other sentences of its batch; the loop's static length only bounds
+the buffers.
+
+Beam search follows GNMT by default: hypotheses are ranked by log P / lp(len) with the length
+penalty lp(len) = ((5 + len) / 6)^α (α = 0.6); `len` counts generated tokens including EOS.
+`length_normalization='hf'` ranks by log P / len^α instead, as Hugging Face transformers does
+(`length_penalty=α`). A hypothesis finishes when its EOS extension ranks among the k best
+candidates (so beam size 1 is greedy decoding); finished hypotheses stop growing; the loop exits
+early once no live beam can beat the finished ones.
 """
 
 from __future__ import annotations
@@ -17,30 +22,38 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import flax
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from transformer.attention import Cache
-from transformer.model import Transformer
+from transformer.model import Transformer, shift_right
 
 # The self-attention caches change every step (and are reordered with the beams); the
 # cross-attention keys/values are fixed per sentence.
 SELF_CACHE = nnx.All(Cache, nnx.Not(nnx.PathContains('cross_attention')))
 StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
-NEG_INF = -1.0e7
+# The score of an empty or excluded hypothesis slot: below any real log probability, yet finite
+# so that sums and comparisons with it stay well defined.
+EXCLUDED_SCORE = -1.0e7
+LENGTH_NORMALIZATIONS = ('gnmt', 'hf')
+LENGTH_BUCKET = 16  # static lengths are rounded up to a multiple of this: few compilations
 
 
-def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
-  """GNMT length penalty ((5 + length) / 6)^alpha."""
-  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+def length_penalty(length: jax.Array, alpha: float, normalization: str = 'gnmt') -> jax.Array:
+  """GNMT's ((5 + length) / 6)^alpha, or length^alpha (`'hf'`, as transformers' beam search)."""
+  length = jnp.asarray(length, jnp.float32)
+  if normalization == 'hf':
+    return jnp.maximum(length, 1.0) ** alpha
+  return ((5.0 + length) / 6.0) ** alpha
 
 
 def argmax_last(logits: jax.Array) -> jax.Array:
   """`logits.argmax(-1)` (first maximum on ties) as int32, in two plain reductions.
 
-  XLA:CPU lowers argmax to one variadic (value, index) reduce that ran at a third of the speed
-  of max + min-index over `[32, 8000]` logits: 0.58 against 0.20 ms, 7% of a greedy step.
+  XLA:CPU lowers argmax to one variadic (value, index) reduce, which is slower than max followed
+  by min-index over the positions that hold the max.
   """
   vocab = logits.shape[-1]
   best = logits.max(-1, keepdims=True)
@@ -48,13 +61,35 @@ def argmax_last(logits: jax.Array) -> jax.Array:
   return jnp.minimum(index, vocab - 1)  # all-NaN rows: no element equals the max
 
 
-def greedy_search(step_fn: StepFn, cache: Any, batch_size: int, *, max_length: int, bos_id: int,
-                  eos_id: int, pad_id: int = 0) -> jax.Array:
+def _limits(limits: jax.Array | None, batch_size: int, max_length: int) -> jax.Array:
+  """`[batch]` int32 per-sentence token limits, at most `max_length`."""
+  if limits is None:
+    return jnp.full((batch_size,), max_length, jnp.int32)
+  return jnp.minimum(jnp.asarray(limits, jnp.int32), max_length)
+
+
+def greedy_search(
+  step_fn: StepFn,
+  cache: Any,
+  batch_size: int,
+  *,
+  max_length: int,
+  bos_id: int,
+  eos_id: int,
+  pad_id: int = 0,
+  limits: jax.Array | None = None,
+  suppress: jax.Array | None = None,
+) -> jax.Array:
   """Picks the most likely token at each step.
 
+  Args:
+    limits: `[batch]` tokens each sentence may generate (EOS included); default `max_length`.
+    suppress: `[vocab]` bool, tokens never generated (e.g. a pad token that is a real id).
+
   Returns:
-    `[batch, max_length]` int32 generated tokens (EOS included), `pad_id` after EOS.
+    `[batch, max_length]` int32 generated tokens (EOS included), `pad_id` after the end.
   """
+  limits = _limits(limits, batch_size, max_length)
 
   def cond(carry):
     i, _, _, finished = carry
@@ -64,13 +99,48 @@ def greedy_search(step_fn: StepFn, cache: Any, batch_size: int, *, max_length: i
     i, tokens, cache, finished = carry
     previous = jnp.where(i == 0, bos_id, tokens[:, jnp.maximum(i - 1, 0)])
     logits, cache = step_fn(previous[:, None], i, cache)
+    if suppress is not None:
+      logits = jnp.where(suppress, -jnp.inf, logits)
     token = jnp.where(finished, pad_id, argmax_last(logits))
     tokens = tokens.at[:, i].set(token)
-    return i + 1, tokens, cache, finished | (token == eos_id)
+    return i + 1, tokens, cache, finished | (token == eos_id) | (i + 1 >= limits)
 
   tokens = jnp.full((batch_size, max_length), pad_id, jnp.int32)
-  init = (jnp.array(0), tokens, cache, jnp.zeros((batch_size,), bool))
+  init = (jnp.array(0), tokens, cache, limits <= 0)
   return jax.lax.while_loop(cond, body, init)[1]
+
+
+@flax.struct.dataclass
+class BeamState:
+  """The beam search's loop state (`k` beams per sentence, `L` = the loop's `max_length`).
+
+  alive_*: the k best hypotheses that have not ended; finished_*: the k best that have (ranked
+  by length-penalised score); `cache` holds the decoder state of the alive beams, rows
+  `[batch * k, ...]` with the beams of a sentence adjacent.
+  """
+
+  step: jax.Array  # [] the position being generated
+  alive_seqs: jax.Array  # [batch, k, L] int32
+  alive_log_probs: jax.Array  # [batch, k] float32, log P of each alive hypothesis
+  finished_seqs: jax.Array  # [batch, k, L] int32
+  finished_scores: jax.Array  # [batch, k] float32, log P / lp(length)
+  finished_flags: jax.Array  # [batch, k] bool, whether the slot holds a finished hypothesis
+  cache: Any
+
+
+def _initial_beams(cache: Any, batch_size: int, k: int, max_length: int, pad_id: int) -> BeamState:
+  seqs = jnp.full((batch_size, k, max_length), pad_id, jnp.int32)
+  # Only the first beam is live at the start; the others are copies that must not be chosen.
+  alive_log_probs = jnp.tile(jnp.array([0.0] + [EXCLUDED_SCORE] * (k - 1)), (batch_size, 1))
+  return BeamState(
+    step=jnp.array(0),
+    alive_seqs=seqs,
+    alive_log_probs=alive_log_probs,
+    finished_seqs=seqs,
+    finished_scores=jnp.full((batch_size, k), EXCLUDED_SCORE),
+    finished_flags=jnp.zeros((batch_size, k), bool),
+    cache=cache,
+  )
 
 
 def _gather_beams(tree: Any, indices: jax.Array, batch_size: int, beam_size: int) -> Any:
@@ -85,10 +155,119 @@ def _gather_beams(tree: Any, indices: jax.Array, batch_size: int, beam_size: int
   return jax.tree.map(gather, tree)
 
 
-def beam_search(step_fn: StepFn, cache: Any, batch_size: int, *, beam_size: int, max_length: int,
-                alpha: float = 0.6, bos_id: int, eos_id: int, pad_id: int = 0,
-                beam_invariant_cache: Any = None) -> tuple[jax.Array, jax.Array]:
-  """Beam search with the GNMT length penalty.
+def _keep_alive(
+  top_seqs: jax.Array,
+  top_log_probs: jax.Array,
+  top_beams: jax.Array,
+  is_eos: jax.Array,
+  cache: Any,
+  k: int,
+) -> dict[str, Any]:
+  """The best k of the 2k candidates that do not end in EOS, and their reordered cache."""
+  log_probs, pick = jax.lax.top_k(jnp.where(is_eos, EXCLUDED_SCORE, top_log_probs), k)
+  seqs = jnp.take_along_axis(top_seqs, pick[:, :, None], axis=1)
+  cache = _gather_beams(cache, jnp.take_along_axis(top_beams, pick, axis=1), top_seqs.shape[0], k)
+  return {'alive_seqs': seqs, 'alive_log_probs': log_probs, 'cache': cache}
+
+
+def _merge_finished(
+  state: BeamState, top_seqs: jax.Array, scores: jax.Array, ends: jax.Array
+) -> dict[str, jax.Array]:
+  """The best k of the finished hypotheses so far and the candidates that just ended (`ends`,
+  with length-penalised `scores`)."""
+  k = state.finished_scores.shape[1]
+  all_seqs = jnp.concatenate([state.finished_seqs, top_seqs], axis=1)
+  all_flags = jnp.concatenate([state.finished_flags, ends], axis=1)
+  all_scores = jnp.concatenate(
+    [state.finished_scores, jnp.where(ends, scores, EXCLUDED_SCORE)], axis=1
+  )
+  best, pick = jax.lax.top_k(jnp.where(all_flags, all_scores, EXCLUDED_SCORE), k)
+  return {
+    'finished_seqs': jnp.take_along_axis(all_seqs, pick[:, :, None], axis=1),
+    'finished_scores': best,
+    'finished_flags': jnp.take_along_axis(all_flags, pick, axis=1),
+  }
+
+
+def _beam_step(
+  state: BeamState,
+  *,
+  call: StepFn,
+  limits: jax.Array,
+  alpha: float,
+  bos_id: int,
+  eos_id: int,
+  normalization: str,
+  suppress: jax.Array | None,
+) -> BeamState:
+  """Extends every alive beam by every token; keeps the k best alive candidates and merges the
+  ones that end into the k best finished. A hypothesis ends only if its EOS extension ranks among
+  the top k (as in fairseq), so beam size 1 is exactly greedy decoding. Sentences that are done
+  (at their limit, or unable to improve) keep their state, exactly as if searched alone."""
+  batch_size, k = state.alive_log_probs.shape
+  i = state.step
+  previous = jnp.where(i == 0, bos_id, state.alive_seqs[:, :, jnp.maximum(i - 1, 0)])
+  logits, cache = call(previous.reshape(-1, 1), i, state.cache)
+  if suppress is not None:
+    logits = jnp.where(suppress, -jnp.inf, logits)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, k, -1)
+  vocab = log_probs.shape[-1]
+  candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(batch_size, k * vocab)
+  # 2k candidates: enough that k of them do not end in EOS.
+  top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * k)
+  top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
+  top_seqs = jnp.take_along_axis(state.alive_seqs, top_beams[:, :, None], axis=1)
+  top_seqs = top_seqs.at[:, :, i].set(top_tokens)
+  is_eos = top_tokens == eos_id
+  ends = is_eos & (jnp.arange(2 * k) < k)[None, :]
+  penalty = length_penalty(i + 1, alpha, normalization)
+  alive = _keep_alive(top_seqs, top_log_probs, top_beams, is_eos, cache, k)
+  finished = _merge_finished(state, top_seqs, top_log_probs / penalty, ends)
+  active = _searching_rows(state, limits, alpha, normalization)[:, None]
+  per_sentence = {
+    name: jnp.where(active if value.ndim == 2 else active[..., None], value, getattr(state, name))
+    for name, value in {**alive, **finished}.items()
+    if name != 'cache'
+  }
+  return state.replace(step=i + 1, cache=alive['cache'], **per_sentence)
+
+
+def _searching_rows(
+  state: BeamState, limits: jax.Array, alpha: float, normalization: str
+) -> jax.Array:
+  """`[batch]` bool: the sentence is below its limit and may still improve (fewer than k
+  finished hypotheses, or its best alive one, at the largest length penalty it can reach, beats
+  the worst finished one)."""
+  best_alive = state.alive_log_probs[:, 0] / length_penalty(limits, alpha, normalization)
+  improvable = ~state.finished_flags.all(-1) | (best_alive > state.finished_scores.min(-1))
+  return improvable & (state.step < limits)
+
+
+def _still_searching(
+  state: BeamState, limits: jax.Array, alpha: float, normalization: str
+) -> jax.Array:
+  return (state.step < state.alive_seqs.shape[2]) & _searching_rows(
+    state, limits, alpha, normalization
+  ).any()
+
+
+def beam_search(
+  step_fn: StepFn,
+  cache: Any,
+  batch_size: int,
+  *,
+  beam_size: int,
+  max_length: int,
+  alpha: float = 0.6,
+  bos_id: int,
+  eos_id: int,
+  pad_id: int = 0,
+  beam_invariant_cache: Any = None,
+  limits: jax.Array | None = None,
+  length_normalization: str = 'gnmt',
+  suppress: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Beam search with a length penalty (GNMT's by default; see the module docstring).
 
   Args:
     step_fn: `(tokens [batch*beam, 1], position, cache) -> (logits [batch*beam, vocab], cache)`.
@@ -96,127 +275,189 @@ def beam_search(step_fn: StepFn, cache: Any, batch_size: int, *, beam_size: int,
     cache: per-row state with leading axis `batch * beam` (rows of one sentence are adjacent).
     beam_invariant_cache: state that is the same for every beam of a sentence (e.g. the encoder's
       keys/values): passed along but never reordered.
+    limits: `[batch]` tokens each sentence may generate (EOS included); default `max_length`.
+    length_normalization: 'gnmt' or 'hf'.
+    suppress: `[vocab]` bool, tokens never generated.
 
   Returns:
     sequences `[batch, beam, max_length]` (best first; `pad_id` after EOS) and their scores
-    `[batch, beam]` (log P / lp(len); -1e7 for empty slots).
+    `[batch, beam]` (`EXCLUDED_SCORE` for empty slots). A sentence with no finished hypothesis
+    returns its alive beams, scored at its limit's length penalty.
   """
-  k = beam_size
+  if length_normalization not in LENGTH_NORMALIZATIONS:
+    raise ValueError(
+      f'length_normalization must be one of {LENGTH_NORMALIZATIONS}, got {length_normalization!r}'
+    )
+  limits = _limits(limits, batch_size, max_length)
+  step = functools.partial(
+    _beam_step,
+    call=_with_invariant(step_fn, beam_invariant_cache),
+    limits=limits,
+    alpha=alpha,
+    bos_id=bos_id,
+    eos_id=eos_id,
+    normalization=length_normalization,
+    suppress=suppress,
+  )
+  searching = functools.partial(
+    _still_searching, limits=limits, alpha=alpha, normalization=length_normalization
+  )
+  state = jax.lax.while_loop(
+    searching, step, _initial_beams(cache, batch_size, beam_size, max_length, pad_id)
+  )
+  return _results(state, limits, alpha, length_normalization)
+
+
+def _with_invariant(step_fn: StepFn, invariant: Any) -> StepFn:
+  """`step_fn` over the reordered cache alone, with the beam-invariant part passed along."""
+  if invariant is None:
+    return step_fn
 
   def call(tokens, i, cache):
-    if beam_invariant_cache is None:
-      return step_fn(tokens, i, cache)
-    logits, (cache, _) = step_fn(tokens, i, (cache, beam_invariant_cache))
+    logits, (cache, _) = step_fn(tokens, i, (cache, invariant))
     return logits, cache
 
-  def cond(carry):
-    i, _, alive_log_probs, _, finished_scores, finished_flags, _ = carry
-    # The best a live beam can still reach: its log prob with the largest length penalty.
-    best_alive = alive_log_probs[:, 0] / length_penalty(max_length, alpha)
-    # Done for a sentence once k hypotheses finished and none of them can be beaten any more.
-    improvable = ~finished_flags.all(-1) | (best_alive > finished_scores.min(-1))
-    return (i < max_length) & improvable.any()
+  return call
 
-  def body(carry):
-    i, alive_seqs, alive_log_probs, finished_seqs, finished_scores, finished_flags, cache = carry
-    previous = jnp.where(i == 0, bos_id, alive_seqs[:, :, jnp.maximum(i - 1, 0)])
-    logits, cache = call(previous.reshape(-1, 1), i, cache)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, k, -1)
-    vocab = log_probs.shape[-1]
-    candidates = (alive_log_probs[:, :, None] + log_probs).reshape(batch_size, k * vocab)
-    # 2k candidates: enough that k of them do not end in EOS.
-    top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * k)
-    top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
-    top_seqs = jnp.take_along_axis(alive_seqs, top_beams[:, :, None], axis=1)
-    top_seqs = top_seqs.at[:, :, i].set(top_tokens)
-    is_eos = top_tokens == eos_id
-    # A hypothesis finishes only if its EOS extension ranks among the top k (as in fairseq): so
-    # beam size 1 is exactly greedy decoding.
-    ends = is_eos & (jnp.arange(2 * k) < k)[None, :]
 
-    # Alive: the best k candidates that do not end in EOS.
-    alive_scores = jnp.where(is_eos, NEG_INF, top_log_probs)
-    new_alive_log_probs, alive_pick = jax.lax.top_k(alive_scores, k)
-    new_alive_seqs = jnp.take_along_axis(top_seqs, alive_pick[:, :, None], axis=1)
-    cache = _gather_beams(cache, jnp.take_along_axis(top_beams, alive_pick, axis=1), batch_size, k)
-
-    # Finished: merge the candidates that just ended (length-penalised) into the best k so far.
-    new_scores = jnp.where(ends, top_log_probs / length_penalty(i + 1, alpha), NEG_INF)
-    all_seqs = jnp.concatenate([finished_seqs, top_seqs], axis=1)
-    all_scores = jnp.concatenate([finished_scores, new_scores], axis=1)
-    all_flags = jnp.concatenate([finished_flags, ends], axis=1)
-    finished_scores, finished_pick = jax.lax.top_k(jnp.where(all_flags, all_scores, NEG_INF), k)
-    finished_seqs = jnp.take_along_axis(all_seqs, finished_pick[:, :, None], axis=1)
-    finished_flags = jnp.take_along_axis(all_flags, finished_pick, axis=1)
-    return (i + 1, new_alive_seqs, new_alive_log_probs, finished_seqs, finished_scores,
-            finished_flags, cache)
-
-  seqs = jnp.full((batch_size, k, max_length), pad_id, jnp.int32)
-  # Only the first beam is live at the start; the others are copies that must not be chosen.
-  alive_log_probs = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch_size, 1))
-  init = (jnp.array(0), seqs, alive_log_probs, seqs, jnp.full((batch_size, k), NEG_INF),
-          jnp.zeros((batch_size, k), bool), cache)
-  _, alive_seqs, alive_log_probs, finished_seqs, finished_scores, finished_flags, _ = \
-      jax.lax.while_loop(cond, body, init)
-  # Sentences with no finished hypothesis (max_length reached) return their live beams.
-  none_finished = ~finished_flags.any(-1)
-  alive_scores = alive_log_probs / length_penalty(max_length, alpha)
-  sequences = jnp.where(none_finished[:, None, None], alive_seqs, finished_seqs)
-  scores = jnp.where(none_finished[:, None], alive_scores, finished_scores)
+def _results(
+  state: BeamState, limits: jax.Array, alpha: float, normalization: str
+) -> tuple[jax.Array, jax.Array]:
+  """The finished hypotheses, or the alive ones (scored at the limit's length penalty) for a
+  sentence where none finished."""
+  none_finished = ~state.finished_flags.any(-1)
+  alive_scores = state.alive_log_probs / length_penalty(limits, alpha, normalization)[:, None]
+  sequences = jnp.where(none_finished[:, None, None], state.alive_seqs, state.finished_seqs)
+  scores = jnp.where(none_finished[:, None], alive_scores, state.finished_scores)
   return sequences, scores
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'beam_size', 'max_length', 'alpha'))
-def _generate(graphdef: nnx.GraphDef, state: nnx.State, src_tokens: jax.Array, *, beam_size: int,
-              max_length: int, alpha: float) -> tuple[jax.Array, jax.Array]:
+def _decoder_step_fn(
+  model: Transformer, encoded: jax.Array, src_tokens: jax.Array, max_length: int
+) -> tuple[StepFn, Any, Any]:
+  """Fills `model`'s caches for decoding `max_length` tokens from `encoded` and returns
+  (step_fn, self-attention caches, cross-attention caches). The step function feeds one token
+  per row through the decoder; only the self-attention caches change from step to step."""
+  model.init_cache(encoded, max_length)
+  graphdef, self_cache, cross_cache, rest = nnx.split(model, SELF_CACHE, Cache, ...)
+  rows = src_tokens.shape[0]
+
+  def step_fn(tokens, position, caches):
+    self_cache, cross_cache = caches
+    m = nnx.merge(graphdef, self_cache, cross_cache, rest)
+    logits = m.decode(
+      tokens, encoded, src_tokens, tgt_positions=jnp.full((rows, 1), position), decode=True
+    )
+    return logits[:, 0], (nnx.state(m, SELF_CACHE), cross_cache)
+
+  return step_fn, self_cache, cross_cache
+
+
+def _suppressed(config) -> jax.Array:
+  """`[vocab]` bool: the pad token is never generated (it is never a training label)."""
+  return jnp.arange(config.vocab_size) == config.pad_id
+
+
+@functools.partial(
+  jax.jit, static_argnames=('graphdef', 'beam_size', 'max_length', 'alpha', 'length_normalization')
+)
+def _generate(
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  src_tokens: jax.Array,
+  limits: jax.Array,
+  *,
+  beam_size: int,
+  max_length: int,
+  alpha: float,
+  length_normalization: str,
+) -> tuple[jax.Array, jax.Array]:
   model = nnx.merge(graphdef, state)
   model.eval()
   config = model.config
   batch_size = src_tokens.shape[0]
   encoded = model.encode(src_tokens)  # once per sentence, not per step or per beam
-  if beam_size > 1:
-    encoded = jnp.repeat(encoded, beam_size, axis=0)
-    src_tokens = jnp.repeat(src_tokens, beam_size, axis=0)
-  model.init_cache(encoded, max_length)
-  graphdef_cached, self_cache, cross_cache, rest = nnx.split(
-      model, SELF_CACHE, Cache, ...)
-  rows = src_tokens.shape[0]
-
-  def step_fn(tokens, position, caches):
-    self_cache, cross_cache = caches
-    m = nnx.merge(graphdef_cached, self_cache, cross_cache, rest)
-    logits = m.decode(tokens, encoded, src_tokens, tgt_positions=jnp.full((rows, 1), position),
-                      decode=True)
-    return logits[:, 0], (nnx.state(m, SELF_CACHE), cross_cache)
-
+  ids = dict(bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id)
   if beam_size == 1:
-    tokens = greedy_search(step_fn, (self_cache, cross_cache), batch_size, max_length=max_length,
-                           bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id)
+    step_fn, self_cache, cross_cache = _decoder_step_fn(model, encoded, src_tokens, max_length)
+    tokens = greedy_search(
+      step_fn,
+      (self_cache, cross_cache),
+      batch_size,
+      max_length=max_length,
+      limits=limits,
+      suppress=_suppressed(config),
+      **ids,
+    )
     return tokens, jnp.zeros((batch_size,))
-  sequences, scores = beam_search(step_fn, self_cache, batch_size, beam_size=beam_size,
-                                  max_length=max_length, alpha=alpha, bos_id=config.bos_id,
-                                  eos_id=config.eos_id, pad_id=config.pad_id,
-                                  beam_invariant_cache=cross_cache)
+  encoded = jnp.repeat(encoded, beam_size, axis=0)
+  src_tokens = jnp.repeat(src_tokens, beam_size, axis=0)
+  step_fn, self_cache, cross_cache = _decoder_step_fn(model, encoded, src_tokens, max_length)
+  sequences, scores = beam_search(
+    step_fn,
+    self_cache,
+    batch_size,
+    beam_size=beam_size,
+    max_length=max_length,
+    alpha=alpha,
+    beam_invariant_cache=cross_cache,
+    limits=limits,
+    length_normalization=length_normalization,
+    suppress=_suppressed(config),
+    **ids,
+  )
   return sequences[:, 0], scores[:, 0]
 
 
-def generate(model: Transformer, src_tokens: jax.Array, *, beam_size: int = 4, alpha: float = 0.6,
-             max_length: int | None = None, extra_length: int = 50) -> jax.Array:
-  """Translates a batch: `[batch, src_length]` source ids -> `[batch, max_length]` target ids.
+def bucket(length: int, limit: int) -> int:
+  """`length` rounded up to a multiple of `LENGTH_BUCKET`, at most `limit`."""
+  return min(-(-length // LENGTH_BUCKET) * LENGTH_BUCKET, limit)
+
+
+def generate(
+  model: Transformer,
+  src_tokens: jax.Array,
+  *,
+  beam_size: int = 4,
+  alpha: float = 0.6,
+  max_length: int | None = None,
+  extra_length: int = 50,
+  length_normalization: str = 'gnmt',
+) -> jax.Array:
+  """Translates a batch: `[batch, src_length]` source ids (right-padded) -> target ids.
 
   Args:
     beam_size: 1 is greedy decoding.
-    alpha: GNMT length-penalty exponent.
-    max_length: tokens to generate at most; default: source length + `extra_length`, capped at
-      the model's `max_length` (its positional table).
+    alpha: length-penalty exponent.
+    max_length: tokens every sentence may generate (EOS included). Default: each sentence's own
+      source length (non-padding tokens) + `extra_length`, capped at the model's `max_length`;
+      the output is then as long as the longest limit, rounded up to a multiple of 16.
+    length_normalization: 'gnmt' (default) or 'hf' (see the module docstring).
+
+  Returns:
+    `[batch, length]` int32 tokens, `pad_id` after each sentence's end.
   """
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}')
+  src_tokens = jnp.asarray(src_tokens)
+  cap = model.config.max_length
   if max_length is None:
-    max_length = min(src_tokens.shape[1] + extra_length, model.config.max_length)
+    source_lengths = (src_tokens != model.config.pad_id).sum(-1)
+    limits = jnp.minimum(source_lengths + extra_length, cap)
+    max_length = bucket(src_tokens.shape[1] + extra_length, cap)
+  else:
+    limits = jnp.full((src_tokens.shape[0],), max_length)
   graphdef, state = nnx.split(model)
-  tokens, _ = _generate(graphdef, state, jnp.asarray(src_tokens), beam_size=beam_size,
-                        max_length=max_length, alpha=alpha)
+  tokens, _ = _generate(
+    graphdef,
+    state,
+    src_tokens,
+    limits.astype(jnp.int32),
+    beam_size=beam_size,
+    max_length=max_length,
+    alpha=alpha,
+    length_normalization=length_normalization,
+  )
   return tokens
 
 
@@ -237,9 +478,9 @@ def generate_recompute(model: Transformer, src_tokens: jax.Array, *, max_length:
 
     def body(i, carry):
       tokens, finished = carry
-      decoder_input = jnp.concatenate([jnp.full((batch, 1), config.bos_id, jnp.int32), tokens[:, :-1]], 1)
-      logits = m.decode(decoder_input, encoded, src_tokens)
-      token = jnp.where(finished, config.pad_id, logits[:, i].argmax(-1).astype(jnp.int32))
+      logits = m.decode(shift_right(tokens, config.bos_id), encoded, src_tokens)[:, i]
+      logits = jnp.where(_suppressed(config), -jnp.inf, logits)
+      token = jnp.where(finished, config.pad_id, argmax_last(logits))
       return tokens.at[:, i].set(token), finished | (token == config.eos_id)
 
     tokens = jnp.full((batch, max_length), config.pad_id, jnp.int32)

@@ -3,9 +3,14 @@
     python train.py --workdir=DIR [--config=configs/default.py] [--config.key=value ...]
 
 The workdir is created if needed; if it holds checkpoints the run resumes from the newest one.
+Exit status: 0 when the run finished, 75 when SIGTERM stopped it after saving a checkpoint (run
+the same command again to resume), 2 for a usage, config or data error (one line on stderr,
+`--verbose` adds the traceback), 1 for anything else (a bug: the traceback is printed).
 """
 
 import os
+import runpy
+import sys
 
 # TensorFlow (used by TFDS only) prints CUDA/oneDNN notices at import; they say nothing about this run.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -15,27 +20,76 @@ from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, tokenizer, metrics and results.')
-flags.mark_flag_as_required('workdir')
-config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training configuration file.',
-                                lock_config=True)
-flags.DEFINE_string('coordinator_address', None, 'Multi-host: address:port of process 0 '
-                    '(jax.distributed.initialize); omit for one host or on TPU/SLURM auto-detection.')
+config_flags.DEFINE_config_file(
+  'config', 'configs/default.py', 'Training configuration file.', lock_config=True
+)
+flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'Multi-host: address:port of process 0 '
+  '(jax.distributed.initialize); omit for one host or where the cluster is '
+  'detected (TPU pods, SLURM, Open MPI, Kubernetes, JAX_COORDINATOR_ADDRESS).',
+)
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: this process.')
+flags.DEFINE_bool('verbose', False, 'Print the traceback of usage, config and data errors too.')
 
 
-def main(argv):
-  del argv
-  import jax
-  if FLAGS.coordinator_address or FLAGS.num_processes:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+def _fail(message: str) -> None:
+  print(f'train.py: error: {" ".join(message.split(chr(10)))}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+  """A sentence about the first --config.KEY=... that names no field of the config file."""
+  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), 'configs/default.py')
+  try:
+    config = runpy.run_path(path)['get_config']()
+  except Exception as e:  # noqa: BLE001  the config file itself is broken
+    return f'--config={path}: cannot be loaded ({type(e).__name__}: {e})'
+  from transformer.run_config import nearest_keys
+
+  for argument in argv:
+    if not argument.startswith('--config.'):
+      continue
+    key = argument[len('--config.') :].split('=', 1)[0]
+    node = config
+    for part in key.split('.'):
+      if not hasattr(node, 'keys') or part not in node.keys():
+        near = nearest_keys(config, key)
+        return f'--config.{key}: no such config field' + (
+          f' (nearest: {", ".join(near)})' if near else ''
+        )
+      node = node[part]
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # noqa: BLE001  flag and config-override errors are the user's to fix
+    _fail(_unknown_override(argv[1:]) or str(e).splitlines()[0])
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    _fail(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS.workdir:
+    _fail('--workdir is required')
+  from transformer import distributed
+
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from transformer import trainer
+
   logging.set_verbosity(logging.WARNING)
   try:
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except trainer.ConfigError as e:
-    raise app.UsageError(str(e)) from None
+    results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except trainer.USER_ERRORS as e:
+    if FLAGS.verbose:
+      raise
+    _fail(str(e))
+  return trainer.PREEMPTED_EXIT_STATUS if 'preempted_at_step' in results else 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -15,18 +15,27 @@ def get_config():
   config.source_lang = 'en'
   config.target_lang = 'de'
   config.train_split = 'train'
-  config.eval_split = 'validation'   # newstest2013
-  config.test_split = 'test'         # newstest2014
-  config.vocab_size = 37000          # shared source-target vocabulary (paper: 37k BPE)
+  config.eval_split = 'validation'  # newstest2013
+  config.test_split = 'test'  # newstest2014
+  config.vocab_size = 37000  # shared source-target vocabulary (paper: 37k BPE)
   config.character_coverage = 0.9999
   config.max_length = 256
-  config.model.update(dict(
-      d_model=512, num_heads=8, d_ff=2048, num_encoder_layers=6, num_decoder_layers=6,
-      dropout_rate=0.1, norm_position='post', max_length=512))
+  config.model.update(
+    dict(
+      d_model=512,
+      num_heads=8,
+      d_ff=2048,
+      num_encoder_layers=6,
+      num_decoder_layers=6,
+      dropout_rate=0.1,
+      norm_position='post',
+      max_length=512,
+    )
+  )
   config.batch_size = 96
   config.num_train_steps = 100_000
   config.max_train_minutes = 0.0
-  config.lr_schedule = 'rsqrt'       # the paper's
+  config.lr_schedule = 'rsqrt'  # the paper's
   config.warmup_steps = 4000
   config.learning_rate_scale = 1.0
   config.eval_every = 5000

@@ -1,22 +1,33 @@
 """Orbax checkpoints of a training run: parameters, optimizer state, step, RNG and data position.
 
-Layout in the workdir:
+Layout in the workdir (one folder per step, each item a sub-folder):
 
-    checkpoints/<step>/state   TrainState as a PyTree of host arrays (no pickle)
-    checkpoints/<step>/data    the grain iterator's position (one JSON per process)
-    best/<step>/...            the checkpoint with the best validation BLEU so far
+    checkpoints/<step>/params     the model parameters (a PyTree of host arrays, no pickle)
+    checkpoints/<step>/train      step, optimizer state and the base RNG key
+    checkpoints/<step>/manifest   shape, dtype and CRC-32 of every array of params and train
+    checkpoints/<step>/data       the data iterator's position (one JSON per process)
+    best/<step>/...               the checkpoint with the best validation BLEU so far
+    damaged/<folder>-<step>[...]  checkpoints that could not be read, moved aside for inspection
 
 The state is saved as plain host arrays, independent of how many devices held it, so a checkpoint
-written on 8 devices restores on 1 or 2 and the other way. Saves are asynchronous; a newest
-checkpoint that cannot be read (truncated, corrupted) is reported and the previous one is used.
+written on 8 devices restores on 1 or 2 and the other way. A restore first compares the manifest
+with the model it restores into (a mismatch is an error that names the first leaf that differs),
+then checks every array's CRC-32. A checkpoint that cannot be read or whose data is damaged is
+reported, moved aside (so that the run can save that step again) and the previous one is used.
+Inference restores the parameters alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import shutil
 from typing import Any
+import zlib
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -24,70 +35,350 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
-def _manager(directory: str, max_to_keep: int, best: bool) -> ocp.CheckpointManager:
+class _HideReadOnlyNotice(logging.Filter):
+  """Orbax warns that a manager opened read-only is read-only: inference opens it so on purpose."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only')
+
+
+logging.getLogger('absl').addFilter(_HideReadOnlyNotice())
+ITEMS = ('params', 'train', 'manifest', 'data')
+
+
+class CheckpointError(RuntimeError):
+  """There are checkpoints, but none of them can be read."""
+
+
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint that does not fit the model or optimizer it is restored into."""
+
+
+class _DamagedCheckpoint(Exception):
+  """A checkpoint whose files cannot be read or whose arrays fail their checksum."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The data position: one JSON per process, written by every process into the step's folder.
+
+
+class ProcessStatesHandler:
+  """Orbax handler for a data iterator's position: `iterator.get_state()` (a JSON-able dict) is
+  written by each process to `process_<i>-of-<n>.json`; restoring returns every process's saved
+  state, `{'process_count': n, 'states': {i: state}}`, and leaves applying it to the caller."""
+
+  def save(self, directory: epath.Path, args: 'DataSave') -> None:
+    state = args.item.get_state()
+    name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    (directory / name).write_text(json.dumps(state))
+
+  def restore(self, directory: epath.Path, args: 'DataRestore' | None = None) -> dict[str, Any]:
+    del args
+    states, count = {}, None
+    for path in directory.iterdir():
+      name = path.name
+      if name.startswith('process_') and name.endswith('.json'):
+        index, count = (int(x) for x in name[len('process_') : -len('.json')].split('-of-'))
+        states[index] = json.loads(path.read_text())
+    return {'process_count': count, 'states': states}
+
+  def metadata(self, directory: epath.Path) -> None:
+    del directory
+
+  def structure(self, directory: epath.Path) -> None:
+    del directory
+
+  def finalize(self, directory: epath.Path) -> None:
+    del directory
+
+  def close(self) -> None:
+    pass
+
+  @classmethod
+  def typestr(cls) -> str:
+    return f'{cls.__module__}.{cls.__qualname__}'
+
+
+@ocp.args.register_with_handler(ProcessStatesHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(ProcessStatesHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest: what every array should be.
+
+
+def _crc32(array: np.ndarray) -> int:
+  return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast('B'))
+
+
+def manifest(tree: Any, *, checksums: bool = True) -> dict[str, list]:
+  """`{leaf path: [shape, dtype(, crc32)]}` of a PyTree of host arrays."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+      entry = [list(leaf.shape), str(np.dtype(leaf.dtype))]
+    else:
+      array = np.asarray(leaf)
+      entry = [list(array.shape), str(array.dtype)]
+      if checksums:
+        entry.append(_crc32(array))
+    out[jax.tree_util.keystr(path)] = entry
+  return out
+
+
+def _first_difference(saved: dict[str, list], target: dict[str, list], what: str) -> str | None:
+  """A sentence naming the first leaf where `saved` and `target` differ in shape or dtype."""
+  for path in target:
+    if path not in saved:
+      return f'{what}{path} is in the model but not in the checkpoint'
+    if saved[path][:2] != target[path][:2]:
+      return (
+        f'{what}{path} is {tuple(saved[path][0])} {saved[path][1]} in the checkpoint, '
+        f'{tuple(target[path][0])} {target[path][1]} in the model'
+      )
+  extra = [path for path in saved if path not in target]
+  if extra:
+    return f'{what}{extra[0]} is in the checkpoint but not in the model'
+  return None
+
+
+def _verify_checksums(restored: Any, saved: dict[str, list], what: str) -> None:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
+    name = jax.tree_util.keystr(path)
+    if _crc32(np.asarray(leaf)) != saved[name][2]:
+      raise _DamagedCheckpoint(f'{what}{name} fails its checksum (damaged data)')
+
+
+def _abstract(tree: Any) -> Any:
+  """The restore target: same tree, ShapeDtypeStruct leaves (restored as host NumPy arrays)."""
+  return jax.tree.map(
+    lambda x: (
+      x
+      if isinstance(x, jax.ShapeDtypeStruct)
+      else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+    ),
+    tree,
+  )
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpointer.
+
+
+def _manager(
+  directory: str, max_to_keep: int, *, best: bool, read_only: bool
+) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
-      best_fn=(lambda metrics: metrics['bleu']) if best else None, best_mode='max',
-      keep_checkpoints_without_metrics=not best, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=('state', 'data'))
+    max_to_keep=None if read_only else max_to_keep,
+    save_interval_steps=0 if read_only else 1,
+    create=not read_only,
+    read_only=read_only,
+    enable_async_checkpointing=not read_only,
+    best_fn=(lambda metrics: metrics['bleu']) if best else None,
+    best_mode='max',
+    keep_checkpoints_without_metrics=not best,
+    cleanup_tmp_directories=not read_only,
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
+
+
+def _train_part(state: Any) -> dict[str, Any]:
+  """What a `TrainState` holds besides the parameters."""
+  return {'step': state.step, 'opt_state': state.opt_state, 'rng': state.rng}
+
+
+@dataclasses.dataclass
+class Restored:
+  """A restored checkpoint: the state (or the parameters alone), its step, and the data
+  iterator's saved position (`{'process_count': n, 'states': {process: state}}`, or None)."""
+
+  state: Any
+  step: int
+  data: dict[str, Any] | None = None
+  metadata: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. metrics, evaluation_due
 
 
 class Checkpointer:
-  """Saves and restores `(TrainState on the host, data iterator)` in a workdir."""
+  """Saves and restores `(TrainState on the host, data position)` in a workdir.
 
-  def __init__(self, workdir: str, *, keep: int = 3, keep_best: bool = True):
-    self.latest = _manager(os.path.join(workdir, 'checkpoints'), keep, best=False)
-    self.best = _manager(os.path.join(workdir, 'best'), 1, best=True) if keep_best else None
-    self.best_bleu: float | None = None
+  `read_only=True` (inference) creates nothing in the workdir and moves nothing aside.
+  """
 
-  def save(self, step: int, host_state: Any, data_iterator: Any | None, *,
-           bleu: float | None = None, force: bool = False) -> None:
+  def __init__(
+    self, workdir: str, *, keep: int = 3, keep_best: bool = True, read_only: bool = False
+  ):
+    self.workdir = workdir
+    self.read_only = read_only
+    self.latest = _manager(
+      os.path.join(workdir, 'checkpoints'), keep, best=False, read_only=read_only
+    )
+    self.best = (
+      _manager(os.path.join(workdir, 'best'), 1, best=True, read_only=read_only)
+      if keep_best
+      else None
+    )
+    self.best_bleu = self._saved_best_bleu()
+
+  def _saved_best_bleu(self) -> float | None:
+    if self.best is None or self.best.latest_step() is None:
+      return None
+    try:
+      saved = self.best.restore(
+        self.best.latest_step(), args=ocp.args.Composite(manifest=ocp.args.JsonRestore())
+      )
+      return saved['manifest'].get('metrics', {}).get('bleu')
+    except Exception:  # noqa: BLE001  a damaged best checkpoint is replaced by the next better one
+      return None
+
+  def save(
+    self,
+    step: int,
+    host_state: Any,
+    data_iterator: Any | None = None,
+    *,
+    bleu: float | None = None,
+    force: bool = False,
+    evaluation_due: bool = False,
+  ) -> None:
     """Saves asynchronously (returns once the arrays are copied). With `bleu`, also keeps the
-    checkpoint as the best one if the score is the best so far."""
-    args = {'state': ocp.args.StandardSave(host_state)}
+    checkpoint as the best one if the score is the best so far. `evaluation_due` records that
+    this step's evaluation has not run yet (a preempted run), for the resumed run to do it."""
+    train = _train_part(host_state)
+    contents = {'params': manifest(host_state.params), 'train': manifest(train)}
+    if bleu is not None:
+      contents['metrics'] = {'bleu': float(bleu)}
+    if evaluation_due:
+      contents['evaluation_due'] = True
+    items = {
+      'params': ocp.args.StandardSave(host_state.params),
+      'train': ocp.args.StandardSave(train),
+      'manifest': ocp.args.JsonSave(contents),
+    }
     if data_iterator is not None:
-      import grain  # the data extra; only runs that have a data iterator get here
-      args['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-    self.latest.save(step, args=ocp.args.Composite(**args), force=force)
-    if bleu is not None and self.best is not None and (self.best_bleu is None or bleu > self.best_bleu):
+      items['data'] = DataSave(data_iterator)
+    self.latest.save(step, args=ocp.args.Composite(**items), force=force)
+    if (
+      bleu is not None
+      and self.best is not None
+      and step not in self.best.all_steps()
+      and (self.best_bleu is None or bleu > self.best_bleu)
+    ):
       self.best_bleu = bleu
-      self.best.save(step, args=ocp.args.Composite(**args), metrics={'bleu': bleu}, force=True)
+      self.best.save(
+        step, args=ocp.args.Composite(**items), metrics={'bleu': float(bleu)}, force=True
+      )
 
-  def restore(self, abstract_state: Any, data_iterator: Any | None, *, which: str = 'latest',
-              step: int | None = None) -> tuple[Any, int] | None:
-    """Restores the newest readable checkpoint (or `step`) onto `abstract_state`'s structure.
+  def restore(
+    self, target: Any, *, which: str = 'latest', params_only: bool = False, with_data: bool = False
+  ) -> Restored | None:
+    """Restores the newest readable checkpoint of `which` ('latest' or 'best') onto `target`.
+
+    Args:
+      target: a TrainState (or, with `params_only`, a parameter tree) of arrays or
+        ShapeDtypeStructs: the model and optimizer the checkpoint must fit.
+      params_only: restore the parameters alone (no optimizer state is read or needed).
+      with_data: also return the data iterator's saved position.
 
     Returns:
-      (host state, step), or None when there is no checkpoint. Unreadable newer checkpoints are
-      logged and skipped.
+      The restored state and step, or None when there is no checkpoint.
+
+    Raises:
+      CheckpointMismatch: the newest readable checkpoint does not fit `target`.
+      CheckpointError: there are checkpoints, but none could be read.
     """
     manager = self.best if which == 'best' else self.latest
     if manager is None:
       return None
-    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
     errors = []
-    for candidate in steps:
-      args = {'state': ocp.args.StandardRestore(abstract_state)}
-      if data_iterator is not None:
-        import grain
-        args['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    for step in sorted(manager.all_steps(), reverse=True):
       try:
-        restored = manager.restore(candidate, args=ocp.args.Composite(**args))
-      except Exception as e:  # noqa: BLE001  any unreadable checkpoint: fall back to an older one
-        message = f'checkpoint {candidate} in {manager.directory} cannot be restored ({type(e).__name__}: {e})'
-        log.warning('%s; trying an older one', message)
-        errors.append(message)
+        restored = self._restore_step(manager, step, target, params_only, with_data)
+      except _DamagedCheckpoint as e:
+        errors.append(f'checkpoint {step} in {manager.directory} cannot be restored ({e})')
+        log.warning('%s; %s', errors[-1], self._set_aside(manager, step))
         continue
       if errors:
-        log.warning('restored checkpoint %d after skipping %d unreadable newer one(s)', candidate, len(errors))
-      return restored['state'], candidate
+        log.warning(
+          'restored checkpoint %d after skipping %d unreadable newer one(s)', step, len(errors)
+        )
+      return restored
     if errors:
-      raise RuntimeError('no checkpoint could be restored:\n' + '\n'.join(errors))
+      raise CheckpointError('no checkpoint could be restored:\n' + '\n'.join(errors))
     return None
 
-  def latest_step(self) -> int | None:
-    return self.latest.latest_step()
+  def _restore_step(
+    self, manager: ocp.CheckpointManager, step: int, target: Any, params_only: bool, with_data: bool
+  ) -> Restored:
+    try:
+      saved = manager.restore(step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore()))[
+        'manifest'
+      ]
+    except Exception as e:  # noqa: BLE001  missing or torn manifest
+      raise _DamagedCheckpoint(f'manifest: {type(e).__name__}: {e}') from e
+    where = f'checkpoint {step} in {manager.directory}'
+    params = target if params_only else target.params
+    problem = _first_difference(saved['params'], manifest(params, checksums=False), 'params')
+    if problem:
+      raise CheckpointMismatch(f'{where} does not fit this model: {problem}')
+    items = {'params': ocp.args.StandardRestore(_abstract(params))}
+    if not params_only:
+      train = _train_part(target)
+      problem = _first_difference(saved['train'], manifest(train, checksums=False), 'train')
+      if problem:
+        raise CheckpointMismatch(
+          f'{where} holds a different optimizer state than this config builds ({problem}): '
+          'the config changes the optimizer (e.g. max_grad_norm); use the original values or a new workdir'
+        )
+      items['train'] = ocp.args.StandardRestore(_abstract(train))
+    if with_data and 'data' in _item_names(manager, step):
+      items['data'] = DataRestore()
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001  torn or unreadable array files
+      raise _DamagedCheckpoint(f'{type(e).__name__}: {e}') from e
+    _verify_checksums(restored['params'], saved['params'], 'params')
+    metadata = {k: v for k, v in saved.items() if k not in ('params', 'train')}
+    if params_only:
+      return Restored(restored['params'], step, metadata=metadata)
+    _verify_checksums(restored['train'], saved['train'], 'train')
+    train = restored['train']
+    state = target.replace(
+      params=restored['params'], step=train['step'], opt_state=train['opt_state'], rng=train['rng']
+    )
+    return Restored(state, step, restored.get('data') if with_data else None, metadata)
+
+  def _set_aside(self, manager: ocp.CheckpointManager, step: int) -> str:
+    """Moves a damaged checkpoint to `damaged/` so that the run can save its step again."""
+    if self.read_only:
+      return 'trying an older one'
+    source = os.path.join(str(manager.directory), str(step))
+    name = f'{os.path.basename(str(manager.directory))}-{step}'
+    destination = os.path.join(self.workdir, 'damaged', name)
+    suffix = 1
+    while os.path.exists(destination):
+      suffix += 1
+      destination = os.path.join(self.workdir, 'damaged', f'{name}.{suffix}')
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(destination), exist_ok=True)
+      shutil.move(source, destination)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
+    manager.reload()
+    return f'moved to {destination}; trying an older one'
+
+  def all_steps(self, which: str = 'latest') -> list[int]:
+    manager = self.best if which == 'best' else self.latest
+    return sorted(manager.all_steps()) if manager is not None else []
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -100,6 +391,5 @@ class Checkpointer:
       self.best.close()
 
 
-def abstract_host_state(host_state: Any) -> Any:
-  """The restore target for a host state: same tree, NumPy leaves (no device placement)."""
-  return jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), host_state)
+def _item_names(manager: ocp.CheckpointManager, step: int) -> set[str]:
+  return set(os.listdir(os.path.join(str(manager.directory), str(step))))

@@ -26,6 +26,7 @@ class MetricWriter:
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
     try:
       import tensorflow as tf  # only for the event files
+
       tf.config.set_visible_devices([], 'GPU')  # the GPU belongs to JAX
       self._tf = tf
       self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))

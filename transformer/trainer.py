@@ -1,354 +1,459 @@
-"""The training loop, top to bottom: data, tokenizer, model, restore, steps, evaluation, checkpoints.
+"""The training loop, top to bottom: set-up, steps, evaluation, checkpoints, the final test.
 
-`train_and_evaluate(config, workdir)` is what `train.py` runs. The workdir holds everything a run
-needs to resume or to translate: config.json, tokenizer.model, checkpoints/, best/, metrics.jsonl,
-TensorBoard events, and results.json at the end.
+`train_and_evaluate(config, workdir)` is what `train.py` runs:
+
+    run = set_up(config, workdir)   data and tokenizer (every split checked first), model,
+                                    optimizer, parallelism, restore from the newest checkpoint
+    train(run)                      the step loop: log, validate, checkpoint, stop on SIGTERM or
+                                    the time budget
+    test(run)                       test-set BLEU with each of config.test_beam_sizes
+
+The workdir holds everything a run needs to resume or to translate (see `transformer.workdir`).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
+import dataclasses
 import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
+from flax import nnx
 import jax
 import ml_collections
-from flax import nnx
+import numpy as np
 
-from transformer import checkpoints, evaluation, flops, training
-# grain (pipeline) and TFDS (datasets) are imported where training needs them, so that loading a
-# trained model for translation works on a JAX-only install.
-from transformer.input_pipeline import tokenizer as tokenizer_lib
+from transformer import (
+  checkpoints,
+  evaluation,
+  flops,
+  training,
+)
+from transformer import (
+  parallel as parallel_lib,
+)
+from transformer import (
+  workdir as workdir_lib,
+)
+from transformer.input_pipeline.corpus import DataError
 from transformer.metrics_writer import MetricWriter
-from transformer.model import Transformer, TransformerConfig
+from transformer.model import Transformer, TransformerConfig, count_params
+from transformer.run_config import ConfigError, make_optimizer, model_config, validate_config
 
-log = logging.getLogger(__name__)
+# Errors a user causes (config, data, workdir); train.py reports them in one line.
+USER_ERRORS = (ConfigError, DataError, checkpoints.CheckpointError)
 
-# Config keys that fix what the checkpoint and tokenizer mean: a resume must not change them.
-INCOMPATIBLE_ON_RESUME = ('dataset', 'source_lang', 'target_lang', 'vocab_size', 'model', 'seed')
-
-
-class ConfigError(ValueError):
-  """The config is invalid or incompatible with the workdir."""
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first bad field; nothing runs on an invalid config."""
-  from transformer.input_pipeline import pipeline
-  for name in ('batch_size', 'num_train_steps', 'warmup_steps', 'log_every', 'eval_every',
-               'checkpoint_every', 'keep_checkpoints', 'eval_batch_size', 'vocab_size',
-               'max_length', 'grad_accum_steps', 'decode_batch_size'):
-    value = config[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise ConfigError(f'config.{name} must be a positive integer, got {value!r}')
-  if config.overlong not in pipeline.OVERLONG_POLICIES:
-    raise ConfigError(f'config.overlong must be one of {pipeline.OVERLONG_POLICIES}, got {config.overlong!r}')
-  if config.parallelism not in training.PARALLELISMS:
-    raise ConfigError(f'config.parallelism must be one of {training.PARALLELISMS}, got {config.parallelism!r}')
-  if _lr_schedule(config) not in training.SCHEDULES:
-    raise ConfigError(f'config.lr_schedule must be one of {training.SCHEDULES}, got {config.lr_schedule!r}')
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise ConfigError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing}')
-  if config.eval_beam_size < 1 or any(b < 1 for b in config.test_beam_sizes):
-    raise ConfigError('beam sizes must be >= 1')
-  if config.model.max_length < config.max_length:
-    raise ConfigError(f'config.model.max_length={config.model.max_length} must cover the data '
-                      f'max_length={config.max_length}')
-  try:
-    model_config(config, vocab_size=config.vocab_size)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f'config.model: {e}') from e
+# The exit status of a run stopped by SIGTERM after saving its checkpoint (EX_TEMPFAIL: "try
+# again"), so that a scheduler can tell a preempted run from a finished one.
+PREEMPTED_EXIT_STATUS = 75
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
-  return TransformerConfig(vocab_size=vocab_size, pad_id=tokenizer_lib.PAD_ID,
-                           bos_id=tokenizer_lib.BOS_ID, eos_id=tokenizer_lib.EOS_ID,
-                           **config.model.to_dict())
+@dataclasses.dataclass
+class Run:
+  """Everything the loop needs, built by `set_up`."""
 
+  config: ml_collections.ConfigDict
+  workdir: str
+  writer: MetricWriter
+  data: Any  # transformer.input_pipeline.data.RunData
+  model_config: TransformerConfig
+  parallel: parallel_lib.DataParallel
+  graphdef: nnx.GraphDef
+  rngs: Any  # the model's non-parameter state (dropout streams)
+  state: Any  # TrainState in the parallel layout
+  start_step: int
+  schedule: Callable
+  train_step: Callable
+  eval_step: Callable
+  batches: Any  # the prefetching training iterator (saved in checkpoints)
+  checkpointer: checkpoints.Checkpointer
+  evaluator: evaluation.Evaluator
+  evaluation_due: bool = False  # the restored step was due to evaluate but was preempted first
 
-def _lr_schedule(config: ml_collections.ConfigDict) -> str:
-  # Workdirs from before `lr_schedule` existed were trained with the paper's schedule.
-  return config.get('lr_schedule', 'rsqrt')
+  def say(self, message: str) -> None:
+    self.writer.say(message)
 
-
-def make_optimizer(config: ml_collections.ConfigDict, d_model: int):
-  """The optimizer and learning-rate schedule that `config` describes."""
-  return training.make_optimizer(d_model, config.warmup_steps, config.learning_rate_scale,
-                                 max_grad_norm=config.max_grad_norm or None,
-                                 schedule=_lr_schedule(config),
-                                 total_steps=config.num_train_steps)
-
-
-def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-  """Saves config.json on the first run; on a resume, refuses a config that changes the model.
-
-  Returns warnings about allowed changes that alter the run (to be logged).
-  """
-  path = os.path.join(workdir, 'config.json')
-  current = json.loads(config.to_json_best_effort())
-  warnings = []
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    changed = [k for k in INCOMPATIBLE_ON_RESUME if saved.get(k) != current.get(k)]
-    if changed:
-      details = '; '.join(f'{k}: {saved.get(k)!r} in the workdir, {current.get(k)!r} now' for k in changed)
-      raise ConfigError(f'{workdir} was trained with a different config ({details}). Use a new '
-                        '--workdir, or the original values.')
-    if (_lr_schedule(config) == 'linear'
-        and saved.get('num_train_steps') != config.num_train_steps):
-      warnings.append(
-          f"warning: num_train_steps changed from {saved.get('num_train_steps')} to "
-          f"{config.num_train_steps}; with lr_schedule='linear' the learning rate from the resumed "
-          'step on follows the new decay line (it jumps), so this run differs from one trained '
-          'with the new value from the start')
-  if jax.process_index() == 0:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(current, f, indent=2)
-    os.replace(path + '.tmp', path)
-  return warnings
-
-
-def load_tokenizer(workdir: str) -> tokenizer_lib.Tokenizer:
-  return tokenizer_lib.Tokenizer(os.path.join(workdir, 'tokenizer.model'))
-
-
-def load_model_from_workdir(workdir: str, *, which: str = 'latest') -> tuple[Transformer, tokenizer_lib.Tokenizer, int]:
-  """The trained model (newest or best checkpoint), its tokenizer and step, for translation."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir} is not a training workdir (no config.json)')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  tokenizer = load_tokenizer(workdir)
-  model = training.create_model(model_config(config, tokenizer.vocab_size), seed=0)
-  optimizer, _ = make_optimizer(config, model.config.d_model)
-  graphdef, host_state, rngs = training.init_train_state(model, optimizer, seed=0)
-  checkpointer = checkpoints.Checkpointer(workdir, keep_best=True)
-  try:
-    restored = checkpointer.restore(checkpoints.abstract_host_state(host_state), None, which=which)
-  finally:
-    checkpointer.close()
-  if restored is None:
-    raise FileNotFoundError(f'{workdir} has no {which} checkpoint')
-  host_state, step = restored
-  model = nnx.merge(graphdef, host_state.params, rngs)
-  model.eval()
-  return model, tokenizer, step
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag checked between steps, so the loop saves before exiting."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
-
-
-def _read(config: ml_collections.ConfigDict, split: str) -> tuple[list[tuple[str, str]], str]:
-  """Raw text pairs of one split of the configured dataset, and what was read."""
-  from transformer.input_pipeline import datasets
-  return datasets.read_split(
-      config.dataset, split, config.source_lang, config.target_lang,
-      data_dir=config.tfds_data_dir or None, local_files=config.local_files.to_dict(),
-      skip_malformed=config.skip_malformed)
+  def eval_model(self, params: Any) -> Transformer:
+    model = nnx.merge(self.graphdef, params, self.rngs)
+    model.eval()
+    return model
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from the workdir if it has checkpoints), evaluates, returns final metrics."""
-  from transformer.input_pipeline import pipeline
+  """Trains (resuming from the workdir if it has checkpoints), evaluates, tests.
+
+  Returns the results written to results.json, or `{'preempted_at_step': N}` after a SIGTERM.
+  Raises ConfigError (or a data error) before anything is written if the config, the data or
+  the workdir cannot be used.
+  """
+  run = set_up(config, workdir)
+  try:
+    outcome = train(run)
+    if 'preempted_at_step' in outcome:
+      return outcome
+    results = {**test(run), **outcome}
+    if jax.process_index() == 0:
+      workdir_lib.write_json_atomically(os.path.join(workdir, 'results.json'), results)
+    run.say(f'results: {results}')
+    return results
+  finally:
+    run.checkpointer.close()
+    run.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up.
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Checks the config, the workdir and every data split, then builds the run (and restores it)."""
+  from transformer.input_pipeline import data as data_lib  # grain and TFDS: training only
+
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  config_warnings = _check_workdir_config(config, workdir)
-  is_lead = jax.process_index() == 0
-  writer = MetricWriter(workdir, enabled=is_lead)
-  say = writer.say
-  for warning in config_warnings:
-    say(warning)
-
-  # Data and tokenizer.
-  train_pairs, report = _read(config, config.train_split)
-  tokenizer, trained_now = tokenizer_lib.load_or_train_tokenizer(
-      os.path.join(workdir, 'tokenizer.model'),
-      lambda: (text for pair in train_pairs for text in pair), vocab_size=config.vocab_size,
-      character_coverage=config.character_coverage, max_sentences=config.vocab_max_sentences,
-      seed=config.seed)
-  say(f'tokenizer: {"trained" if trained_now else "reused"} {tokenizer.path} ({tokenizer.vocab_size} pieces)')
-  tokenize = functools.partial(pipeline.tokenize_pairs, tokenizer=tokenizer,
-                               max_length=config.max_length, overlong=config.overlong)
-  train_data, stats = tokenize(train_pairs)
-  say(f'train: {report}; {stats}')
-  eval_pairs, report = _read(config, config.eval_split)
-  eval_data, stats = tokenize(eval_pairs)
-  say(f'validation: {report}; {stats}')
-
-  # Model, optimizer, parallelism.
-  mconfig = model_config(config, tokenizer.vocab_size)
-  parallel = training.DataParallel(config.parallelism)
-  if config.batch_size % (parallel.num_replicas * config.grad_accum_steps):
-    raise ConfigError(f'config.batch_size={config.batch_size} must be divisible by replicas '
-                      f'({parallel.num_replicas}) x grad_accum_steps ({config.grad_accum_steps})')
-  if config.eval_batch_size % parallel.num_replicas:
-    raise ConfigError(f'config.eval_batch_size={config.eval_batch_size} must be divisible by the '
-                      f'{parallel.num_replicas} replicas')
-  rows_per_host = config.batch_size // jax.process_count()
+  parallel = parallel_lib.make(config.parallelism)
+  _check_batch_sizes(config, parallel.num_replicas)
+  warnings = workdir_lib.check_resume(config, workdir)
+  data = data_lib.prepare(config, workdir)  # every split read and checked; tokenizer ready
+  workdir_lib.save_config(config, workdir)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  for line in warnings + data.report:
+    writer.say(line)
+  mconfig = model_config(config, data.tokenizer.vocab_size, **data.tokenizer.special_ids)
   model = training.create_model(mconfig, config.seed)
   optimizer, schedule = make_optimizer(config, mconfig.d_model)
   graphdef, host_state, rngs = training.init_train_state(model, optimizer, config.seed)
-  say(f'model: {sum(x.size for x in jax.tree.leaves(host_state.params)):,} parameters; '
-      f'{parallel.num_replicas} replica(s) ({config.parallelism}) on {jax.device_count()} device(s), '
-      f'{jax.process_count()} process(es)')
-
-  train_iter = iter(pipeline.train_dataset(
-      train_data, batch_size=rows_per_host, max_length=config.max_length, seed=config.seed,
-      pack=config.pack, shard_index=jax.process_index(), shard_count=jax.process_count()))
+  writer.say(
+    f'model: {count_params(model):,} parameters; {parallel.num_replicas} replica(s) '
+    f'({parallel.name}) on {jax.device_count()} device(s), {jax.process_count()} process(es)'
+  )
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  restored = checkpointer.restore(checkpoints.abstract_host_state(host_state), train_iter)
-  start_step = 0
-  if restored is not None:
-    host_state, start_step = restored
-    say(f'resumed from checkpoint at step {start_step}')
-  state = parallel.device_state(host_state)
-  del host_state
+  batches = data.train_batches()
+  host_state, start_step, evaluation_due = _restore(checkpointer, host_state, batches, writer.say)
+  train_step, eval_step = _compile_steps(config, parallel, graphdef, optimizer)
+  evaluator = evaluation.Evaluator(
+    data.tokenizer,
+    alpha=config.length_penalty,
+    batch_size=config.decode_batch_size,
+    extra_length=config.decode_extra_length,
+    warn=writer.say,
+  )
+  return Run(
+    config, workdir, writer, data, mconfig, parallel, graphdef, rngs,
+    state=parallel.device_state(host_state), start_step=start_step, schedule=schedule,
+    train_step=train_step, eval_step=eval_step,
+    batches=Prefetcher(batches, parallel.device_batch), checkpointer=checkpointer,
+    evaluator=evaluator, evaluation_due=evaluation_due,
+  )  # fmt: skip
 
-  train_step = parallel.compile_train_step(training.make_train_step(
-      graphdef, optimizer, label_smoothing=config.label_smoothing,
-      grad_accum_steps=config.grad_accum_steps, axis_name=parallel.axis_name))
-  eval_step = parallel.compile_eval_step(training.make_eval_step(graphdef, axis_name=parallel.axis_name))
-  step_flops = flops.train_step_flops(mconfig, config.batch_size, config.max_length, config.max_length)
-  peak, peak_source = flops.device_peak(mconfig.dtype)
-  say(f'MFU reference: {peak / 1e9:.1f} GFLOP/s ({peak_source})')
 
-  def eval_model(params) -> Transformer:
-    m = nnx.merge(graphdef, params, rngs)
-    m.eval()
-    return m
+def _compile_steps(
+  config: ml_collections.ConfigDict,
+  parallel: parallel_lib.DataParallel,
+  graphdef: nnx.GraphDef,
+  optimizer: Any,
+) -> tuple[Callable, Callable]:
+  """The train and eval steps, compiled for `parallel`."""
+  train_step = training.make_train_step(
+    graphdef,
+    optimizer,
+    label_smoothing=config.label_smoothing,
+    grad_accum_steps=config.grad_accum_steps,
+    axis_name=parallel.axis_name,
+  )
+  eval_step = training.make_eval_step(graphdef, axis_name=parallel.axis_name)
+  return parallel.compile_train_step(train_step), parallel.compile_eval_step(eval_step)
 
-  def evaluate(step: int) -> dict[str, float]:
-    host = parallel.host_state(state)  # for decoding, which runs on one device
-    sums = {'nll': 0.0, 'correct': 0.0, 'tokens': 0.0}
-    eval_ds = pipeline.eval_dataset(eval_data, batch_size=config.eval_batch_size // jax.process_count(),
-                                    max_length=config.max_length, shard_index=jax.process_index(),
-                                    shard_count=jax.process_count())
-    for index, batch in enumerate(eval_ds):
-      if config.eval_max_batches and index >= config.eval_max_batches:
-        break
-      # state.params is already in the step's replicated layout: no round trip through the host.
-      out = parallel.metrics(eval_step(state.params, rngs, parallel.device_batch(batch)))
-      sums = {k: sums[k] + out[k] for k in sums}
-    tokens = max(sums['tokens'], 1.0)
-    metrics = {'eval_loss': sums['nll'] / tokens, 'eval_accuracy': sums['correct'] / tokens}
-    metrics['eval_perplexity'] = math.exp(min(metrics['eval_loss'], 50.0))
-    m = eval_model(host.params)
-    count = config.bleu_sentences or len(eval_pairs)
-    sources = [s for s, _ in eval_pairs[:count]]
-    references = [t for _, t in eval_pairs[:count]]
-    hypotheses = evaluation.translate(m, tokenizer, sources, beam_size=config.eval_beam_size,
-                                      alpha=config.length_penalty, batch_size=config.decode_batch_size,
-                                      extra_length=config.decode_extra_length, warn=say)
-    bleu, signature = evaluation.corpus_bleu(hypotheses, references)
-    metrics['eval_bleu'] = bleu
-    say(f'eval step {step}: loss {metrics["eval_loss"]:.4f}, accuracy {metrics["eval_accuracy"]:.4f}, '
-        f'perplexity {metrics["eval_perplexity"]:.2f}, BLEU {bleu:.2f} on {len(sources)} sentences '
-        f'(beam {config.eval_beam_size}; {signature})')
-    for src, hyp, ref in list(zip(sources, hypotheses, references))[:config.num_samples]:
-      say(f'  source:     {src}\n  reference:  {ref}\n  hypothesis: {hyp}')
-    writer.write(step, metrics)
-    return metrics
 
-  preemption = _Preemption()
-  step = start_step
-  window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-  run_start = time.perf_counter()
-  last_metrics: dict[str, float] = {}
-  eval_metrics: dict[str, float] = {}
+def _check_batch_sizes(config: ml_collections.ConfigDict, replicas: int) -> None:
+  if config.batch_size % (replicas * config.grad_accum_steps):
+    raise ConfigError(
+      f'config.batch_size={config.batch_size} must be divisible by replicas '
+      f'({replicas}) x grad_accum_steps ({config.grad_accum_steps})'
+    )
+  if config.eval_batch_size % replicas:
+    raise ConfigError(
+      f'config.eval_batch_size={config.eval_batch_size} must be divisible by the '
+      f'{replicas} replicas'
+    )
+
+
+def _restore(
+  checkpointer: checkpoints.Checkpointer, host_state: Any, batches: Any, say: Callable[[str], None]
+) -> tuple[Any, int, bool]:
+  """(state, step, whether that step's evaluation is still due) from the newest readable
+  checkpoint, with the data iterator moved to its saved position; the fresh state if none."""
+  try:
+    restored = checkpointer.restore(host_state, with_data=True)
+  except checkpoints.CheckpointMismatch as e:
+    raise ConfigError(str(e)) from None
+  if restored is None:
+    return host_state, 0, False
+  batches.restore(restored.data)
+  say(f'resumed from checkpoint at step {restored.step}')
+  return restored.state, restored.step, bool(restored.metadata.get('evaluation_due'))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train(run: Run) -> dict[str, Any]:
+  """Steps from the restored step to `num_train_steps`, validating and checkpointing on the way.
+
+  Returns the last validation metrics, the step, the loop's minutes and the last training loss;
+  or `{'preempted_at_step': step}` when SIGTERM stopped the run (after saving a checkpoint).
+  """
+  config = run.config
+  step_flops = flops.train_step_flops(
+    run.model_config, config.batch_size, config.max_length, config.max_length
+  )
+  meter = Meter(
+    step_flops,
+    *flops.device_peak(run.model_config.dtype, run.parallel.num_replicas),
+    total_steps=config.num_train_steps,
+    budget_minutes=config.max_train_minutes,
+  )
+  run.say(f'MFU reference: {meter.peak / 1e9:,.1f} GFLOP/s ({meter.peak_source})')
+  stop = StopSignals(config.max_train_minutes)
+  step, logged, validation = run.start_step, {}, {}
+  if run.evaluation_due:  # a SIGTERM came before this step's evaluation
+    validation = validate(run, step)
   try:
     while step < config.num_train_steps:
-      local_batch = next(train_iter)
-      state, metrics = train_step(state, rngs, parallel.device_batch(local_batch))
+      local_batch, batch = run.batches.next()
+      run.state, metrics = run.train_step(run.state, run.rngs, batch)
+      run.batches.prefetch()  # the next batch is read and sent while the step runs
       step += 1
-      window_steps += 1
-      window_tokens += pipeline.count_tokens(local_batch) * jax.process_count()
+      meter.count(local_batch)
+      out_of_time = False
       if step % config.log_every == 0 or step == config.num_train_steps:
-        last_metrics = parallel.metrics(metrics)
-        elapsed = time.perf_counter() - window_start
-        tokens_per_second = window_tokens / elapsed
-        mfu = step_flops * window_steps / elapsed / peak if peak else float('nan')
-        remaining = (config.num_train_steps - step) * elapsed / window_steps
-        if config.max_train_minutes:
-          remaining = min(remaining, 60 * config.max_train_minutes - (time.perf_counter() - run_start))
-        lr = float(schedule(step - 1))
-        if last_metrics['skipped']:
-          say(f'step {step}: non-finite loss or gradient; the update was skipped')
-        say(f'step {step:>6}/{config.num_train_steps} | loss {last_metrics["loss"]:.4f} | '
-            f'lr {lr:.2e} | {tokens_per_second:,.0f} tok/s | MFU {100 * mfu:.1f}% | '
-            f'ETA {_duration(remaining)}')
-        writer.write(step, {'train_loss': last_metrics['loss'], 'learning_rate': lr,
-                            'tokens_per_second': tokens_per_second, 'mfu': mfu,
-                            'grad_norm': last_metrics['grad_norm']})
-        window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-      out_of_time = config.max_train_minutes and (time.perf_counter() - run_start) / 60 >= config.max_train_minutes
-      if out_of_time:
-        say(f'time budget of {config.max_train_minutes} minutes reached at step {step}')
-      if preemption.requested:
-        say(f'SIGTERM received: saving a checkpoint at step {step} before exiting')
-        checkpointer.save(step, parallel.host_state(state), train_iter, force=True)
-        checkpointer.wait()
+        logged = _log(run, step, metrics, meter)
+        out_of_time = stop.out_of_time(meter.minutes())
+      due = step % config.eval_every == 0 or step == config.num_train_steps or out_of_time
+      if stop.preempted(step):
+        run.say(f'SIGTERM received: saving a checkpoint at step {step} before exiting')
+        _save(run, step, force=True, evaluation_due=due)
+        run.checkpointer.wait()
         return {'preempted_at_step': step}
-      evaluate_now = step % config.eval_every == 0 or step == config.num_train_steps or out_of_time
-      if evaluate_now:
-        eval_metrics = evaluate(step)
-        window_start = time.perf_counter()  # evaluation time is not training throughput
-      if step % config.checkpoint_every == 0 or evaluate_now:
-        checkpointer.save(step, parallel.host_state(state), train_iter,
-                          bleu=eval_metrics.get('eval_bleu') if evaluate_now else None)
+      if due:
+        validation = validate(run, step)
+        meter.restart()  # evaluation time is not training throughput
+      if due or step % config.checkpoint_every == 0:
+        _save(run, step, bleu=validation.get('eval_bleu') if due else None)
       if out_of_time:
+        run.say(f'time budget of {config.max_train_minutes} minutes reached at step {step}')
         break
-    checkpointer.wait()
-    results = _test(config, tokenizer, eval_model(parallel.host_state(state).params), say)
-    results.update({'step': step, 'loop_minutes': (time.perf_counter() - run_start) / 60,
-                    **{k: v for k, v in eval_metrics.items()}, 'train_loss': last_metrics.get('loss')})
-    if is_lead:
-      with open(os.path.join(workdir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=2)
-    say(f'results: {json.dumps(results)}')
-    return results
   finally:
-    preemption.restore()
-    checkpointer.close()
-    writer.close()
+    stop.close()
+  run.checkpointer.wait()
+  return {
+    'step': step,
+    'loop_minutes': meter.minutes(),
+    **validation,
+    'train_loss': logged.get('loss'),
+  }
 
 
-def _test(config, tokenizer, model: Transformer, say) -> dict[str, float]:
-  """Test-set BLEU with each of `config.test_beam_sizes`."""
-  pairs, _ = _read(config, config.test_split)
-  if config.test_max_sentences:
-    pairs = pairs[:config.test_max_sentences]
-  sources, references = [s for s, _ in pairs], [t for _, t in pairs]
-  results = {}
-  for beam in config.test_beam_sizes:
-    hypotheses = evaluation.translate(model, tokenizer, sources, beam_size=beam, alpha=config.length_penalty,
-                                      batch_size=config.decode_batch_size,
-                                      extra_length=config.decode_extra_length, warn=say)
-    bleu, signature = evaluation.corpus_bleu(hypotheses, references)
-    name = 'greedy' if beam == 1 else f'beam{beam}'
-    results[f'test_bleu_{name}'] = bleu
-    say(f'test BLEU ({name}, {len(sources)} sentences): {bleu:.2f}  [{signature}]')
-  return results
+def _save(run: Run, step: int, **kwargs) -> None:
+  run.checkpointer.save(step, run.parallel.host_state(run.state), run.batches, **kwargs)
+
+
+def _log(run: Run, step: int, metrics: Any, meter: 'Meter') -> dict[str, float]:
+  """Reads the step's metrics (the loop's only synchronisation) and prints the progress line."""
+  values = run.parallel.metrics(metrics)
+  rate = meter.report(step)
+  lr = float(run.schedule(step - 1))
+  if values['skipped']:
+    run.say(f'step {step}: non-finite loss or gradient; the update was skipped')
+  run.say(
+    f'step {step:>6}/{run.config.num_train_steps} | loss {values["loss"]:.4f} | '
+    f'lr {lr:.2e} | {rate["tokens_per_second"]:,.0f} tok/s | MFU {_percent(rate["mfu"])} | '
+    f'ETA {_duration(rate["eta_seconds"])}'
+  )
+  run.writer.write(
+    step,
+    {'train_loss': values['loss'], 'learning_rate': lr, 'grad_norm': values['grad_norm'], **rate},
+  )
+  return values
+
+
+def _percent(fraction: float) -> str:
+  return 'n/a' if math.isnan(fraction) else f'{100 * fraction:.1f}%'
 
 
 def _duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
-  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+  if seconds >= 3600:
+    return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+  return f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+class Meter:
+  """Training throughput since the last report: tokens/s, MFU and the time left."""
+
+  def __init__(
+    self,
+    step_flops: float,
+    peak: float,
+    peak_source: str,
+    *,
+    total_steps: int,
+    budget_minutes: float,
+  ):
+    self.step_flops, self.peak, self.peak_source = step_flops, peak, peak_source
+    self.total_steps, self.budget_minutes = total_steps, budget_minutes
+    self.started = time.perf_counter()
+    self.restart()
+
+  def restart(self) -> None:
+    self.window_start, self.tokens, self.steps = time.perf_counter(), 0, 0
+
+  def count(self, local_batch: dict[str, np.ndarray]) -> None:
+    """Adds one step of this host's batch (all hosts' tokens are counted as this host's × hosts)."""
+    self.steps += 1
+    self.tokens += jax.process_count() * int(
+      (local_batch['inputs_segment_ids'] > 0).sum() + (local_batch['targets_segment_ids'] > 0).sum()
+    )
+
+  def minutes(self) -> float:
+    return (time.perf_counter() - self.started) / 60
+
+  def report(self, step: int) -> dict[str, float]:
+    """tokens/s and MFU over the window, and the ETA; starts a new window."""
+    elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+    remaining = (self.total_steps - step) * elapsed / max(self.steps, 1)
+    if self.budget_minutes:
+      remaining = min(remaining, 60 * (self.budget_minutes - self.minutes()))
+    rate = {
+      'tokens_per_second': self.tokens / elapsed,
+      'mfu': self.step_flops * self.steps / elapsed / self.peak if self.peak else float('nan'),
+      'eta_seconds': remaining,
+    }
+    self.restart()
+    return rate
+
+
+class StopSignals:
+  """When to stop early, decided the same way on every host.
+
+  SIGTERM: one process turns it into a flag; several processes use jax's preemption service
+  (`reached_preemption_sync_point`), which agrees on the step at which all of them save. The time
+  budget is read at log steps, where process 0's decision is broadcast to the others.
+  """
+
+  def __init__(self, budget_minutes: float):
+    self.budget_minutes = budget_minutes
+    self.multihost = jax.process_count() > 1
+    self.requested = False
+    # Several processes: jax's runtime owns SIGTERM (a Python handler would hide it from it).
+    self._previous = None if self.multihost else signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.requested = True
+
+  def preempted(self, step: int) -> bool:
+    if self.multihost:
+      from jax.experimental import multihost_utils
+
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    return self.requested
+
+  def out_of_time(self, minutes: float) -> bool:
+    late = bool(self.budget_minutes) and minutes >= self.budget_minutes
+    if self.multihost:
+      from jax.experimental import multihost_utils
+
+      late = bool(multihost_utils.broadcast_one_to_all(np.asarray(late)))
+    return late
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Prefetcher:
+  """Keeps the next training batch on the devices while the current step runs.
+
+  Its position (`get_state`) is that of the batches handed out by `next`, not of the prefetched
+  one, so a checkpoint never skips a batch.
+  """
+
+  def __init__(self, iterator: Any, to_device: Callable[[dict[str, np.ndarray]], Any]):
+    self.iterator, self.to_device = iterator, to_device
+    self._pending = None
+    self._state = iterator.get_state()
+
+  def prefetch(self) -> None:
+    if self._pending is None:
+      local = next(self.iterator)
+      self._pending = (local, self.to_device(local))
+
+  def next(self) -> tuple[dict[str, np.ndarray], Any]:
+    """(this host's batch as NumPy, the same batch in the step's device layout)."""
+    self.prefetch()
+    batch, self._pending = self._pending, None
+    self._state = self.iterator.get_state()
+    return batch
+
+  def get_state(self) -> Any:
+    return self._state
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def _eval_losses(run: Run) -> dict[str, float]:
+  """Validation NLL per token, accuracy and perplexity (teacher forcing, no dropout)."""
+  sums = {'nll': 0.0, 'correct': 0.0, 'tokens': 0.0}
+  for batch in run.data.eval_batches(
+    run.config.eval_batch_size // jax.process_count(), run.config.eval_max_batches
+  ):
+    # state.params is already in the step's replicated layout: no round trip through the host.
+    out = run.parallel.metrics(
+      run.eval_step(run.state.params, run.rngs, run.parallel.device_batch(batch))
+    )
+    sums = {k: sums[k] + out[k] for k in sums}
+  tokens = max(sums['tokens'], 1.0)
+  loss = sums['nll'] / tokens
+  return {
+    'eval_loss': loss,
+    'eval_accuracy': sums['correct'] / tokens,
+    'eval_perplexity': math.exp(min(loss, 50.0)),
+  }
+
+
+def validate(run: Run, step: int) -> dict[str, float]:
+  """Validation losses and BLEU (on `bleu_sentences` pairs) of the current parameters."""
+  config = run.config
+  metrics = _eval_losses(run)
+  pairs = run.data.validation_pairs[: config.bleu_sentences or None]
+  model = run.eval_model(run.parallel.host_state(run.state.params))
+  bleu, signature, hypotheses = run.evaluator.bleu(model, pairs, config.eval_beam_size)
+  metrics['eval_bleu'] = bleu
+  run.say(
+    f'eval step {step}: loss {metrics["eval_loss"]:.4f}, accuracy {metrics["eval_accuracy"]:.4f}, '
+    f'perplexity {metrics["eval_perplexity"]:.2f}, BLEU {bleu:.2f} on {len(pairs)} sentences '
+    f'(beam {config.eval_beam_size}; {signature})'
+  )
+  for (source, reference), hypothesis in list(zip(pairs, hypotheses))[: config.num_samples]:
+    run.say(f'  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}')
+  run.writer.write(step, metrics)
+  return metrics
+
+
+def test(run: Run) -> dict[str, float]:
+  """Test-set BLEU of the final parameters with each of `config.test_beam_sizes`."""
+  config = run.config
+  pairs = run.data.test_pairs[: config.test_max_sentences or None]
+  model = run.eval_model(run.parallel.host_state(run.state.params))
+  results = {}
+  for beam in config.test_beam_sizes:
+    bleu, signature, _ = run.evaluator.bleu(model, pairs, beam)
+    name = 'greedy' if beam == 1 else f'beam{beam}'
+    results[f'test_bleu_{name}'] = bleu
+    run.say(f'test BLEU ({name}, {len(pairs)} sentences): {bleu:.2f}  [{signature}]')
+  return results

@@ -1,35 +1,26 @@
-"""Teacher-forcing loss, the train and eval steps, and their data-parallel wrappers.
+"""Teacher-forcing loss, the train and eval steps, the optimizer and its schedules.
 
 Teacher forcing is one masked forward pass: the decoder reads the target shifted right
 (`[BOS] + target[:-1]`, restarted per packed example), the causal mask hides the future, and the
 loss covers every target position at once.
 
-Data parallelism (`parallelism`):
-  'shard_map' (default)  jax.jit(jax.shard_map(step)) over a 1-D 'data' mesh of every device of
-                         every host; the state is replicated, the batch split along its rows.
-  'pmap'                 the same per-replica step under jax.pmap (state with a device axis).
-  'none'                 one device, plain jax.jit.
-Gradients and metrics are reduced as *sums* over tokens (psum of loss-sum and weight-sum), then
-divided once, so uneven padding across devices does not bias the loss.
+The steps are per-replica functions; `transformer.parallel` compiles them for one device,
+shard_map or pmap. Gradients and metrics are reduced as *sums* over tokens (psum of loss-sum and
+weight-sum), then divided once, so uneven padding across devices does not bias the loss.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax
+from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from transformer.model import Transformer, TransformerConfig
+from transformer.model import Transformer, TransformerConfig, shift_right
 
-PARALLELISMS = ('shard_map', 'pmap', 'none')
-AXIS = 'data'
 Batch = dict[str, jax.Array]
 
 
@@ -52,31 +43,49 @@ SCHEDULES = ('rsqrt', 'linear')
 
 def rsqrt_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> optax.Schedule:
   """The paper's lr = scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5) (step from 1)."""
+
   def schedule(count):
     step = jnp.asarray(count, jnp.float32) + 1.0
     return scale * d_model**-0.5 * jnp.minimum(step**-0.5, step * warmup_steps**-1.5)
+
   return schedule
 
 
-def linear_decay_schedule(d_model: int, warmup_steps: int, total_steps: int,
-                          scale: float = 1.0) -> optax.Schedule:
-  """The paper's warm-up to the same peak, then a straight line to 0 at `total_steps`.
+def linear_decay_schedule(
+  d_model: int, warmup_steps: int, total_steps: int, scale: float = 1.0
+) -> optax.Schedule:
+  """The paper's warm-up line, then a straight line to 0 at `total_steps`.
 
-  For budgeted runs: the rsqrt schedule is still at half its peak after 4·warmup steps, so a run
-  that stops early never anneals; decaying to zero by the last step does.
+  lr(count) = min(peak · step / warmup, top · (total - count) / (total - top_step + 1)), where
+  step = count + 1, the warm-up ends at top_step = min(warmup, total) with rate top, and
+  peak = scale · d_model^-0.5 · warmup^-0.5 (rsqrt's peak). A run shorter than its warm-up
+  therefore still ends at 0. For budgeted runs: the rsqrt schedule is still at half its peak
+  after 4·warmup steps, so a run that stops early never anneals; decaying to zero does.
   """
   peak = scale * d_model**-0.5 * warmup_steps**-0.5
-  warmup = min(warmup_steps, total_steps)
-  return optax.join_schedules(
-      [optax.linear_schedule(peak / warmup_steps, peak, warmup - 1),
-       optax.linear_schedule(peak, 0.0, max(total_steps - warmup + 1, 1))],
-      [warmup - 1])
+  top_step = min(warmup_steps, total_steps)
+  top = peak * top_step / warmup_steps
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.float32)
+    warm = peak * (count + 1.0) / warmup_steps
+    decay = top * (total_steps - count) / (total_steps - top_step + 1)
+    return jnp.maximum(jnp.minimum(warm, decay), 0.0)
+
+  return schedule
 
 
-def make_optimizer(d_model: int, warmup_steps: int, learning_rate_scale: float = 1.0,
-                   b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9,
-                   max_grad_norm: float | None = None, schedule: str = 'rsqrt',
-                   total_steps: int | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  d_model: int,
+  warmup_steps: int,
+  learning_rate_scale: float = 1.0,
+  b1: float = 0.9,
+  b2: float = 0.98,
+  eps: float = 1e-9,
+  max_grad_norm: float | None = None,
+  schedule: str = 'rsqrt',
+  total_steps: int | None = None,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Adam(β₁ 0.9, β₂ 0.98, ε 1e-9) with the paper's rsqrt warm-up schedule (§5.3) or, with
   `schedule='linear'`, the same warm-up and a linear decay to 0 at `total_steps`."""
   if schedule == 'rsqrt':
@@ -93,17 +102,9 @@ def make_optimizer(d_model: int, warmup_steps: int, learning_rate_scale: float =
   return adam, lr
 
 
-def decoder_input_from_targets(targets: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                               bos_id: int, pad_id: int) -> jax.Array:
-  """`[BOS] + target[:-1]` for every (packed) example: BOS where an example starts (position 0),
-  else the previous token; padding stays padding. All `[batch, length]` int."""
-  previous = jnp.pad(targets, ((0, 0), (1, 0)), constant_values=pad_id)[:, :-1]
-  shifted = jnp.where(positions == 0, bos_id, previous)
-  return jnp.where(segment_ids > 0, shifted, pad_id)
-
-
-def label_smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,
-                                 label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+def label_smoothed_cross_entropy(
+  logits: jax.Array, labels: jax.Array, weights: jax.Array, label_smoothing: float
+) -> tuple[jax.Array, jax.Array]:
   """Summed label-smoothed cross-entropy and summed weights.
 
   The smoothed target puts 1-ε on the label and ε/(V-1) elsewhere; the constant entropy of that
@@ -125,20 +126,27 @@ def label_smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, weights: 
   # to 1: two reductions over the logits, with neither log-probabilities nor a one-hot target
   # materialised (the logits are the largest tensor of the step at small d_model).
   label_logit = jnp.sum(jnp.where(jnp.arange(vocab) == labels[..., None], logits, 0.0), axis=-1)
-  loss = (jax.nn.logsumexp(logits, axis=-1) - (confidence - low) * label_logit
-          - low * logits.sum(-1) - normalizer)
+  loss = (
+    jax.nn.logsumexp(logits, axis=-1)
+    - (confidence - low) * label_logit
+    - low * logits.sum(-1)
+    - normalizer
+  )
   return (loss * weights).sum(), weights.sum()
 
 
 def _forward(model: Transformer, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Teacher forcing: logits `[batch, length, vocab]`, labels and weights `[batch, length]`."""
-  config = model.config
   targets = batch['targets']
-  decoder_input = decoder_input_from_targets(targets, batch['targets_segment_ids'],
-                                             batch['targets_positions'], config.bos_id, config.pad_id)
-  logits = model(batch['inputs'], decoder_input,
-                 src_segments=batch['inputs_segment_ids'], tgt_segments=batch['targets_segment_ids'],
-                 src_positions=batch['inputs_positions'], tgt_positions=batch['targets_positions'])
+  decoder_input = shift_right(targets, model.config.bos_id, batch['targets_segment_ids'])
+  logits = model(
+    batch['inputs'],
+    decoder_input,
+    src_segments=batch['inputs_segment_ids'],
+    tgt_segments=batch['targets_segment_ids'],
+    src_positions=batch['inputs_positions'],
+    tgt_positions=batch['targets_positions'],
+  )
   weights = (batch['targets_segment_ids'] > 0).astype(jnp.float32)
   return logits, targets, weights
 
@@ -147,9 +155,72 @@ def _psum(tree, axis_name: str | None):
   return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *,
-                    label_smoothing: float, grad_accum_steps: int = 1,
-                    axis_name: str | None = None) -> Callable:
+def _summed_gradients(
+  grad_fn: Callable, params: Any, rngs: Any, batch: Batch, key: jax.Array, grad_accum_steps: int
+) -> tuple[Any, jax.Array, jax.Array]:
+  """(gradients, loss, tokens) summed over `grad_accum_steps` micro-batches of this replica's
+  rows; micro-batch i draws its dropout masks from `fold_in(key, i)`."""
+  rows = batch['inputs'].shape[0]
+  if rows % grad_accum_steps:
+    raise ValueError(
+      f'{rows} rows per replica are not divisible by grad_accum_steps={grad_accum_steps}'
+    )
+  micro = jax.tree.map(
+    lambda x: x.reshape((grad_accum_steps, rows // grad_accum_steps) + x.shape[1:]), batch
+  )
+
+  def accumulate(carry, inputs):
+    index, micro_batch = inputs
+    (loss_sum, weight_sum), grads = grad_fn(
+      params, rngs, micro_batch, jax.random.fold_in(key, index)
+    )
+    return jax.tree.map(jnp.add, carry, (grads, loss_sum, weight_sum)), None
+
+  zero = jnp.zeros((), jnp.float32)
+  zeros = (jax.tree.map(jnp.zeros_like, params), zero, zero)
+  if grad_accum_steps == 1:
+    return accumulate(zeros, (0, jax.tree.map(lambda x: x[0], micro)))[0]
+  return jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))[0]
+
+
+def _apply_update(
+  optimizer: optax.GradientTransformation,
+  state: TrainState,
+  grads: Any,
+  loss_sum: jax.Array,
+  weight_sum: jax.Array,
+) -> tuple[TrainState, dict]:
+  """One optimizer update with the token-normalised gradients; a non-finite loss or gradient
+  leaves parameters and optimizer state as they were."""
+  denominator = jnp.maximum(weight_sum, 1.0)
+  grads = jax.tree.map(lambda g: g / denominator, grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=keep(params, state.params),
+    opt_state=keep(opt_state, state.opt_state),
+  )
+  metrics = {
+    'loss': loss_sum / denominator,
+    'tokens': weight_sum,
+    'grad_norm': grad_norm,
+    'skipped': 1 - finite.astype(jnp.int32),
+  }
+  return new_state, metrics
+
+
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  optimizer: optax.GradientTransformation,
+  *,
+  label_smoothing: float,
+  grad_accum_steps: int = 1,
+  axis_name: str | None = None,
+) -> Callable:
   """The per-replica train step `(state, rngs, batch) -> (state, metrics)`.
 
   `rngs` is the model's non-parameter state (its dropout streams), reseeded every step. With
@@ -171,35 +242,11 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
 
   def step(state: TrainState, rngs, batch: Batch):
     replica = 0 if axis_name is None else jax.lax.axis_index(axis_name)
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step), replica)
-    rows = batch['inputs'].shape[0]
-    if rows % grad_accum_steps:
-      raise ValueError(f'{rows} rows per replica are not divisible by grad_accum_steps={grad_accum_steps}')
-    micro = jax.tree.map(lambda x: x.reshape((grad_accum_steps, rows // grad_accum_steps) + x.shape[1:]), batch)
-
-    def accumulate(carry, inputs):
-      index, micro_batch = inputs
-      (loss_sum, weight_sum), grads = grad_fn(state.params, rngs, micro_batch, jax.random.fold_in(key, index))
-      return jax.tree.map(jnp.add, carry, (grads, loss_sum, weight_sum)), None
-
-    zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    if grad_accum_steps == 1:
-      totals, _ = accumulate(zeros, (0, jax.tree.map(lambda x: x[0], micro)))
-    else:
-      totals, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+    base = jax.random.wrap_key_data(state.rng)
+    key = jax.random.fold_in(jax.random.fold_in(base, state.step), replica)
+    totals = _summed_gradients(grad_fn, state.params, rngs, batch, key, grad_accum_steps)
     grads, loss_sum, weight_sum = _psum(totals, axis_name)
-    denominator = jnp.maximum(weight_sum, 1.0)
-    grads = jax.tree.map(lambda g: g / denominator, grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state))
-    metrics = {'loss': loss_sum / denominator, 'tokens': weight_sum, 'grad_norm': grad_norm,
-               'skipped': 1 - finite.astype(jnp.int32)}
-    return new_state, metrics
+    return _apply_update(optimizer, state, grads, loss_sum, weight_sum)
 
   return step
 
@@ -209,101 +256,18 @@ def make_eval_step(graphdef: nnx.GraphDef, *, axis_name: str | None = None) -> C
 
   def step(params, rngs, batch: Batch):
     model = nnx.merge(graphdef, params, rngs)
+    model.eval()  # no dropout: the graphdef comes from the training model
     logits, labels, weights = _forward(model, batch)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
     correct = (logits.argmax(-1) == labels).astype(jnp.float32)
-    sums = {'nll': (nll * weights).sum(), 'correct': (correct * weights).sum(), 'tokens': weights.sum()}
+    sums = {
+      'nll': (nll * weights).sum(),
+      'correct': (correct * weights).sum(),
+      'tokens': weights.sum(),
+    }
     return _psum(sums, axis_name)
 
   return step
-
-
-class DataParallel:
-  """Places state and batches on the devices and compiles steps for one `parallelism` mode.
-
-  The state lives *replicated*: as global arrays with a replicated sharding (shard_map, none) or
-  with a leading local-device axis (pmap). `host_state`/`device_state` convert between that and
-  plain host values, so checkpoints are the same whatever the mode or device count.
-  """
-
-  def __init__(self, parallelism: str = 'shard_map'):
-    if parallelism not in PARALLELISMS:
-      raise ValueError(f'parallelism must be one of {PARALLELISMS}, got {parallelism!r}')
-    self.parallelism = parallelism
-    if parallelism == 'none':
-      self.devices = [jax.local_devices()[0]]
-      if jax.process_count() > 1:
-        raise ValueError("parallelism='none' is single-device; use 'shard_map' or 'pmap' with several hosts")
-    elif parallelism == 'pmap':
-      self.devices = jax.local_devices()
-    else:
-      self.devices = jax.devices()
-    self.mesh = Mesh(np.asarray(self.devices if parallelism != 'pmap' else jax.devices()), (AXIS,))
-    self.replicated = NamedSharding(self.mesh, P())
-    self.rows = NamedSharding(self.mesh, P(AXIS))
-
-  @property
-  def num_replicas(self) -> int:
-    """Replicas across all hosts (the global batch is split this many ways)."""
-    return 1 if self.parallelism == 'none' else jax.device_count()
-
-  @property
-  def local_replicas(self) -> int:
-    return 1 if self.parallelism == 'none' else jax.local_device_count()
-
-  @property
-  def axis_name(self) -> str | None:
-    return None if self.parallelism == 'none' else AXIS
-
-  def device_state(self, tree):
-    """Host values -> the replicated on-device layout of this mode."""
-    if self.parallelism == 'pmap':
-      # A leading axis of local devices; pmap places one slice on each device.
-      n = len(self.devices)
-      return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)).copy(), tree)
-    if self.parallelism == 'none':
-      return jax.device_put(tree, self.devices[0])
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
-
-  def host_state(self, tree):
-    """The on-device layout -> one host copy (NumPy)."""
-    if self.parallelism == 'pmap':
-      return jax.tree.map(lambda x: np.asarray(x[0]), tree)
-    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
-
-  def device_batch(self, local_batch: dict[str, np.ndarray]) -> Batch:
-    """This host's rows -> the step's batch layout (global rows sharded over every device)."""
-    if self.parallelism == 'pmap':
-      n = self.local_replicas
-      return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in local_batch.items()}
-    if self.parallelism == 'none':
-      return jax.device_put(local_batch, self.devices[0])
-    return {k: jax.make_array_from_process_local_data(self.rows, v) for k, v in local_batch.items()}
-
-  def compile_train_step(self, step: Callable) -> Callable:
-    if self.parallelism == 'pmap':
-      return jax.pmap(step, axis_name=AXIS, in_axes=(0, None, 0), donate_argnums=(0,))
-    if self.parallelism == 'none':
-      return jax.jit(step, donate_argnums=(0,))
-    # check_vma=False: gradients of the replicated parameters stay per-replica partial sums inside
-    # the step, and the step reduces them itself with one explicit psum (as pmap does).
-    sharded = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(), P(AXIS)), out_specs=(P(), P()),
-                            check_vma=False)
-    return jax.jit(sharded, donate_argnums=(0,))
-
-  def compile_eval_step(self, step: Callable) -> Callable:
-    if self.parallelism == 'pmap':
-      return jax.pmap(step, axis_name=AXIS, in_axes=(0, None, 0))
-    if self.parallelism == 'none':
-      return jax.jit(step)
-    return jax.jit(jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(), P(AXIS)), out_specs=P(),
-                                 check_vma=False))
-
-  def metrics(self, metrics) -> dict[str, float]:
-    """Step outputs (replicated) -> Python floats."""
-    if self.parallelism == 'pmap':
-      metrics = jax.tree.map(lambda x: x[0], metrics)
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 def create_model(config: TransformerConfig, seed: int) -> Transformer:
@@ -311,10 +275,15 @@ def create_model(config: TransformerConfig, seed: int) -> Transformer:
   return Transformer(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
-def init_train_state(model: Transformer, optimizer: optax.GradientTransformation, seed: int
-                     ) -> tuple[nnx.GraphDef, TrainState, Any]:
+def init_train_state(
+  model: Transformer, optimizer: optax.GradientTransformation, seed: int
+) -> tuple[nnx.GraphDef, TrainState, Any]:
   """Splits `model` into (graphdef, TrainState on the host, the non-parameter rng state)."""
   graphdef, params, rngs = nnx.split(model, nnx.Param, ...)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                     rng=jax.random.key_data(jax.random.key(seed)))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    rng=jax.random.key_data(jax.random.key(seed)),
+  )
   return graphdef, state, rngs

@@ -2,19 +2,23 @@
 
     python -m transformer.translate --workdir=DIR [--beam_size=4] [--input=FILE] [--checkpoint=best]
 
-Reads FILE (or stdin), batches internally, writes to stdout. An empty input line gives an empty
-output line. A line longer than the model's max_length tokens is truncated to fit, and stderr
-says which line.
+Reads FILE (or stdin) as UTF-8, one sentence per line (lines end at `\\n`, and a `\\r` before it
+is dropped: nothing else splits a line), batches internally and writes one line per input line to
+stdout. An empty input line gives an empty output line. A line longer than the model's
+max_length tokens is truncated to fit, and stderr says which line. Bad input (no such file,
+invalid UTF-8, a closed stdin, bad flags) is reported in one line before the model is loaded.
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir (config.json, tokenizer.model, checkpoints/).')
+flags.DEFINE_string(
+  'workdir', None, 'Training workdir (config.json, tokenizer.model, checkpoints/).'
+)
 flags.DEFINE_string('input', None, 'File to translate, one sentence per line (default: stdin).')
 flags.DEFINE_integer('beam_size', 4, 'Beam size (1 = greedy).')
 flags.DEFINE_float('length_penalty', 0.6, 'GNMT length-penalty exponent alpha.')
@@ -23,33 +27,86 @@ flags.DEFINE_integer('extra_length', 50, 'Generate at most source length + this 
 flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'], 'Which checkpoint to load.')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+class InputError(ValueError):
+  """The text to translate cannot be read."""
+
+
+def split_lines(data: bytes, name: str) -> list[str]:
+  """UTF-8 `data` -> its lines, split at `\\n` only (a `\\r` before it is dropped); a final
+  newline does not start another line. Invalid UTF-8 raises InputError naming the line."""
+  raw_lines = data.split(b'\n')
+  if raw_lines and raw_lines[-1] == b'':
+    raw_lines.pop()
+  lines = []
+  for number, raw in enumerate(raw_lines, start=1):
+    if raw.endswith(b'\r'):
+      raw = raw[:-1]
+    try:
+      lines.append(raw.decode('utf-8'))
+    except UnicodeDecodeError as e:
+      raise InputError(f'{name}:{number}: invalid UTF-8 at byte {e.start}') from None
+  return lines
+
+
+def read_input(path: str | None) -> list[str]:
+  """The lines of `path`, or of stdin when `path` is None."""
+  if path is None:
+    if sys.stdin is None or sys.stdin.closed:
+      raise InputError('stdin is closed; give --input=FILE or pipe the text in')
+    return split_lines(sys.stdin.buffer.read(), '<stdin>')
+  try:
+    with open(path, 'rb') as f:
+      return split_lines(f.read(), path)
+  except OSError as e:
+    raise InputError(f'{path}: {e.strerror}') from None
+
+
+def _check_flags() -> None:
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
   if FLAGS.beam_size < 1:
-    raise app.UsageError('--beam_size must be >= 1')
-  from transformer import evaluation, trainer
+    raise app.UsageError(f'--beam_size must be >= 1, got {FLAGS.beam_size}')
+  if FLAGS.batch_size < 1:
+    raise app.UsageError(f'--batch_size must be >= 1, got {FLAGS.batch_size}')
+  if FLAGS.extra_length < 0:
+    raise app.UsageError(f'--extra_length must be >= 0, got {FLAGS.extra_length}')
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _check_flags()
+  logging.set_verbosity(logging.WARNING)  # Orbax reports every read at INFO
   try:
-    model, tokenizer, step = trainer.load_model_from_workdir(FLAGS.workdir, which=FLAGS.checkpoint)
-  except (FileNotFoundError, ValueError) as e:
-    print(f'translate: {e}', file=sys.stderr)
+    lines = read_input(FLAGS.input)
+  except InputError as e:
+    print(f'translate: error: {e}', file=sys.stderr)
     return 2
-  print(f'translate: {FLAGS.checkpoint} checkpoint of {FLAGS.workdir} (step {step})', file=sys.stderr)
-  if FLAGS.input:
-    with open(FLAGS.input, encoding='utf-8') as f:
-      lines = f.read().splitlines()
-  else:
-    lines = sys.stdin.read().splitlines()
-  outputs = evaluation.translate(model, tokenizer, lines, beam_size=FLAGS.beam_size,
-                                 alpha=FLAGS.length_penalty, batch_size=FLAGS.batch_size,
-                                 extra_length=FLAGS.extra_length)
-  sys.stdout.write(''.join(line + '\n' for line in outputs))
+  from transformer import evaluation, workdir
+
+  try:
+    model, tokenizer, step = workdir.load_model(FLAGS.workdir, which=FLAGS.checkpoint)
+  except (OSError, ValueError, RuntimeError) as e:
+    print(f'translate: error: {e}', file=sys.stderr)
+    return 2
+  print(
+    f'translate: {FLAGS.checkpoint} checkpoint of {FLAGS.workdir} (step {step})', file=sys.stderr
+  )
+  outputs = evaluation.translate(
+    model,
+    tokenizer,
+    lines,
+    beam_size=FLAGS.beam_size,
+    alpha=FLAGS.length_penalty,
+    batch_size=FLAGS.batch_size,
+    extra_length=FLAGS.extra_length,
+  )
+  # A translation never spans lines: the output keeps one line per input line.
+  sys.stdout.write(''.join(line.replace('\r', ' ').replace('\n', ' ') + '\n' for line in outputs))
   return 0
 
 
-def run():
+def run() -> None:
   app.run(main)
 
 

@@ -19,21 +19,24 @@ if num_processes > 1:
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from tests.helpers import configs  # noqa: E402
 from tests.test_train_step import synthetic_batch  # noqa: E402
+from transformer import parallel as parallel_lib  # noqa: E402
 from transformer import training  # noqa: E402
-from transformer.model import TransformerConfig  # noqa: E402
 
-config = TransformerConfig(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
-                           num_decoder_layers=2, dropout_rate=0.0, max_length=64)
+config = configs.tiny_config()
 model = training.create_model(config, seed=0)
 optimizer = optax.sgd(1.0)
 graphdef, state, rngs = training.init_train_state(model, optimizer, seed=0)
-parallel = training.DataParallel('shard_map')
-step = parallel.compile_train_step(training.make_train_step(graphdef, optimizer, label_smoothing=0.1,
-                                                            axis_name=parallel.axis_name))
+parallel = parallel_lib.make('shard_map')
+step = parallel.compile_train_step(
+  training.make_train_step(graphdef, optimizer, label_smoothing=0.1, axis_name=parallel.axis_name)
+)
 batch = synthetic_batch(rows=8)
 rows = 8 // jax.process_count()
-local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows] for k, v in batch.items()}
+local = {
+  k: v[jax.process_index() * rows : (jax.process_index() + 1) * rows] for k, v in batch.items()
+}
 state, metrics = step(parallel.device_state(state), rngs, parallel.device_batch(local))
 host = parallel.host_state(state)
 if jax.process_index() == 0:

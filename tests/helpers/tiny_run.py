@@ -28,21 +28,46 @@ def write_tiny_corpus(folder: str, train: int = 400, eval_: int = 24) -> dict[st
 def tiny_overrides(files: dict[str, str], **extra) -> list[str]:
   """--config.* flags for a tiny model on the tiny corpus."""
   values = {
-      'dataset': 'local', 'local_files.train': files['train'],
-      'local_files.validation': files['validation'], 'local_files.test': files['test'],
-      'vocab_size': 500, 'max_length': 80, 'model.max_length': 160, 'model.d_model': 32,
-      'model.num_heads': 2, 'model.d_ff': 64, 'model.num_encoder_layers': 1,
-      'model.num_decoder_layers': 1, 'batch_size': 8, 'num_train_steps': 6, 'warmup_steps': 10,
-      'log_every': 2, 'eval_every': 3, 'checkpoint_every': 3, 'bleu_sentences': 8,
-      'eval_batch_size': 8, 'decode_batch_size': 8, 'test_beam_sizes': '(1,2)',
-      'decode_extra_length': 8, 'max_train_minutes': 0.0, 'num_samples': 1,
+    'dataset': 'local',
+    'local_files.train': files['train'],
+    'local_files.validation': files['validation'],
+    'local_files.test': files['test'],
+    'vocab_size': 500,
+    'max_length': 80,
+    'model.max_length': 160,
+    'model.d_model': 32,
+    'model.num_heads': 2,
+    'model.d_ff': 64,
+    'model.num_encoder_layers': 1,
+    'model.num_decoder_layers': 1,
+    'batch_size': 8,
+    'num_train_steps': 6,
+    'warmup_steps': 10,
+    'log_every': 2,
+    'eval_every': 3,
+    'checkpoint_every': 3,
+    'bleu_sentences': 8,
+    'eval_batch_size': 8,
+    'decode_batch_size': 8,
+    'test_beam_sizes': '(1,2)',
+    'decode_extra_length': 8,
+    'max_train_minutes': 0.0,
+    'num_samples': 1,
   }
   values.update(extra)
   return [f'--config.{k}={v}' for k, v in values.items()]
 
 
-def train_command(workdir: str, overrides: list[str], config: str = 'configs/default.py') -> list[str]:
-  return [sys.executable, os.path.join(ROOT, 'train.py'), f'--workdir={workdir}', f'--config={config}', *overrides]
+def train_command(
+  workdir: str, overrides: list[str], config: str = 'configs/default.py'
+) -> list[str]:
+  return [
+    sys.executable,
+    os.path.join(ROOT, 'train.py'),
+    f'--workdir={workdir}',
+    f'--config={config}',
+    *overrides,
+  ]
 
 
 def env(devices: int = 1) -> dict[str, str]:
@@ -53,12 +78,25 @@ def env(devices: int = 1) -> dict[str, str]:
   return environment
 
 
-def run_train(workdir: str, overrides: list[str], devices: int = 1, check: bool = True,
-              config: str = 'configs/default.py') -> subprocess.CompletedProcess:
-  result = subprocess.run(train_command(workdir, overrides, config), cwd=ROOT, env=env(devices),
-                          capture_output=True, text=True, timeout=900)
+def run_train(
+  workdir: str,
+  overrides: list[str],
+  devices: int = 1,
+  check: bool = True,
+  config: str = 'configs/default.py',
+) -> subprocess.CompletedProcess:
+  result = subprocess.run(
+    train_command(workdir, overrides, config),
+    cwd=ROOT,
+    env=env(devices),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   if check and result.returncode != 0:
-    raise AssertionError(f'train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}')
+    raise AssertionError(
+      f'train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}'
+    )
   return result
 
 
@@ -71,11 +109,16 @@ def final_params(workdir: str):
   """The newest checkpoint's parameters as a flat {path: array} dict."""
   import numpy as np
   import orbax.checkpoint as ocp
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state', 'data'))
+
+  from transformer import checkpoints
+
+  manager = ocp.CheckpointManager(
+    os.path.join(workdir, 'checkpoints'), item_names=checkpoints.ITEMS
+  )
   step = manager.latest_step()
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
   manager.close()
-  state = restored['state']
   import jax
-  flat = jax.tree_util.tree_flatten_with_path(state['params'])[0]
+
+  flat = jax.tree_util.tree_flatten_with_path(restored['params'])[0]
   return step, {jax.tree_util.keystr(path): np.asarray(value) for path, value in flat}

@@ -25,17 +25,19 @@ class BibleEnFr(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.Translation(languages=('en', 'fr')),
-        supervised_keys=('en', 'fr'),
-        homepage='https://ebible.org/',
-        description=__doc__,
+      features=tfds.features.Translation(languages=('en', 'fr')),
+      supervised_keys=('en', 'fr'),
+      homepage='https://ebible.org/',
+      description=__doc__,
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # the files ship with the package
     folder = corpus.embedded_corpus_dir()
-    return {split: self._generate_examples(os.path.join(folder, f'{split}.tsv.gz'))
-            for split in corpus.EMBEDDED_SPLITS}
+    return {
+      split: self._generate_examples(os.path.join(folder, f'{split}.tsv.gz'))
+      for split in corpus.EMBEDDED_SPLITS
+    }
 
   def _generate_examples(self, path: str):
     pairs, _ = corpus.read_tsv(path, 'en', 'fr')

@@ -19,7 +19,11 @@ import os
 from typing import Callable, Iterator, Sequence
 
 
-class CorpusError(ValueError):
+class DataError(ValueError):
+  """The configured data cannot be used (a missing or empty split, an unknown dataset, ...)."""
+
+
+class CorpusError(DataError):
   """A corpus file is malformed; the message names the file and the line."""
 
 
@@ -66,8 +70,9 @@ def _decode(path: str, number: int, raw: bytes) -> str:
     raise CorpusError(f'{path}:{number}: invalid UTF-8 at byte {e.start}') from e
 
 
-def _collect(parsers: Iterator[Callable[[], tuple[str, str]]], report: ReadReport,
-             skip_malformed: bool) -> tuple[list[tuple[str, str]], ReadReport]:
+def _collect(
+  parsers: Iterator[Callable[[], tuple[str, str]]], report: ReadReport, skip_malformed: bool
+) -> tuple[list[tuple[str, str]], ReadReport]:
   """Runs one parser per line; a CorpusError stops the read, or is counted with `skip_malformed`.
 
   Errors raised by the iterator itself (not by a line's parser) always stop the read."""
@@ -83,8 +88,9 @@ def _collect(parsers: Iterator[Callable[[], tuple[str, str]]], report: ReadRepor
   return pairs, report
 
 
-def read_tsv(path: str, source_column: str, target_column: str, *,
-             skip_malformed: bool = False) -> tuple[list[tuple[str, str]], ReadReport]:
+def read_tsv(
+  path: str, source_column: str, target_column: str, *, skip_malformed: bool = False
+) -> tuple[list[tuple[str, str]], ReadReport]:
   """Reads `(source, target)` pairs from a TSV file with a header line.
 
   Args:
@@ -103,26 +109,32 @@ def read_tsv(path: str, source_column: str, target_column: str, *,
   header = _decode(path, number, raw).split('\t')
   missing = [c for c in (source_column, target_column) if c not in header]
   if missing:
-    raise CorpusError(f'{path}:1: header {header} has no column {missing[0]!r} '
-                      f'(expected a header naming {source_column!r} and {target_column!r})')
+    raise CorpusError(
+      f'{path}:1: header {header} has no column {missing[0]!r} '
+      f'(expected a header naming {source_column!r} and {target_column!r})'
+    )
   src_index, tgt_index = header.index(source_column), header.index(target_column)
 
   def parse(number: int, raw: bytes) -> tuple[str, str]:
     fields = _decode(path, number, raw).split('\t')
     if len(fields) != len(header):
-      raise CorpusError(f'{path}:{number}: expected {len(header)} tab-separated columns, '
-                        f'found {len(fields)}')
+      raise CorpusError(
+        f'{path}:{number}: expected {len(header)} tab-separated columns, found {len(fields)}'
+      )
     source, target = fields[src_index].strip(), fields[tgt_index].strip()
     if not source or not target:
       side = source_column if not source else target_column
       raise CorpusError(f'{path}:{number}: empty {side!r} side')
     return source, target
 
-  return _collect((functools.partial(parse, n, r) for n, r in lines), ReadReport(path), skip_malformed)
+  return _collect(
+    (functools.partial(parse, n, r) for n, r in lines), ReadReport(path), skip_malformed
+  )
 
 
-def read_parallel_files(source_path: str, target_path: str, *, skip_malformed: bool = False
-                        ) -> tuple[list[tuple[str, str]], ReadReport]:
+def read_parallel_files(
+  source_path: str, target_path: str, *, skip_malformed: bool = False
+) -> tuple[list[tuple[str, str]], ReadReport]:
   """Reads `(source, target)` pairs from two line-aligned files (one sentence per line)."""
 
   def parse(number: int, source_raw: bytes, target_raw: bytes) -> tuple[str, str]:
@@ -141,19 +153,23 @@ def read_parallel_files(source_path: str, target_path: str, *, skip_malformed: b
         return
       if s is None or t is None:  # a structural error: never skipped
         shorter, longer = (source_path, target_path) if s is None else (target_path, source_path)
-        raise CorpusError(f'{shorter}: has fewer lines than {longer} (which continues at line {(t or s)[0]})')
+        raise CorpusError(
+          f'{shorter}: has fewer lines than {longer} (which continues at line {(t or s)[0]})'
+        )
       yield functools.partial(parse, s[0], s[1], t[1])
 
   return _collect(parsers(), ReadReport(f'{source_path} + {target_path}'), skip_malformed)
 
 
-def read_local(spec: str, source_lang: str, target_lang: str, *, skip_malformed: bool = False
-               ) -> tuple[list[tuple[str, str]], ReadReport]:
+def read_local(
+  spec: str, source_lang: str, target_lang: str, *, skip_malformed: bool = False
+) -> tuple[list[tuple[str, str]], ReadReport]:
   """Reads a local split given as `file.tsv[.gz]` or `prefix` with `prefix.{src}`/`prefix.{tgt}` files."""
   if spec.endswith(('.tsv', '.tsv.gz')):
     return read_tsv(spec, source_lang, target_lang, skip_malformed=skip_malformed)
-  return read_parallel_files(f'{spec}.{source_lang}', f'{spec}.{target_lang}',
-                             skip_malformed=skip_malformed)
+  return read_parallel_files(
+    f'{spec}.{source_lang}', f'{spec}.{target_lang}', skip_malformed=skip_malformed
+  )
 
 
 def embedded_corpus_dir() -> str:

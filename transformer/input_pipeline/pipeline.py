@@ -23,10 +23,11 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from transformer.input_pipeline.corpus import DataError
 from transformer.input_pipeline.tokenizer import EOS_ID, Tokenizer
+from transformer.run_config import OVERLONG_POLICIES
 
 FEATURES = ('inputs', 'targets')
-OVERLONG_POLICIES = ('drop', 'truncate')
 
 
 @dataclasses.dataclass
@@ -38,8 +39,10 @@ class TokenizeStats:
   tokens: int = 0  # source + target tokens of the kept examples (with EOS)
 
   def __str__(self) -> str:
-    return (f'{self.kept}/{self.examples} examples kept, {self.dropped_overlong} dropped and '
-            f'{self.truncated} truncated as over-long, {self.tokens} tokens')
+    return (
+      f'{self.kept}/{self.examples} examples kept, {self.dropped_overlong} dropped and '
+      f'{self.truncated} truncated as over-long, {self.tokens} tokens'
+    )
 
 
 class TokenizedPairs:
@@ -64,15 +67,16 @@ class TokenizedPairs:
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     out = {}
     for name, (flat, offsets) in self._data.items():
-      out[name] = flat[offsets[index]:offsets[index + 1]]
+      out[name] = flat[offsets[index] : offsets[index + 1]]
     return out
 
   def lengths(self, name: str) -> np.ndarray:
     return np.diff(self._data[name][1])
 
 
-def tokenize_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, max_length: int,
-                   overlong: str = 'drop') -> tuple[TokenizedPairs, TokenizeStats]:
+def tokenize_pairs(
+  pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, max_length: int, overlong: str = 'drop'
+) -> tuple[TokenizedPairs, TokenizeStats]:
   """Tokenizes `(source, target)` pairs, appends EOS and applies the over-long policy.
 
   Args:
@@ -91,7 +95,7 @@ def tokenize_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, ma
         stats.dropped_overlong += 1
         continue
       stats.truncated += 1
-      src, tgt = src[:max_length - 1], tgt[:max_length - 1]
+      src, tgt = src[: max_length - 1], tgt[: max_length - 1]
     kept_inputs.append(np.asarray(src + [EOS_ID], np.int32))
     kept_targets.append(np.asarray(tgt + [EOS_ID], np.int32))
     stats.tokens += len(src) + len(tgt) + 2
@@ -99,28 +103,30 @@ def tokenize_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, ma
   return TokenizedPairs(kept_inputs, kept_targets), stats
 
 
-def _pad_example(example: dict[str, np.ndarray], max_length: int) -> dict[str, np.ndarray]:
+def _pad_example(
+  example: dict[str, np.ndarray], max_length: int, pad_id: int = 0
+) -> dict[str, np.ndarray]:
   """One example per row: pad to `max_length`, segment id 1 on real tokens, positions 0..n-1."""
   out = {}
   for name in FEATURES:
     tokens = example[name]
     n = len(tokens)
-    out[name] = np.pad(tokens, (0, max_length - n))
+    out[name] = np.pad(tokens, (0, max_length - n), constant_values=pad_id)
     out[f'{name}_segment_ids'] = np.pad(np.ones(n, np.int32), (0, max_length - n))
     out[f'{name}_positions'] = np.pad(np.arange(n, dtype=np.int32), (0, max_length - n))
   return out
 
 
 def train_dataset(
-    pairs: TokenizedPairs,
-    *,
-    batch_size: int,
-    max_length: int,
-    seed: int,
-    pack: bool = True,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
+  pairs: TokenizedPairs,
+  *,
+  batch_size: int,
+  max_length: int,
+  seed: int,
+  pack: bool = True,
+  num_epochs: int | None = None,
+  shard_index: int = 0,
+  shard_count: int = 1,
 ) -> grain.IterDataset:
   """Shuffled (anew each epoch), sharded, packed and batched training data.
 
@@ -140,24 +146,102 @@ def train_dataset(
   iter_ds = ds.to_iter_dataset()
   if pack:
     iter_ds = grain.experimental.FirstFitPackIterDataset(
-        iter_ds, length_struct={name: max_length for name in FEATURES},
-        num_packing_bins=batch_size, seed=seed, shuffle_bins=True)
+      iter_ds,
+      length_struct={name: max_length for name in FEATURES},
+      num_packing_bins=batch_size,
+      seed=seed,
+      shuffle_bins=True,
+    )
   else:
     iter_ds = iter_ds.map(functools.partial(_pad_example, max_length=max_length))
   # Forever: every batch is full. A finite run keeps its last, partial batch (nothing is lost).
   return iter_ds.batch(batch_size, drop_remainder=num_epochs is None)
 
 
-def eval_dataset(pairs: TokenizedPairs, *, batch_size: int, max_length: int,
-                 shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
-  """One example per row, in order; the last batch is filled with all-padding rows (weight 0)."""
+class TrainBatches:
+  """This host's endless training batches, with a position that checkpoints save and restore."""
+
+  def __init__(
+    self,
+    pairs: TokenizedPairs,
+    *,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    pack: bool,
+    pad_id: int,
+    shard_index: int,
+    shard_count: int,
+  ):
+    if pad_id != 0:
+      raise ValueError('packing pads with 0: the training pipeline needs pad_id 0')
+    self.shard_index, self.shard_count = shard_index, shard_count
+    self.iterator = iter(
+      train_dataset(
+        pairs,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        pack=pack,
+        shard_index=shard_index,
+        shard_count=shard_count,
+      )
+    )
+
+  def __iter__(self) -> 'TrainBatches':
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self.iterator)
+
+  def get_state(self) -> dict[str, Any]:
+    return self.iterator.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self.iterator.set_state(state)
+
+  def restore(self, saved: dict[str, Any] | None) -> None:
+    """Moves to a checkpoint's saved position (`{'process_count', 'states'}`; None: stay)."""
+    if not saved or not saved.get('states'):
+      return
+    if saved['process_count'] != self.shard_count:
+      raise DataError(
+        f"the checkpoint's data position was saved by {saved['process_count']} "
+        f'process(es), this run has {self.shard_count}'
+      )
+    self.set_state(saved['states'][self.shard_index])
+
+
+def eval_batches(
+  pairs: TokenizedPairs,
+  *,
+  batch_size: int,
+  max_length: int,
+  pad_id: int = 0,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  max_batches: int = 0,
+):
+  """One example per row, in order, from this host's shard (`[shard_index::shard_count]`).
+
+  Every host yields the same number of batches (collective eval steps must match), filling
+  missing rows and batches with all-padding rows (weight 0).
+  """
+  per_host = -(-len(pairs) // shard_count)
+  count = -(-per_host // batch_size)
+  if max_batches:
+    count = min(count, max_batches)
   ds = grain.MapDataset.source(pairs)[shard_index::shard_count]
-  ds = ds.map(functools.partial(_pad_example, max_length=max_length))
-  return ds.batch(batch_size, batch_fn=functools.partial(grain.experimental.batch_and_pad,
-                                                         batch_size=batch_size))
-
-
-def count_tokens(batch: dict[str, Any]) -> int:
-  """Real (non-padding) source + target tokens in a batch."""
-  return int((batch['inputs_segment_ids'] > 0).sum() + (batch['targets_segment_ids'] > 0).sum())
-
+  ds = ds.map(functools.partial(_pad_example, max_length=max_length, pad_id=pad_id))
+  empty = {
+    f'{name}{suffix}': np.full((batch_size, max_length), pad_id if not suffix else 0, np.int32)
+    for name in FEATURES
+    for suffix in ('', '_segment_ids', '_positions')
+  }
+  for index in range(count):
+    rows = [ds[i] for i in range(index * batch_size, min((index + 1) * batch_size, len(ds)))]
+    batch = {name: value.copy() for name, value in empty.items()}
+    for row, example in enumerate(rows):
+      for name, value in example.items():
+        batch[name][row] = value
+    yield batch

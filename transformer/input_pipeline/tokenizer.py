@@ -1,8 +1,8 @@
 """SentencePiece tokenizer: a joint source/target vocabulary trained on the training split.
 
-The special ids are fixed to agree with `TransformerConfig`: PAD=0, BOS=1, EOS=2, UNK=3. The
-trained model is written once to the workdir and reused on resume and by `translate`.
-No TensorFlow here: the `sentencepiece` package only.
+The special ids are `transformer.special_ids` (PAD 0, BOS 1, EOS 2, UNK 3), which are also
+`TransformerConfig`'s defaults. The trained model is written once to the workdir and reused on
+resume and by `translate`. No TensorFlow or grain here: the `sentencepiece` package only.
 """
 
 from __future__ import annotations
@@ -10,12 +10,16 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 from typing import Iterable, Sequence
 
-import numpy as np
 import sentencepiece as spm
 
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+
+class TokenizerError(ValueError):
+  """A tokenizer cannot be trained on this data or loaded from this file."""
 
 
 class Tokenizer:
@@ -23,17 +27,35 @@ class Tokenizer:
 
   def __init__(self, model_path: str):
     if not os.path.exists(model_path):
-      raise FileNotFoundError(f'{model_path}: no SentencePiece model (train one with train_tokenizer)')
+      raise FileNotFoundError(
+        f'{model_path}: no SentencePiece model (train one with train_tokenizer)'
+      )
     self.path = model_path
     self.processor = spm.SentencePieceProcessor(model_file=model_path)
-    ids = (self.processor.pad_id(), self.processor.bos_id(), self.processor.eos_id(), self.processor.unk_id())
+    ids = (
+      self.processor.pad_id(),
+      self.processor.bos_id(),
+      self.processor.eos_id(),
+      self.processor.unk_id(),
+    )
     if ids != (PAD_ID, BOS_ID, EOS_ID, UNK_ID):
-      raise ValueError(f'{model_path}: special ids (pad, bos, eos, unk) = {ids}, expected '
-                       f'{(PAD_ID, BOS_ID, EOS_ID, UNK_ID)}; this model was not made by train_tokenizer')
+      raise ValueError(
+        f'{model_path}: special ids (pad, bos, eos, unk) = {ids}, expected '
+        f'{(PAD_ID, BOS_ID, EOS_ID, UNK_ID)}; this model was not made by train_tokenizer'
+      )
 
   @property
   def vocab_size(self) -> int:
     return self.processor.vocab_size()
+
+  @property
+  def pad_id(self) -> int:
+    return PAD_ID
+
+  @property
+  def special_ids(self) -> dict[str, int]:
+    """The ids a `TransformerConfig` for this vocabulary takes: pad_id, bos_id, eos_id."""
+    return {'pad_id': PAD_ID, 'bos_id': BOS_ID, 'eos_id': EOS_ID}
 
   def encode(self, text: str) -> list[int]:
     """Ids of `text`, without BOS/EOS."""
@@ -59,38 +81,66 @@ class Tokenizer:
     return self.processor.normalize(text).replace('\u2581', ' ').strip()
 
 
+def sample_sentences(sentences: Iterable[str], size: int, seed: int) -> list[str]:
+  """A seeded uniform sample of at most `size` sentences, in one pass with bounded memory
+  (reservoir sampling); all of them when there are fewer."""
+  sample: list[str] = []
+  rng = random.Random(seed)
+  for n, sentence in enumerate(sentences):
+    if len(sample) < size:
+      sample.append(sentence)
+    else:
+      j = rng.randint(0, n)
+      if j < size:
+        sample[j] = sentence
+  return sample
+
+
 def train_tokenizer(
-    model_path: str,
-    sentences: Iterable[str],
-    *,
-    vocab_size: int,
-    character_coverage: float = 1.0,
-    max_sentences: int = 1_000_000,
-    seed: int = 0,
+  model_path: str,
+  sentences: Iterable[str],
+  *,
+  vocab_size: int,
+  character_coverage: float = 1.0,
+  max_sentences: int = 1_000_000,
+  seed: int = 0,
 ) -> Tokenizer:
   """Trains a unigram SentencePiece model on `sentences` and writes it to `model_path`.
 
   At most `max_sentences` sentences are used (a seeded uniform sample when there are more), so
   the vocabulary of a large corpus is trained in bounded time and memory.
   """
-  sample: list[str] = []
-  rng = random.Random(seed)
-  for n, sentence in enumerate(sentences):  # reservoir sampling: one pass, bounded memory
-    if len(sample) < max_sentences:
-      sample.append(sentence)
-    else:
-      j = rng.randint(0, n)
-      if j < max_sentences:
-        sample[j] = sentence
+  sample = sample_sentences(sentences, max_sentences, seed)
   if not sample:
-    raise ValueError('cannot train a tokenizer on an empty training split')
+    raise TokenizerError('cannot train a tokenizer on an empty training split')
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sample), model_writer=model, vocab_size=vocab_size,
-      character_coverage=character_coverage, model_type='unigram',
-      pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
-      input_sentence_size=max_sentences, shuffle_input_sentence=True, seed_sentencepiece_size=1_000_000,
-      num_threads=os.cpu_count() or 1, minloglevel=2)
+  try:
+    spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sample),
+      model_writer=model,
+      vocab_size=vocab_size,
+      character_coverage=character_coverage,
+      model_type='unigram',
+      pad_id=PAD_ID,
+      bos_id=BOS_ID,
+      eos_id=EOS_ID,
+      unk_id=UNK_ID,
+      input_sentence_size=max_sentences,
+      shuffle_input_sentence=True,
+      seed_sentencepiece_size=1_000_000,
+      num_threads=os.cpu_count() or 1,
+      minloglevel=2,
+    )
+  except RuntimeError as e:
+    too_high = re.search(
+      r'Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)', str(e)
+    )
+    if too_high:
+      raise TokenizerError(
+        f'config.vocab_size={too_high[1]} is more than SentencePiece can make from '
+        f'the training data (at most {too_high[2]}): set a smaller vocab_size'
+      ) from None
+    raise
   os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
   temporary = model_path + '.tmp'
   with open(temporary, 'wb') as f:  # write then rename: a crash never leaves half a model
@@ -99,7 +149,9 @@ def train_tokenizer(
   return Tokenizer(model_path)
 
 
-def load_or_train_tokenizer(model_path: str, sentences_fn, *, vocab_size: int, **kwargs) -> tuple[Tokenizer, bool]:
+def load_or_train_tokenizer(
+  model_path: str, sentences_fn, *, vocab_size: int, **kwargs
+) -> tuple[Tokenizer, bool]:
   """Loads the tokenizer at `model_path` if it exists (checking its size), else trains it.
 
   Returns:
@@ -108,11 +160,9 @@ def load_or_train_tokenizer(model_path: str, sentences_fn, *, vocab_size: int, *
   if os.path.exists(model_path):
     tokenizer = Tokenizer(model_path)
     if tokenizer.vocab_size != vocab_size:
-      raise ValueError(f'{model_path} has a vocabulary of {tokenizer.vocab_size}, but the config asks '
-                       f'for {vocab_size}: use another workdir or the same vocab_size')
+      raise TokenizerError(
+        f'{model_path} has a vocabulary of {tokenizer.vocab_size}, but the config asks '
+        f'for {vocab_size}: use another workdir or the same vocab_size'
+      )
     return tokenizer, False
   return train_tokenizer(model_path, sentences_fn(), vocab_size=vocab_size, **kwargs), True
-
-
-def as_array(ids: Sequence[int]) -> np.ndarray:
-  return np.asarray(ids, dtype=np.int32)

@@ -1,0 +1,178 @@
+"""Data parallelism: where the train state and batches live, and how steps are compiled.
+
+    ShardMap      (default) jax.jit(jax.shard_map(step)) over a 1-D 'data' mesh of every device
+                  of every host: the state is replicated, the batch split along its rows.
+    Pmap          the same per-replica step under jax.pmap (state with a leading device axis).
+    SingleDevice  one device, plain jax.jit.
+
+The step functions (`transformer.training`) are per-replica: they reduce gradients and metrics
+with one `psum` over `AXIS` (sums over tokens, divided once), so every mode computes the same
+numbers as one device. The state on the host is always one plain copy, so checkpoints do not
+depend on the mode or the device count.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+AXIS = 'data'
+Batch = dict[str, jax.Array]
+
+
+class DataParallel:
+  """The interface of the three modes; see the module docstring."""
+
+  name: str
+  axis_name: str | None = AXIS
+
+  @property
+  def num_replicas(self) -> int:
+    """Replicas across all hosts (the global batch is split this many ways)."""
+    raise NotImplementedError
+
+  def device_state(self, tree: Any) -> Any:
+    """Host values -> the replicated on-device layout of this mode."""
+    raise NotImplementedError
+
+  def host_state(self, tree: Any) -> Any:
+    """The on-device layout -> one host copy (NumPy)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
+
+  def device_batch(self, local_batch: dict[str, np.ndarray]) -> Batch:
+    """This host's rows `[local_rows, ...]` -> the step's batch layout."""
+    raise NotImplementedError
+
+  def compile_train_step(self, step: Callable) -> Callable:
+    """`step(state, rngs, batch)` -> the compiled step; `state` is donated."""
+    raise NotImplementedError
+
+  def compile_eval_step(self, step: Callable) -> Callable:
+    """`step(params, rngs, batch)` -> the compiled step."""
+    raise NotImplementedError
+
+  def metrics(self, metrics: Any) -> dict[str, float]:
+    """Step outputs (replicated) -> Python floats."""
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+class SingleDevice(DataParallel):
+  """One device (the first local one); no collectives."""
+
+  name = 'none'
+  axis_name = None
+
+  def __init__(self, devices: Sequence[jax.Device] | None = None):
+    if jax.process_count() > 1:
+      raise ValueError(
+        "parallelism='none' is single-device; use 'shard_map' or 'pmap' with several hosts"
+      )
+    self.device = (devices or jax.local_devices())[0]
+
+  @property
+  def num_replicas(self) -> int:
+    return 1
+
+  def device_state(self, tree: Any) -> Any:
+    return jax.device_put(tree, self.device)
+
+  def device_batch(self, local_batch: dict[str, np.ndarray]) -> Batch:
+    return jax.device_put(local_batch, self.device)
+
+  def compile_train_step(self, step: Callable) -> Callable:
+    return jax.jit(step, donate_argnums=(0,))
+
+  def compile_eval_step(self, step: Callable) -> Callable:
+    return jax.jit(step)
+
+
+class ShardMap(DataParallel):
+  """`jax.jit(jax.shard_map(step))` over a 1-D mesh of `devices` (default: all, of all hosts)."""
+
+  name = 'shard_map'
+
+  def __init__(self, devices: Sequence[jax.Device] | None = None):
+    self.mesh = Mesh(np.asarray(devices or jax.devices()), (AXIS,))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.rows = NamedSharding(self.mesh, P(AXIS))
+
+  @property
+  def num_replicas(self) -> int:
+    return self.mesh.size
+
+  def device_state(self, tree: Any) -> Any:
+    return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree
+    )
+
+  def device_batch(self, local_batch: dict[str, np.ndarray]) -> Batch:
+    return {k: jax.make_array_from_process_local_data(self.rows, v) for k, v in local_batch.items()}
+
+  def _shard_map(self, step: Callable, out_specs) -> Callable:
+    # check_vma=False: the replicated parameters then enter the step untyped, their gradients are
+    # per-replica partial sums, and the step's one explicit psum reduces them, as under pmap. With
+    # check_vma=True, autodiff's transpose of the implicit pvary of the parameters would already
+    # sum the gradients over the axis, and the explicit psum would multiply every gradient by the
+    # number of devices.
+    return jax.shard_map(
+      step, mesh=self.mesh, in_specs=(P(), P(), P(AXIS)), out_specs=out_specs, check_vma=False
+    )
+
+  def compile_train_step(self, step: Callable) -> Callable:
+    return jax.jit(self._shard_map(step, (P(), P())), donate_argnums=(0,))
+
+  def compile_eval_step(self, step: Callable) -> Callable:
+    return jax.jit(self._shard_map(step, P()))
+
+
+class Pmap(DataParallel):
+  """`jax.pmap` over the local devices; the state carries a leading local-device axis."""
+
+  name = 'pmap'
+
+  def __init__(self, devices: Sequence[jax.Device] | None = None):
+    self.devices = list(devices or jax.local_devices())
+    self._pmap_devices = list(devices) if devices else None  # None: pmap's own default (all hosts)
+
+  @property
+  def num_replicas(self) -> int:
+    return len(self.devices) * jax.process_count()
+
+  def device_state(self, tree: Any) -> Any:
+    n = len(self.devices)
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)).copy(), tree)
+
+  def host_state(self, tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+
+  def device_batch(self, local_batch: dict[str, np.ndarray]) -> Batch:
+    n = len(self.devices)
+    return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in local_batch.items()}
+
+  def compile_train_step(self, step: Callable) -> Callable:
+    return jax.pmap(
+      step, axis_name=AXIS, in_axes=(0, None, 0), donate_argnums=(0,), devices=self._pmap_devices
+    )
+
+  def compile_eval_step(self, step: Callable) -> Callable:
+    return jax.pmap(step, axis_name=AXIS, in_axes=(0, None, 0), devices=self._pmap_devices)
+
+  def metrics(self, metrics: Any) -> dict[str, float]:
+    return super().metrics(jax.tree.map(lambda x: x[0], metrics))
+
+
+MODES: dict[str, type[DataParallel]] = {'shard_map': ShardMap, 'pmap': Pmap, 'none': SingleDevice}
+PARALLELISMS = tuple(MODES)
+
+
+def make(
+  parallelism: str = 'shard_map', devices: Sequence[jax.Device] | None = None
+) -> DataParallel:
+  """The `DataParallel` for `parallelism` ('shard_map', 'pmap' or 'none')."""
+  if parallelism not in MODES:
+    raise ValueError(f'parallelism must be one of {PARALLELISMS}, got {parallelism!r}')
+  return MODES[parallelism](devices)

@@ -1,0 +1,103 @@
+"""What a run config (`configs/*.py`, an ml_collections ConfigDict) means: its checks, the model
+config and the optimizer it describes.
+
+`validate_config` runs before anything else and raises `ConfigError` naming the first bad field,
+so nothing runs (and nothing is written) on an invalid config.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+from transformer import parallel
+from transformer.model import TransformerConfig
+
+OVERLONG_POLICIES = ('drop', 'truncate')
+_POSITIVE_INTEGERS = (
+  'batch_size',
+  'num_train_steps',
+  'warmup_steps',
+  'log_every',
+  'eval_every',
+  'checkpoint_every',
+  'keep_checkpoints',
+  'eval_batch_size',
+  'vocab_size',
+  'max_length',
+  'grad_accum_steps',
+  'decode_batch_size',
+)
+
+
+class ConfigError(ValueError):
+  """The config is invalid or incompatible with the workdir."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first bad field."""
+  from transformer import training  # the schedules' names; optax is needed to train anyway
+
+  for name in _POSITIVE_INTEGERS:
+    value = config[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ConfigError(f'config.{name} must be a positive integer, got {value!r}')
+  choices = {
+    'overlong': OVERLONG_POLICIES,
+    'parallelism': parallel.PARALLELISMS,
+    'lr_schedule': training.SCHEDULES,
+  }
+  for name, allowed in choices.items():
+    if config[name] not in allowed:
+      raise ConfigError(f'config.{name} must be one of {allowed}, got {config[name]!r}')
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ConfigError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing}')
+  if config.eval_beam_size < 1 or any(b < 1 for b in config.test_beam_sizes):
+    raise ConfigError('config.eval_beam_size and config.test_beam_sizes must be >= 1')
+  if config.model.max_length < config.max_length:
+    raise ConfigError(
+      f'config.model.max_length={config.model.max_length} must cover the data '
+      f'max_length={config.max_length}'
+    )
+  try:
+    model_config(config, vocab_size=config.vocab_size)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.model: {e}') from e
+
+
+def model_config(
+  config: ml_collections.ConfigDict, vocab_size: int, **special_ids: int
+) -> TransformerConfig:
+  """The model a run config describes, for a vocabulary of `vocab_size` (and the tokenizer's
+  `pad_id`/`bos_id`/`eos_id`, if given)."""
+  return TransformerConfig(vocab_size=vocab_size, **special_ids, **config.model.to_dict())
+
+
+def make_optimizer(config: ml_collections.ConfigDict, d_model: int):
+  """The optimizer and learning-rate schedule that `config` describes."""
+  from transformer import training  # optax: training only
+
+  return training.make_optimizer(
+    d_model,
+    config.warmup_steps,
+    config.learning_rate_scale,
+    max_grad_norm=config.max_grad_norm or None,
+    schedule=config.lr_schedule,
+    total_steps=config.num_train_steps,
+  )
+
+
+def nearest_keys(config: ml_collections.ConfigDict, key: str, count: int = 3) -> list[str]:
+  """The config's dotted keys closest in spelling to `key` (for 'did you mean' messages)."""
+  keys = []
+
+  def walk(node, prefix):
+    for name, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, f'{prefix}{name}.')
+      else:
+        keys.append(f'{prefix}{name}')
+
+  walk(config, '')
+  return difflib.get_close_matches(key, keys, n=count, cutoff=0.5)

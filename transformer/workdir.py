@@ -1,0 +1,161 @@
+"""A run directory: its config.json, the resume-compatibility check, its tokenizer, and loading
+its trained model for inference.
+
+    config.json        the run config, written once the run's inputs are checked
+    tokenizer.model    the SentencePiece vocabulary
+    checkpoints/ best/ see `transformer.checkpoints`
+
+Loading for inference reads the parameters alone (no optimizer state), creates nothing in the
+workdir, and imports neither the training loop, grain, TensorFlow nor optax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from transformer import checkpoints
+from transformer.input_pipeline.tokenizer import Tokenizer
+from transformer.model import Transformer
+from transformer.run_config import ConfigError, model_config
+
+CONFIG_FILE = 'config.json'
+TOKENIZER_FILE = 'tokenizer.model'
+
+# Config keys that fix what the checkpoints and the tokenizer mean: a resume must not change them.
+INCOMPATIBLE_ON_RESUME = (
+  'dataset',
+  'source_lang',
+  'target_lang',
+  'vocab_size',
+  'model',
+  'seed',
+  'local_files',
+  'character_coverage',
+  'init_from',
+)
+# Keys whose change a resume accepts but reports: they change the data the run sees from here on.
+REPORTED_ON_RESUME = (
+  'max_length',
+  'pack',
+  'overlong',
+  'batch_size',
+  'train_split',
+  'lr_schedule',
+  'warmup_steps',
+  'learning_rate_scale',
+)
+
+
+def tokenizer_path(workdir: str) -> str:
+  return os.path.join(workdir, TOKENIZER_FILE)
+
+
+def load_tokenizer(workdir: str) -> Tokenizer:
+  return Tokenizer(tokenizer_path(workdir))
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config a workdir was trained with, or None if it has none."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path}: cannot be read ({e})') from e
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Refuses a config that changes what the workdir's checkpoints mean; returns warnings about
+  allowed changes that alter the run. Writes nothing."""
+  saved = saved_config(workdir)
+  if saved is None:
+    return []
+  saved, current = saved.to_dict(), json.loads(config.to_json_best_effort())
+  changed = [k for k in INCOMPATIBLE_ON_RESUME if saved.get(k) != current.get(k)]
+  if changed:
+    details = '; '.join(
+      f'{k}: {saved.get(k)!r} in the workdir, {current.get(k)!r} now' for k in changed
+    )
+    raise ConfigError(
+      f'{workdir} was trained with a different config ({details}). Use a new '
+      '--workdir, or the original values.'
+    )
+  warnings = [
+    f'warning: config.{k} changed from {saved.get(k)!r} to {current.get(k)!r} since the '
+    'last run of this workdir; the run continues with the new value'
+    for k in REPORTED_ON_RESUME
+    if k in saved and saved.get(k) != current.get(k)
+  ]
+  if config.lr_schedule == 'linear' and saved.get('num_train_steps') != config.num_train_steps:
+    warnings.append(
+      f'warning: num_train_steps changed from {saved.get("num_train_steps")} to '
+      f"{config.num_train_steps}; with lr_schedule='linear' the learning rate from the resumed "
+      'step on follows the new decay line (it jumps), so this run differs from one trained '
+      'with the new value from the start'
+    )
+  return warnings
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes config.json atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  write_json_atomically(
+    os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort())
+  )
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+  """Writes `value` as JSON to `path` through a temporary file and a rename: readers never see
+  half a file."""
+  temporary = f'{path}.tmp{os.getpid()}'
+  with open(temporary, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=2)
+  os.replace(temporary, path)
+
+
+def abstract_model(config) -> tuple[nnx.GraphDef, Any, Any]:
+  """(graphdef, parameter ShapeDtypeStructs, concrete non-parameter state) of a model, built
+  without initialising any parameter."""
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  concrete = lambda x: (
+    jax.random.key(0)
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+    else jnp.zeros(x.shape, x.dtype)
+  )
+  return graphdef, params, jax.tree.map(concrete, rest)
+
+
+def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Tokenizer, int]:
+  """The trained model (newest or best checkpoint) in eval mode, its tokenizer and its step.
+
+  Raises:
+    FileNotFoundError: not a workdir, or no checkpoint of `which`.
+    ValueError: the checkpoint does not fit the model its config and tokenizer describe.
+  """
+  config = saved_config(workdir)
+  if config is None:
+    raise FileNotFoundError(f'{workdir} is not a training workdir (no {CONFIG_FILE})')
+  tokenizer = load_tokenizer(workdir)
+  mconfig = model_config(config, tokenizer.vocab_size, **tokenizer.special_ids)
+  graphdef, abstract_params, rest = abstract_model(mconfig)
+  checkpointer = checkpoints.Checkpointer(workdir, keep_best=which == 'best', read_only=True)
+  try:
+    restored = checkpointer.restore(abstract_params, which=which, params_only=True)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f'{workdir} has no {which} checkpoint')
+  model = nnx.merge(graphdef, restored.state, rest)
+  model.eval()
+  return model, tokenizer, restored.step

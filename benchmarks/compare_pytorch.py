@@ -1,6 +1,6 @@
 """Our train step against PyTorch's `nn.Transformer` on the same configuration and batch.
 
-    python benchmarks/compare_pytorch.py [--config=A|B] [--what=train|decode|both]
+    python -m benchmarks.compare_pytorch [--config=A|B] [--what=train|decode|both]
                                          [--dtype=float32|bfloat16] [--side=both|ours|pytorch]
                                          [--steps=10] [--json]
 
@@ -33,14 +33,11 @@ import math
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.train_throughput import CONFIGS, DTYPES, build_step, synthetic_batch  # noqa: E402
+from benchmarks.common import CONFIGS, DTYPES, build_train_step, decoding_setup, synthetic_batch
 
 
 def torch_model(spec: dict):
@@ -56,26 +53,40 @@ def torch_model(spec: dict):
       self.embed = nn.Embedding(m['vocab_size'], m['d_model'], padding_idx=0)
       nn.init.normal_(self.embed.weight, std=m['d_model'] ** -0.5)
       self.transformer = nn.Transformer(
-          d_model=m['d_model'], nhead=m['num_heads'], num_encoder_layers=m['num_encoder_layers'],
-          num_decoder_layers=m['num_decoder_layers'], dim_feedforward=m['d_ff'], dropout=0.1,
-          batch_first=True, norm_first=True)
+        d_model=m['d_model'],
+        nhead=m['num_heads'],
+        num_encoder_layers=m['num_encoder_layers'],
+        num_decoder_layers=m['num_decoder_layers'],
+        dim_feedforward=m['d_ff'],
+        dropout=0.1,
+        batch_first=True,
+        norm_first=True,
+      )
       self.register_buffer('positions', torch.from_numpy(_sinusoids(512, m['d_model'])))
       self.scale = math.sqrt(m['d_model'])
 
     def embed_at(self, tokens, start: int = 0):
-      return self.embed(tokens) * self.scale + self.positions[start:start + tokens.shape[1]]
+      return self.embed(tokens) * self.scale + self.positions[start : start + tokens.shape[1]]
 
     def forward(self, src, dec_in):
       causal = nn.Transformer.generate_square_subsequent_mask(dec_in.shape[1], device=src.device)
-      h = self.transformer(self.embed_at(src), self.embed_at(dec_in), tgt_mask=causal,
-                           src_key_padding_mask=src == 0, tgt_key_padding_mask=dec_in == 0,
-                           memory_key_padding_mask=src == 0, tgt_is_causal=True)
+      h = self.transformer(
+        self.embed_at(src),
+        self.embed_at(dec_in),
+        tgt_mask=causal,
+        src_key_padding_mask=src == 0,
+        tgt_key_padding_mask=dec_in == 0,
+        memory_key_padding_mask=src == 0,
+        tgt_is_causal=True,
+      )
       return h @ self.embed.weight.T
 
   return TorchTransformer()
 
 
-def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool, dtype: str = 'float32'):
+def torch_step_fn(
+  spec: dict, batch: dict[str, np.ndarray], compile_model: bool, dtype: str = 'float32'
+):
   import torch
   from torch import nn
 
@@ -87,8 +98,11 @@ def torch_step_fn(spec: dict, batch: dict[str, np.ndarray], compile_model: bool,
   dec_in = torch.cat([torch.ones_like(targets[:, :1]), targets[:, :-1]], 1) * (targets != 0)
   forward = torch.compile(model) if compile_model else model
   # Mixed precision as PyTorch users write it: forward and loss under autocast, backward outside.
-  precision = ((lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if dtype == 'bfloat16'
-               else contextlib.nullcontext)
+  precision = (
+    (lambda: torch.autocast('cpu', dtype=torch.bfloat16))
+    if dtype == 'bfloat16'
+    else contextlib.nullcontext
+  )
 
   def step():
     optimizer.zero_grad(set_to_none=True)
@@ -130,7 +144,12 @@ def torch_greedy_cached(model, src, length: int, bos_id: int = 1, forced=None):
     cross = []
     for layer in layers:
       w, b = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
-      cross.append((split(F.linear(memory, w[d:2 * d], b[d:2 * d])), split(F.linear(memory, w[2 * d:], b[2 * d:]))))
+      cross.append(
+        (
+          split(F.linear(memory, w[d : 2 * d], b[d : 2 * d])),
+          split(F.linear(memory, w[2 * d :], b[2 * d :])),
+        )
+      )
     keep_source = (src != 0)[:, None, None, :]
     keys = [src.new_zeros((batch, heads, length, d // heads), dtype=memory.dtype) for _ in layers]
     values = [torch.zeros_like(k) for k in keys]
@@ -139,10 +158,14 @@ def torch_greedy_cached(model, src, length: int, bos_id: int = 1, forced=None):
     for step in range(length):
       x = model.embed_at(token, step)
       for i, layer in enumerate(layers):
-        q, k, v = F.linear(layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, -1)
-        keys[i][:, :, step:step + 1] = split(k)
-        values[i][:, :, step:step + 1] = split(v)
-        a = F.scaled_dot_product_attention(split(q), keys[i][:, :, :step + 1], values[i][:, :, :step + 1])
+        q, k, v = F.linear(
+          layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias
+        ).chunk(3, -1)
+        keys[i][:, :, step : step + 1] = split(k)
+        values[i][:, :, step : step + 1] = split(v)
+        a = F.scaled_dot_product_attention(
+          split(q), keys[i][:, :, : step + 1], values[i][:, :, : step + 1]
+        )
         x = x + layer.self_attn.out_proj(merge(a))
         w, b = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
         q = F.linear(layer.norm2(x), w[:d], b[:d])
@@ -150,7 +173,7 @@ def torch_greedy_cached(model, src, length: int, bos_id: int = 1, forced=None):
         x = x + layer.multihead_attn.out_proj(merge(a))
         x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
       step_logits = t.decoder.norm(x) @ model.embed.weight.T
-      token = step_logits.argmax(-1) if forced is None else forced[:, step:step + 1]
+      token = step_logits.argmax(-1) if forced is None else forced[:, step : step + 1]
       out.append(token)
       logits.append(step_logits)
     return torch.cat(out, 1) if forced is None else torch.cat(logits, 1)
@@ -159,18 +182,22 @@ def torch_greedy_cached(model, src, length: int, bos_id: int = 1, forced=None):
 def check_cached_loop(model, src, bos_id: int) -> None:
   """The cached loop's logits equal the full forward pass's (so the PyTorch side is a fair loop)."""
   import torch
+
   forced = torch.randint(3, model.embed.weight.shape[0], src.shape)
   dec_in = torch.cat([torch.full_like(forced[:, :1], bos_id), forced[:, :-1]], 1)
   with torch.inference_mode():
     full = model(src, dec_in)
   cached = torch_greedy_cached(model, src, src.shape[1], bos_id, forced=forced)
   if not torch.allclose(cached, full, atol=1e-4, rtol=1e-4):
-    raise AssertionError(f"PyTorch's cached loop disagrees with its forward pass: max difference "
-                         f'{(cached - full).abs().max():.2e}')
+    raise AssertionError(
+      f"PyTorch's cached loop disagrees with its forward pass: max difference "
+      f'{(cached - full).abs().max():.2e}'
+    )
 
 
 def _sinusoids(length: int, d: int) -> np.ndarray:
   from transformer.layers import sinusoidal_table
+
   return sinusoidal_table(length, d)
 
 
@@ -191,29 +218,38 @@ def compare_train(args) -> dict:
   tokens = int((host_batch['inputs'] > 0).sum() + (host_batch['targets'] > 0).sum())
   variants = {}
   if args.side != 'pytorch':
-    _, _, state, rngs, step, batch = build_step(args.config, args.dtype)  # the same synthetic batch
+    _, _, state, rngs, step, batch, _ = build_train_step(
+      args.config, args.dtype, devices=jax.devices()[:1]
+    )
     holder = {'state': state}
 
     def ours():
       holder['state'], metrics = step(holder['state'], rngs, batch)
       jax.block_until_ready(metrics)
+
     variants['ours (JAX)'] = ours
   if args.side != 'ours':
-    variants['PyTorch eager'] = torch_step_fn(spec, host_batch, compile_model=False, dtype=args.dtype)
+    variants['PyTorch eager'] = torch_step_fn(
+      spec, host_batch, compile_model=False, dtype=args.dtype
+    )
     try:
       compiled = torch_step_fn(spec, host_batch, compile_model=True, dtype=args.dtype)
       compiled()
       variants['PyTorch torch.compile'] = compiled
     except Exception as e:  # noqa: BLE001  torch.compile needs a C++ toolchain and may fail
       print(f'torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}')
-  return _alternate(variants, tokens, args.steps, f'train step, config {args.config} ({args.dtype}), '
-                    f'batch {spec["batch"]} x {spec["length"]}')
+  return _alternate(
+    variants,
+    tokens,
+    args.steps,
+    f'train step, config {args.config} ({args.dtype}), batch {spec["batch"]} x {spec["length"]}',
+  )
 
 
 def compare_decode(args) -> dict:
   """Cached greedy decoding of 32 random sentences to 64 tokens, ours against PyTorch's loop."""
   import torch
-  from benchmarks.decode_throughput import decoding_setup
+
   from transformer import decode
 
   batch, length = 32, 64
@@ -232,8 +268,12 @@ def compare_decode(args) -> dict:
     variants['ours (JAX)'] = ours
   if args.side != 'ours':
     variants['PyTorch eager'] = lambda: torch_greedy_cached(reference_model, torch_src, length)
-  return _alternate(variants, batch * length, args.steps, f'cached greedy decoding, config '
-                    f'{args.config}, {batch} sentences x {length} tokens')
+  return _alternate(
+    variants,
+    batch * length,
+    args.steps,
+    f'cached greedy decoding, config {args.config}, {batch} sentences x {length} tokens',
+  )
 
 
 def _alternate(variants: dict, tokens: int, steps: int, title: str) -> dict:
@@ -255,23 +295,37 @@ def _alternate(variants: dict, tokens: int, steps: int, title: str) -> dict:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--config', choices=sorted(CONFIGS), default='A')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--what', choices=('train', 'decode', 'both'), default='both')
-  parser.add_argument('--dtype', choices=DTYPES, default='float32',
-                      help='train-step precision on both sides (decoding is float32)')
-  parser.add_argument('--side', choices=('both', 'ours', 'pytorch'), default='both',
-                      help='time one side only, alone in this process (see the docstring)')
+  parser.add_argument(
+    '--dtype',
+    choices=DTYPES,
+    default='float32',
+    help='train-step precision on both sides (decoding is float32)',
+  )
+  parser.add_argument(
+    '--side',
+    choices=('both', 'ours', 'pytorch'),
+    default='both',
+    help='time one side only, alone in this process (see the docstring)',
+  )
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args()
   try:
     import torch
   except ImportError:
-    print('PyTorch is not installed. To compare: pip install torch==2.13.0  (a CPU wheel here), then '
-          'run this again.')
+    print(
+      'PyTorch is not installed. To compare: pip install torch==2.13.0  (a CPU wheel here), then '
+      'run this again.'
+    )
     return 0
-  print(f'{jax.devices()[0].device_kind}; torch {torch.__version__} with {torch.get_num_threads()} threads')
+  print(
+    f'{jax.devices()[0].device_kind}; torch {torch.__version__} with {torch.get_num_threads()} threads'
+  )
   out = {'config': args.config, 'dtype': args.dtype}
   if args.what in ('train', 'both'):
     out['train'] = compare_train(args)

@@ -2,10 +2,11 @@
 
 import os
 
+from nbclient import NotebookClient
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'notebooks')
 
 
@@ -13,14 +14,16 @@ NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 def test_notebook_runs(name, tmp_path, monkeypatch):
   path = os.path.join(NOTEBOOKS, name)
   notebook = nbformat.read(path, as_version=4)
-  assert all(not cell.get('outputs') for cell in notebook.cells if cell.cell_type == 'code'), \
-      'notebooks are stored without outputs'
+  assert all(not cell.get('outputs') for cell in notebook.cells if cell.cell_type == 'code'), (
+    'notebooks are stored without outputs'
+  )
   monkeypatch.setenv('TRANSFORMER_NOTEBOOK_QUICK', '1')
   monkeypatch.setenv('TRANSFORMER_NOTEBOOK_FIGURES', str(tmp_path / 'figures'))
   monkeypatch.setenv('MPLBACKEND', 'Agg')
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
-  client = NotebookClient(notebook, timeout=900, kernel_name='python3',
-                          resources={'metadata': {'path': NOTEBOOKS}})
+  client = NotebookClient(
+    notebook, timeout=900, kernel_name='python3', resources={'metadata': {'path': NOTEBOOKS}}
+  )
   client.execute()
   figures = os.listdir(tmp_path / 'figures')
   assert figures, 'the notebook drew no figure'

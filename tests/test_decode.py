@@ -156,11 +156,15 @@ def test_a_translation_does_not_depend_on_the_rest_of_its_batch(model, beam_size
   assert (together[0, width:] == model.config.pad_id).all()
 
 
-def test_sacrebleu_on_detokenised_text():
-  refs = ['Au commencement, Dieu créa les cieux et la terre.', 'La terre était informe et vide.']
-  bleu, signature = evaluation.corpus_bleu(refs, refs)
-  assert bleu == pytest.approx(100.0)
+def test_bleu_is_the_papers_formula_on_detokenised_text():
+  """BLEU = BP · exp(mean log p_n), n = 1..4, with clipped n-gram precisions, by hand:
+  'the cat sat on the mat' against 'the cat sat on a mat': p = 5/6, 3/5, 2/4, 1/3, BP = 1."""
+  bleu, signature = evaluation.corpus_bleu(['the cat sat on the mat'], ['the cat sat on a mat'])
+  assert bleu == pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, rel=1e-6)
   assert 'tok:13a' in signature
+  # Detokenised text is tokenised by 13a (punctuation split off) before counting.
+  refs = ['Au commencement, Dieu créa les cieux et la terre.', 'La terre était informe et vide.']
+  assert evaluation.corpus_bleu(refs, refs)[0] == pytest.approx(100.0)
   worse, _ = evaluation.corpus_bleu(
     ['Au commencement Dieu fit le ciel.', 'La terre était vide.'], refs
   )
@@ -183,3 +187,49 @@ def test_argmax_last_matches_argmax_with_ties_and_nan():
   assert 0 <= out[3] < 4  # an all-NaN row still gives a token inside the vocabulary
   random = jax.random.normal(jax.random.key(0), (32, 8000))
   np.testing.assert_array_equal(decode.argmax_last(random), random.argmax(-1))
+
+
+def _reference_beam_search(model, src_row, beam_size, max_length, alpha):
+  """Beam search written plainly: every hypothesis re-runs the whole decoder (no cache, no
+  reordering), with the same rules as `decode.beam_search` (2k candidates, an EOS extension
+  finishes only within the top k, GNMT length penalty, alive beams returned if none finished)."""
+  config = model.config
+  src = jnp.asarray(src_row)[None]
+  encoded = model.encode(src)
+  alive, finished = [((), 0.0)], []
+  for i in range(max_length):
+    candidates = []
+    for beam, (tokens, log_p) in enumerate(alive):
+      decoder_input = jnp.asarray([(config.bos_id,) + tokens])
+      logits = np.asarray(model.decode(decoder_input, encoded, src)[0, -1], np.float64)
+      logits[config.pad_id] = -np.inf
+      log_probs = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+      for token in range(config.vocab_size):
+        candidates.append(
+          (log_p + log_probs[token], beam * config.vocab_size + token, tokens + (token,))
+        )
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    top = candidates[: 2 * beam_size]
+    penalty = ((5 + i + 1) / 6) ** alpha
+    finished += [(tokens, score / penalty) for rank, (score, _, tokens) in enumerate(top)
+                 if tokens[-1] == config.eos_id and rank < beam_size]  # fmt: skip
+    finished = sorted(finished, key=lambda f: -f[1])[:beam_size]
+    alive = [(tokens, score) for score, _, tokens in top if tokens[-1] != config.eos_id][:beam_size]
+  return finished[0][0] if finished else alive[0][0]
+
+
+def test_beam_search_on_the_kv_cache_equals_a_plain_recomputing_beam_search(tiny_config):
+  """Batch 3 × beam 3 on the real caches: the reordering of the caches between beams and
+  sentences must give what re-running the decoder for every hypothesis gives."""
+  model = Transformer(tiny_config.replace(vocab_size=24), rngs=nnx.Rngs(5))
+  model.eval()
+  # Larger weights make every token of the prefix matter to the next distribution, so that a
+  # beam reading another beam's cache would choose differently.
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, jax.tree.map(lambda p: 3.0 * p, params))
+  src = np.array([[5, 6, 7, 8, 2, 0], [9, 10, 2, 0, 0, 0], [11, 12, 13, 14, 15, 2]], np.int32)
+  tokens = np.asarray(decode.generate(model, src, beam_size=3, alpha=0.6, max_length=10))
+  for row in range(3):
+    expected = list(_reference_beam_search(model, src[row], 3, 10, 0.6))
+    assert tokens[row, : len(expected)].tolist() == expected, row
+    assert (tokens[row, len(expected) :] == tiny_config.pad_id).all()

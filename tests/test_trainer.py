@@ -147,9 +147,12 @@ def test_checkpoints_restore_across_device_counts(tmp_path, corpus):
     step, params = tiny_run.final_params(workdir)
     assert step == 8
     for name in expected:
-      np.testing.assert_allclose(
-        params[name], expected[name], atol=2e-4, err_msg=f'{first}->{second} {name}'
-      )
+      # Sums over 1 or 8 devices round differently; Adam turns that noise into up to lr-sized
+      # steps where a gradient is near zero (a rare embedding row), so a few entries may differ
+      # by ~1e-3 while the rest agree to 2e-4.
+      difference = np.abs(params[name] - expected[name])
+      assert difference.max() < 2e-3, f'{first}->{second} {name}'
+      assert (difference > 2e-4).mean() < 1e-3, f'{first}->{second} {name}'
 
 
 def _free_port() -> int:
@@ -269,3 +272,55 @@ def test_translate_errors_are_clear(tmp_path, trained):
   assert no_checkpoint.returncode == 2 and 'no latest checkpoint' in no_checkpoint.stderr
   bad_beam = _translate([f'--workdir={workdir}', '--beam_size=0'], 'hello\n')
   assert bad_beam.returncode != 0 and 'beam_size' in bad_beam.stderr
+
+
+def _two_processes(workdir, overrides):
+  """train.py as 2 processes of 1 CPU device each (gloo collectives on 127.0.0.1)."""
+  port = _free_port()
+  environment = {**tiny_run.env(1), 'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'}
+  return [
+    subprocess.Popen(
+      tiny_run.train_command(workdir, overrides)
+      + [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    for i in range(2)
+  ]  # fmt: skip
+
+
+def test_two_processes_with_an_uneven_validation_split_complete(tmp_path):
+  corpus = tiny_run.write_tiny_corpus(str(tmp_path / 'corpus'), train=200, eval_=9)
+  overrides = tiny_run.tiny_overrides(corpus, batch_size=4, eval_batch_size=4, decode_batch_size=4,
+                                      test_beam_sizes='(1,)', bleu_sentences=5)  # fmt: skip
+  workers = _two_processes(str(tmp_path / 'run'), overrides)
+  outputs = [worker.communicate(timeout=600) for worker in workers]
+  for worker, (_, err) in zip(workers, outputs):
+    assert worker.returncode == 0, err[-3000:]
+  assert '2 process(es)' in outputs[0][0] and 'eval step 6:' in outputs[0][0]
+  assert 'test BLEU' in outputs[0][0] and 'step ' not in outputs[1][0]  # only process 0 reports
+
+
+def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit(tmp_path):
+  corpus = tiny_run.write_tiny_corpus(str(tmp_path / 'corpus'), train=200, eval_=9)
+  overrides = tiny_run.tiny_overrides(corpus, batch_size=4, eval_batch_size=4, num_train_steps=100000,
+                                      log_every=1, eval_every=100000, checkpoint_every=100000)  # fmt: skip
+  workdir = str(tmp_path / 'run')
+  workers = _two_processes(workdir, overrides)
+  metrics_file = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics_file) and len(open(metrics_file).readlines()) >= 10):
+    assert time.time() < deadline and all(w.poll() is None for w in workers)
+    time.sleep(0.1)
+  workers[1].send_signal(signal.SIGTERM)  # the process that does not log
+  outputs = [worker.communicate(timeout=300) for worker in workers]
+  assert [w.returncode for w in workers] == [trainer.PREEMPTED_EXIT_STATUS] * 2, outputs[1][1][
+    -3000:
+  ]
+  saved = int(outputs[0][0].split('saving a checkpoint at step ')[1].split()[0])
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))) == [saved]
+  data = sorted(
+    n
+    for n in os.listdir(os.path.join(workdir, 'checkpoints', str(saved), 'data'))
+    if n.endswith('.json')
+  )
+  assert data == ['process_0-of-2.json', 'process_1-of-2.json']

@@ -186,6 +186,11 @@ def _manager(
     best_mode='max',
     keep_checkpoints_without_metrics=not best,
     cleanup_tmp_directories=not read_only,
+    # Its own barrier names: the latest and the best manager may save the same step at once,
+    # and several processes meet at barriers named after the step.
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      barrier_sync_key_prefix=os.path.basename(directory)
+    ),
   )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
 

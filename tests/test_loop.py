@@ -1,0 +1,65 @@
+"""The training loop in-process: what happens around preemption, damage and resumption."""
+
+import json
+import os
+
+import pytest
+
+from tests.helpers import tiny_run
+from tests.test_run_errors import _config
+from transformer import trainer
+
+
+@pytest.fixture
+def corpus(tmp_path):
+  return tiny_run.write_tiny_corpus(str(tmp_path / 'corpus'), train=120, eval_=8)
+
+
+def _evaluated_steps(workdir):
+  return [r['step'] for r in tiny_run.metrics(workdir) if 'eval_bleu' in r]
+
+
+def test_a_sigterm_before_a_due_evaluation_evaluates_on_resume(tmp_path, corpus, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  config = _config(corpus, num_train_steps=6, eval_every=3, checkpoint_every=3)
+  with monkeypatch.context() as patch:  # SIGTERM lands during step 3, which is due to evaluate
+    patch.setattr(trainer.StopSignals, 'preempted', lambda self, step: step == 3)
+    assert trainer.train_and_evaluate(config, workdir) == {'preempted_at_step': 3}
+  assert _evaluated_steps(workdir) == []
+  results = trainer.train_and_evaluate(config, workdir)
+  assert _evaluated_steps(workdir) == [3, 6] and results['step'] == 6
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f)['step'] == 6
+
+
+def _damage(path: str) -> None:
+  with open(path, 'r+b') as f:
+    size = len(f.read())
+    f.seek(0)
+    f.truncate(max(size // 2, 1) if size > 1 else 0)
+    if size <= 1:
+      f.write(b'\xff')
+
+
+def _files(folder: str) -> list[str]:
+  return sorted(os.path.join(r, n) for r, _, names in os.walk(folder) for n in names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('item', ['manifest', 'params', 'train', 'data'])
+def test_a_damaged_newest_checkpoint_is_set_aside_and_reruns_succeed(
+  tmp_path, corpus, item, capsys
+):
+  workdir = str(tmp_path / 'run')
+  config = _config(corpus, num_train_steps=6, eval_every=3, checkpoint_every=3)
+  trainer.train_and_evaluate(config, workdir)
+  files = [
+    p for p in _files(os.path.join(workdir, 'checkpoints', '6', item)) if 'commit_success' not in p
+  ]
+  _damage(max(files, key=os.path.getsize))
+  for _ in range(2):  # the first rerun falls back to step 3 and redoes 4-6; the second resumes at 6
+    results = trainer.train_and_evaluate(config, workdir)
+    assert results['step'] == 6
+  out = capsys.readouterr().out
+  assert 'resumed from checkpoint at step 3' in out and 'resumed from checkpoint at step 6' in out
+  assert os.listdir(os.path.join(workdir, 'damaged')) == ['checkpoints-6']

@@ -21,6 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.test_split = 'test'
   config.local_files = ml_collections.ConfigDict({'train': '', 'validation': '', 'test': ''})
   config.tfds_data_dir = ''  # '' = TFDS's default (~/tensorflow_datasets)
+  config.data_cache_dir = ''  # where local files are prepared ('' = ~/.cache/transformer/prepared)
+  config.data_workers = (
+    -1
+  )  # loader processes: -1 = auto (none on a CPU backend, else half the cores)
   config.skip_malformed = False  # True: skip (and count) malformed lines of local files
   config.vocab_size = 8000  # joint SentencePiece vocabulary
   config.character_coverage = 1.0

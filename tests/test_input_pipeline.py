@@ -1,17 +1,14 @@
 import gzip
 import os
-import subprocess
-import sys
-import textwrap
 
 from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import configs
+from tests.helpers import configs, text
 from transformer import Transformer, TransformerConfig
-from transformer.input_pipeline import corpus, datasets, pipeline
+from transformer.input_pipeline import corpus, pipeline, sources
 from transformer.input_pipeline import tokenizer as tokenizer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +21,7 @@ def tfds_dir(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def embedded_train(tfds_dir):
-  pairs, _ = datasets.read_split('bible_en_fr', 'train', 'en', 'fr', data_dir=tfds_dir)
+  pairs, _ = sources.read_split('bible_en_fr', 'train', 'en', 'fr', data_dir=tfds_dir)
   return pairs
 
 
@@ -38,25 +35,32 @@ def small_tokenizer(tmp_path_factory, embedded_train):
 def test_embedded_dataset_has_the_documented_sizes_offline(tfds_dir, embedded_train):
   assert len(embedded_train) == 29_404
   for split, expected in (('validation', 948), ('test', 750)):
-    pairs, report = datasets.read_split('bible_en_fr', split, 'en', 'fr', data_dir=tfds_dir)
+    pairs, report = sources.read_split('bible_en_fr', split, 'en', 'fr', data_dir=tfds_dir)
     assert len(pairs) == expected, report
   assert all(src and tgt for src, tgt in embedded_train)
   # Direction comes from the config: fr -> en swaps the sides.
-  swapped, _ = datasets.read_split('bible_en_fr', 'test', 'fr', 'en', data_dir=tfds_dir)
-  english, _ = datasets.read_split('bible_en_fr', 'test', 'en', 'fr', data_dir=tfds_dir)
+  swapped, _ = sources.read_split('bible_en_fr', 'test', 'fr', 'en', data_dir=tfds_dir)
+  english, _ = sources.read_split('bible_en_fr', 'test', 'en', 'fr', data_dir=tfds_dir)
   assert swapped[0] == english[0][::-1]
+
+
+def test_direct_parsing_of_tfds_records_equals_tfds_decoding(tfds_dir):
+  source = sources.TfdsPairs('bible_en_fr', 'validation', 'fr', 'en', tfds_dir)
+  indices = [0, 5, 947, 3, 3]
+  expected = [source._pair(source.records[i]) for i in indices]  # TFDS's own decoding
+  assert source.__getitems__(indices) == expected and expected[0][0] != expected[0][1]
 
 
 def test_unknown_language_is_a_clear_error(tfds_dir):
   with pytest.raises(ValueError, match="no language 'de'"):
-    datasets.read_split('bible_en_fr', 'test', 'en', 'de', data_dir=tfds_dir)
+    sources.read_split('bible_en_fr', 'test', 'en', 'de', data_dir=tfds_dir)
 
 
 def test_tokenizer_round_trip_and_special_ids(small_tokenizer, embedded_train):
   tok = small_tokenizer
   for src, tgt in embedded_train[5000:5200]:  # text the tokenizer was not trained on
-    for text in (src, tgt):
-      assert tok.decode(tok.encode(text)) == tok.normalize(text)
+    for sentence in (src, tgt):
+      assert tok.decode(tok.encode(sentence)) == tok.normalize(sentence)
   config = TransformerConfig(vocab_size=tok.vocab_size)
   assert (config.pad_id, config.bos_id, config.eos_id) == (
     tok.processor.pad_id(),
@@ -91,62 +95,70 @@ def test_tokenizer_is_reused_not_retrained(tmp_path):
     tokenizer_lib.load_or_train_tokenizer(path, source, vocab_size=45)
 
 
-def _pairs(n=60, seed=0):
-  rng = np.random.default_rng(seed)
-  inputs = [
-    np.append(rng.integers(4, 50, size=rng.integers(1, 15)), tokenizer_lib.EOS_ID).astype(np.int32)
-    for _ in range(n)
-  ]
-  targets = [
-    np.append(rng.integers(4, 50, size=rng.integers(1, 15)), tokenizer_lib.EOS_ID).astype(np.int32)
-    for _ in range(n)
-  ]
-  return pipeline.TokenizedPairs(inputs, targets), inputs, targets
+@pytest.fixture(scope='module')
+def text_tokenizer(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('text_tok') / 'tokenizer.model')
+  sentences = [s for pair in text.pairs(2000, seed=99) for s in pair]
+  return tokenizer_lib.train_tokenizer(path, sentences, vocab_size=60)
 
 
-def _unpack(batches):
-  """Per-example (inputs, targets) tuples recovered from packed batches via segment ids."""
+def _batches(source, tokenizer, **kwargs):
+  values = dict(batch_size=4, max_length=64, seed=3, chunk_pairs=16)
+  values.update(kwargs)
+  return pipeline.TrainBatches(source, tokenizer.path, **values)
+
+
+def _unpack(rows):
+  """Per-example (inputs, targets) token tuples recovered from rows via segment ids."""
   examples = []
-  for batch in batches:
-    for row in range(batch['inputs'].shape[0]):
-      segments = batch['inputs_segment_ids'][row]
-      for segment in range(1, segments.max() + 1):
-        parts = []
-        for name in ('inputs', 'targets'):
-          mask = batch[f'{name}_segment_ids'][row] == segment
-          positions = batch[f'{name}_positions'][row][mask]
-          np.testing.assert_array_equal(positions, np.arange(mask.sum()))  # restart at 0, +1 each
-          assert mask.sum() > 0
-          parts.append(tuple(batch[name][row][mask].tolist()))
-        examples.append(tuple(parts))
-      # Padding: token 0 exactly where the segment id is 0.
+  for row in range(rows['inputs'].shape[0]):
+    segments = rows['inputs_segment_ids'][row]
+    for segment in range(1, segments.max() + 1):
+      parts = []
       for name in ('inputs', 'targets'):
-        np.testing.assert_array_equal(batch[name][row] == 0, batch[f'{name}_segment_ids'][row] == 0)
+        mask = rows[f'{name}_segment_ids'][row] == segment
+        positions = rows[f'{name}_positions'][row][mask]
+        np.testing.assert_array_equal(positions, np.arange(mask.sum()))  # restart at 0, +1 each
+        assert mask.sum() > 0
+        parts.append(tuple(rows[name][row][mask].tolist()))
+      examples.append(tuple(parts))
+    # Padding: the pad id (0) exactly where the segment id is 0.
+    for name in ('inputs', 'targets'):
+      np.testing.assert_array_equal(rows[name][row] == 0, rows[f'{name}_segment_ids'][row] == 0)
   return examples
 
 
-def test_packing_loses_and_duplicates_nothing():
-  pairs, inputs, targets = _pairs()
-  batches = list(
-    pipeline.train_dataset(pairs, batch_size=4, max_length=32, seed=3, pack=True, num_epochs=1)
-  )
-  assert all(b['inputs'].shape[1] == 32 for b in batches)
-  unpacked = _unpack(batches)
-  expected = [(tuple(i.tolist()), tuple(t.tolist())) for i, t in zip(inputs, targets)]
-  assert sorted(unpacked) == sorted(expected)
-  assert len(batches) < len(expected) / 4  # several examples per row, really packed
+def _encoded(tokenizer, pairs):
+  eos = tokenizer_lib.EOS_ID
+  return [
+    (tuple(tokenizer.encode(s) + [eos]), tuple(tokenizer.encode(t) + [eos])) for s, t in pairs
+  ]
 
 
-def test_packed_pipeline_row_gives_the_same_logits_as_examples_alone():
-  pairs, _, _ = _pairs(n=12, seed=1)
+def _epoch(batches):
+  """The rows of the first epoch: the chunks that cover the shard once."""
+  chunks = batches.shard_length // batches.chunk_pairs
+  assert chunks * batches.chunk_pairs == batches.shard_length, 'use a shard of whole chunks'
+  rows = [batches.chunks[c]['rows'] for c in range(chunks)]
+  return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
+def test_packing_loses_and_duplicates_nothing(text_tokenizer):
+  pairs = text.pairs(64)
+  batches = _batches(text.ListSource(pairs), text_tokenizer)
+  rows = _epoch(batches)
+  assert rows['inputs'].shape[1] == 64
+  assert sorted(_unpack(rows)) == sorted(_encoded(text_tokenizer, pairs))
+  assert len(rows['inputs']) <= 64 / 2  # several examples per row, really packed
+
+
+def test_packed_pipeline_row_gives_the_same_logits_as_examples_alone(text_tokenizer):
   batch = next(
-    iter(
-      pipeline.train_dataset(pairs, batch_size=2, max_length=40, seed=0, pack=True, num_epochs=1)
-    )
+    _batches(text.ListSource(text.pairs(16, seed=1)), text_tokenizer, batch_size=2, max_length=40)
   )
   from transformer import shift_right
 
-  config = configs.tiny_config(vocab_size=50)
+  config = configs.tiny_config(vocab_size=text_tokenizer.vocab_size)
   model = Transformer(config, rngs=nnx.Rngs(0))
   dec_in = shift_right(
     jnp.asarray(batch['targets']), config.bos_id, jnp.asarray(batch['targets_segment_ids'])
@@ -171,95 +183,71 @@ def test_packed_pipeline_row_gives_the_same_logits_as_examples_alone():
 
 
 @pytest.mark.parametrize('hosts', [2, 4])
-def test_host_shards_are_disjoint_and_cover_the_data(hosts):
-  pairs, inputs, targets = _pairs(n=41)
+def test_process_shards_are_disjoint_and_cover_the_split(text_tokenizer, hosts):
+  pairs = text.pairs(16 * 4 * hosts)
   seen = []
   for index in range(hosts):
-    batches = list(
-      pipeline.train_dataset(
-        pairs,
-        batch_size=3,
-        max_length=20,
-        seed=0,
-        pack=False,
-        num_epochs=1,
-        shard_index=index,
-        shard_count=hosts,
-      )
-    )
-    shard = [e for e in _unpack(batches)]
-    assert shard, f'host {index} got no data'
-    seen.append(set(shard))
-  for a in range(hosts):
-    for b in range(a + 1, hosts):
-      assert not seen[a] & seen[b]
-  expected = {(tuple(i.tolist()), tuple(t.tolist())) for i, t in zip(inputs, targets)}
-  assert set().union(*seen) == expected
+    batches = _batches(text.ListSource(pairs), text_tokenizer, shard_index=index, shard_count=hosts)
+    seen.append(_unpack(_epoch(batches)))
+    assert len(set(seen[-1])) == len(seen[-1]) == len(pairs) // hosts
+  assert sorted(sum(seen, [])) == sorted(_encoded(text_tokenizer, pairs))
 
 
-def test_shuffle_is_deterministic_for_a_seed_and_differs_across_epochs():
-  pairs, _, _ = _pairs(n=30)
+def test_a_process_reads_and_tokenizes_only_its_own_records(text_tokenizer):
+  class Recording(text.ListSource):
+    read: list[int] = []
+
+    def __getitems__(self, indices):
+      Recording.read += list(indices)
+      return super().__getitems__(indices)
+
+  batches = _batches(Recording(text.pairs(128)), text_tokenizer, shard_index=1, shard_count=4)
+  for _ in range(20):
+    next(batches)
+  assert Recording.read and all(i % 4 == 1 for i in Recording.read)
+
+
+def test_shuffle_is_deterministic_for_a_seed_and_differs_across_epochs(text_tokenizer):
+  source = text.ListSource(text.pairs(32))
   take = lambda seed: [
-    b['inputs'].tolist()
-    for b in pipeline.train_dataset(
-      pairs, batch_size=2, max_length=20, seed=seed, pack=False, num_epochs=2
-    )
+    next(b)['inputs'].tolist()
+    for b in [_batches(source, text_tokenizer, seed=seed, pack=False)]
+    for _ in range(16)
   ]
   assert take(5) == take(5) and take(5) != take(6)
-  first_epoch, second_epoch = take(5)[:15], take(5)[15:]
-  assert first_epoch != second_epoch
+  first, second = take(5)[:8], take(5)[8:]  # 32 examples, 4 per batch: 8 batches an epoch
+  assert first != second and sorted(sum(first, [])) == sorted(sum(second, []))
 
 
-RESUME_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    sys.path.insert(0, {root!r})
-    from transformer import checkpoints
-    from transformer.input_pipeline import pipeline
-    from transformer.training import TrainState
-    from tests.test_input_pipeline import _pairs
-    pairs, _, _ = _pairs(n=50)
-    it = pipeline.TrainBatches(pairs, batch_size=3, max_length=24, seed=7, pack=True, pad_id=0,
-                               shard_index=0, shard_count=1)
-    ckpt = checkpoints.Checkpointer(sys.argv[2], keep_best=False)
-    state = TrainState(step=np.zeros((), np.int32), params={{'w': np.ones(3, np.float32)}},
-                       opt_state={{'m': np.zeros(3, np.float32)}}, rng=np.zeros(2, np.uint32))
-    if sys.argv[1] == 'save':
-      for _ in range(5):
-        next(it)
-      ckpt.save(5, state, it, force=True)
-    else:
-      it.restore(ckpt.restore(state, with_data=True).data)
-    ckpt.wait(); ckpt.close()
-    print(json.dumps([next(it)['inputs'].tolist() for _ in range(4)]))
-""")
+def test_workers_give_the_same_batches_and_resume_exactly(text_tokenizer):
+  source = text.ListSource(text.pairs(200))
+  plain = _batches(source, text_tokenizer)
+  expected = [next(plain) for _ in range(30)]
+  with_workers = _batches(source, text_tokenizer, workers=2)
+  got = [next(with_workers) for _ in range(12)]
+  state = with_workers.get_state()
+  resumed = _batches(source, text_tokenizer, workers=2)
+  resumed.set_state(state)
+  got += [next(resumed) for _ in range(18)]
+  for a, b in zip(got, expected):
+    for key in pipeline.FIELDS:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_iterator_resumes_exactly_in_a_fresh_process(tmp_path):
-  script = tmp_path / 'resume.py'
-  script.write_text(RESUME_SCRIPT.format(root=ROOT))
-  run = lambda mode: (
-    subprocess.run(
-      [sys.executable, str(script), mode, str(tmp_path / 'ckpt')],
-      check=True,
-      capture_output=True,
-      text=True,
-      cwd=ROOT,
-    )
-    .stdout.strip()
-    .splitlines()[-1]
-  )
-  after_save = run('save')
-  after_restore = run('restore')
-  assert after_save == after_restore
-  # And they are the batches an uninterrupted iterator yields after 5.
-  pairs, _, _ = _pairs(n=50)
-  it = iter(pipeline.train_dataset(pairs, batch_size=3, max_length=24, seed=7, pack=True))
-  for _ in range(5):
-    next(it)
-  import json
-
-  assert json.loads(after_restore) == [next(it)['inputs'].tolist() for _ in range(4)]
+def test_a_restore_with_another_process_count_resumes_at_the_same_fraction(text_tokenizer):
+  source = text.ListSource(text.pairs(256))
+  states = {}
+  for index in range(2):
+    batches = _batches(source, text_tokenizer, shard_index=index, shard_count=2)
+    for _ in range(index + 5):  # the processes stand at slightly different places
+      next(batches)
+    states[index] = batches.get_state()
+  one = _batches(source, text_tokenizer)
+  note = one.restore({'process_count': 2, 'states': states})
+  assert 'written by 2 process(es), this run has 1' in note
+  least = min(s['chunk'] * s['chunk_pairs'] / s['shard_length'] for s in states.values())
+  assert one.get_state()['chunk'] == int(least * 256) // 16
+  next(one)  # and it reads on from there
 
 
 def test_overlong_examples_are_dropped_or_truncated_and_counted(small_tokenizer):
@@ -317,7 +305,7 @@ def test_malformed_lines_can_be_skipped_and_are_counted(tmp_path):
 def test_parallel_files(tmp_path):
   _write(tmp_path / 'train.en', b'hello\ncat\n')
   _write(tmp_path / 'train.fr', b'bonjour\nchat\n')
-  pairs, _ = datasets.read_split(
+  pairs, _ = sources.read_split(
     'local', 'train', 'en', 'fr', local_files={'train': str(tmp_path / 'train')}
   )
   assert pairs == [('hello', 'bonjour'), ('cat', 'chat')]
@@ -325,12 +313,31 @@ def test_parallel_files(tmp_path):
   _write(tmp_path / 'short.fr', b'bonjour\nchat\n')
   with pytest.raises(corpus.CorpusError, match=r'short.fr: has fewer lines than .*short.en'):
     corpus.read_parallel_files(str(tmp_path / 'short.en'), str(tmp_path / 'short.fr'))
-  _write(tmp_path / 'empty.en', b'hello\n\n')
-  _write(tmp_path / 'empty.fr', b'bonjour\nvide\n')
+  _write(tmp_path / 'empty.en', b'hello\n\ncat\n')
+  _write(tmp_path / 'empty.fr', b'bonjour\nvide\nchat\n')
   with pytest.raises(corpus.CorpusError, match=r'empty.en:2: empty line'):
     corpus.read_parallel_files(str(tmp_path / 'empty.en'), str(tmp_path / 'empty.fr'))
   with pytest.raises(ValueError, match='local_files.validation'):
-    datasets.read_split('local', 'validation', 'en', 'fr', local_files={'train': 'x'})
+    sources.read_split('local', 'validation', 'en', 'fr', local_files={'train': 'x'})
+
+
+def test_text_files_as_people_make_them(tmp_path):
+  """A byte-order mark, Windows line ends and blank lines at the end are read, not refused."""
+  bom = b'\xef\xbb\xbf'
+  tsv = _write(
+    tmp_path / 'win.tsv', bom + b'id\ten\tfr\r\n1\thello\tbonjour\r\n2\tcat\tchat\r\n\r\n\n'
+  )
+  assert corpus.read_tsv(tsv, 'en', 'fr')[0] == [('hello', 'bonjour'), ('cat', 'chat')]
+  _write(tmp_path / 'p.en', bom + b'hello\r\ncat\r\n\r\n')
+  _write(tmp_path / 'p.fr', b'bonjour\nchat\n')
+  assert corpus.read_parallel_files(str(tmp_path / 'p.en'), str(tmp_path / 'p.fr'))[0] == [
+    ('hello', 'bonjour'),
+    ('cat', 'chat'),
+  ]
+  # A blank line before the end is still a malformed line.
+  middle = _write(tmp_path / 'mid.tsv', b'id\ten\tfr\n1\thello\tbonjour\n\n2\tcat\tchat\n')
+  with pytest.raises(corpus.CorpusError, match='mid.tsv:3'):
+    corpus.read_tsv(middle, 'en', 'fr')
 
 
 def test_missing_file_is_named(tmp_path):
@@ -342,9 +349,23 @@ def test_remote_tfds_path_on_mock_data():
   import tensorflow_datasets as tfds
 
   with tfds.testing.mock_data(num_examples=12):
-    pairs, report = datasets.read_split('wmt14_translate/de-en', 'train', 'en', 'de')
+    pairs, report = sources.read_split('wmt14_translate/de-en', 'train', 'en', 'de')
+    swapped, _ = sources.read_split('wmt14_translate/de-en', 'train', 'de', 'en')
   assert len(pairs) == 12 and all(isinstance(s, str) and isinstance(t, str) for s, t in pairs)
   assert 'wmt14_translate/de-en[train]' in report
+  # source_lang picks the source side: the same examples, sides exchanged.
+  assert swapped == [(t, s) for s, t in pairs] and any(s != t for s, t in pairs)
+
+
+def _pairs(n=60, seed=0):
+  """Tokenized pairs of random ids (each ending in EOS), and the two lists they came from."""
+  rng = np.random.default_rng(seed)
+  make = lambda: [
+    rng.integers(4, 50, size=rng.integers(1, 15)).tolist() + [tokenizer_lib.EOS_ID]
+    for _ in range(n)
+  ]
+  inputs, targets = make(), make()
+  return pipeline.TokenizedPairs.from_lists(inputs, targets), inputs, targets
 
 
 def test_eval_batches_are_full_and_in_order():
@@ -368,3 +389,28 @@ def test_every_host_runs_the_same_number_of_eval_batches(examples):
     int((b['targets_segment_ids'] > 0).any(-1).sum()) for host in per_host for b in host
   )
   assert weights == examples  # every example once, the rest filler
+
+
+def test_local_files_are_prepared_once_and_reused(tmp_path):
+  path = _write(tmp_path / 'train.tsv', b'id\ten\tfr\n1\thello\tbonjour\n2\tcat\tchat\n')
+  cache = str(tmp_path / 'cache')
+  first = sources.prepare_local(path, 'en', 'fr', cache)
+  assert first[1] == ('cat', 'chat') and len(first) == 2
+  record_file = os.path.join(first.folder, 'pairs.array_record')
+  written = os.path.getmtime(record_file)
+  again = sources.prepare_local(path, 'en', 'fr', cache)
+  assert again.folder == first.folder and os.path.getmtime(record_file) == written  # reused
+  assert sources.prepare_local(path, 'fr', 'en', cache)[1] == ('chat', 'cat')  # its own entry
+  _write(tmp_path / 'train.tsv', b'id\ten\tfr\n1\thello\tbonjour\n2\tdog\tchien\n')
+  assert sources.prepare_local(path, 'en', 'fr', cache)[1] == ('dog', 'chien')  # content changed
+
+
+def test_a_damaged_local_file_fails_with_file_and_line_and_leaves_no_cache(tmp_path):
+  path = _write(tmp_path / 'bad.tsv', b'id\ten\tfr\n' + b'1\tok\tok\n' * 1000 + b'2\tbroken\n')
+  cache = tmp_path / 'cache'
+  with pytest.raises(corpus.CorpusError, match=r'bad.tsv:1002: expected 3 tab-separated columns'):
+    sources.prepare_local(path, 'en', 'fr', str(cache))
+  assert not cache.exists() or list(cache.iterdir()) == []
+  # With skip_malformed the same file prepares, and the skipped line is on record.
+  prepared = sources.prepare_local(path, 'en', 'fr', str(cache), skip_malformed=True)
+  assert len(prepared) == 1000 and prepared.report['skipped'] == 1

@@ -51,6 +51,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name, allowed in choices.items():
     if config[name] not in allowed:
       raise ConfigError(f'config.{name} must be one of {allowed}, got {config[name]!r}')
+  if not isinstance(config.data_workers, int) or config.data_workers < -1:
+    raise ConfigError(f'config.data_workers must be -1 (auto) or >= 0, got {config.data_workers!r}')
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ConfigError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing}')
   if config.eval_beam_size < 1 or any(b < 1 for b in config.test_beam_sizes):

@@ -190,8 +190,10 @@ def _restore(
     raise ConfigError(str(e)) from None
   if restored is None:
     return host_state, 0, False
-  batches.restore(restored.data)
+  note = batches.restore(restored.data)
   say(f'resumed from checkpoint at step {restored.step}')
+  if note:
+    say(note)
   return restored.state, restored.step, bool(restored.metadata.get('evaluation_due'))
 
 
@@ -439,6 +441,7 @@ def validate(run: Run, step: int) -> dict[str, float]:
     f'perplexity {metrics["eval_perplexity"]:.2f}, BLEU {bleu:.2f} on {len(pairs)} sentences '
     f'(beam {config.eval_beam_size}; {signature})'
   )
+  run.say(f'  training data read so far: {run.batches.iterator.stats}')
   for (source, reference), hypothesis in list(zip(pairs, hypotheses))[: config.num_samples]:
     run.say(f'  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}')
   run.writer.write(step, metrics)

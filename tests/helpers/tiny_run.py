@@ -14,6 +14,7 @@ EMBEDDED = os.path.join(ROOT, 'transformer', 'input_pipeline', 'data', 'bible_en
 
 def write_tiny_corpus(folder: str, train: int = 400, eval_: int = 24) -> dict[str, str]:
   """TSV files with the first lines of the embedded splits."""
+  os.makedirs(folder, exist_ok=True)
   files = {}
   for split, count in (('train', train), ('validation', eval_), ('test', eval_)):
     with gzip.open(os.path.join(EMBEDDED, f'{split}.tsv.gz'), 'rt', encoding='utf-8') as f:
@@ -27,7 +28,15 @@ def write_tiny_corpus(folder: str, train: int = 400, eval_: int = 24) -> dict[st
 
 def tiny_overrides(files: dict[str, str], **extra) -> list[str]:
   """--config.* flags for a tiny model on the tiny corpus."""
-  values = {
+  values = tiny_values(files)
+  values.update(extra)
+  return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def tiny_values(files: dict[str, str]) -> dict:
+  """Config values (dotted keys) of a tiny model on the tiny corpus."""
+  return {
+    'data_cache_dir': os.path.join(os.path.dirname(files['train']), 'prepared'),
     'dataset': 'local',
     'local_files.train': files['train'],
     'local_files.validation': files['validation'],
@@ -54,8 +63,6 @@ def tiny_overrides(files: dict[str, str], **extra) -> list[str]:
     'max_train_minutes': 0.0,
     'num_samples': 1,
   }
-  values.update(extra)
-  return [f'--config.{k}={v}' for k, v in values.items()]
 
 
 def train_command(
@@ -122,3 +129,15 @@ def final_params(workdir: str):
 
   flat = jax.tree_util.tree_flatten_with_path(restored['params'])[0]
   return step, {jax.tree_util.keystr(path): np.asarray(value) for path, value in flat}
+
+
+def embedded_pairs(split: str, count: int) -> list[tuple[str, str]]:
+  """The first `count` (English, French) pairs of an embedded split."""
+  pairs = []
+  with gzip.open(os.path.join(EMBEDDED, f'{split}.tsv.gz'), 'rt', encoding='utf-8') as f:
+    header = next(f).rstrip('\n').split('\t')
+    en, fr = header.index('en'), header.index('fr')
+    for line, _ in zip(f, range(count)):
+      fields = line.rstrip('\n').split('\t')
+      pairs.append((fields[en], fields[fr]))
+  return pairs

@@ -12,6 +12,7 @@ instead, and the count is returned in `ReadReport` so that nothing is dropped si
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import functools
 import gzip
@@ -55,10 +56,22 @@ def _open_binary(path: str):
 
 
 def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+  """(line number, line without its `\n` or `\r\n`) of a text file as people make them: a
+  UTF-8 byte-order mark is dropped, and blank lines at the end of the file are not lines (blank
+  lines before the end are, and the parsers refuse them)."""
   with _open_binary(path) as f:
+    blank: list[tuple[int, bytes]] = []  # held back until a non-blank line follows
     try:
       for number, raw in enumerate(f, start=1):
-        yield number, raw.rstrip(b'\r\n')
+        line = raw.rstrip(b'\r\n')
+        if number == 1 and line.startswith(codecs.BOM_UTF8):
+          line = line[len(codecs.BOM_UTF8) :]
+        if not line.strip():
+          blank.append((number, line))
+          continue
+        yield from blank
+        blank = []
+        yield number, line
     except (OSError, EOFError) as e:  # a truncated or corrupt .gz
       raise CorpusError(f'{path}: cannot be read ({e})') from e
 
@@ -70,37 +83,41 @@ def _decode(path: str, number: int, raw: bytes) -> str:
     raise CorpusError(f'{path}:{number}: invalid UTF-8 at byte {e.start}') from e
 
 
-def _collect(
+def _stream(
   parsers: Iterator[Callable[[], tuple[str, str]]], report: ReadReport, skip_malformed: bool
-) -> tuple[list[tuple[str, str]], ReadReport]:
-  """Runs one parser per line; a CorpusError stops the read, or is counted with `skip_malformed`.
+) -> Iterator[tuple[str, str]]:
+  """Runs one parser per line and yields its pair; a CorpusError stops the read, or is counted
+  with `skip_malformed`. `report.pairs` counts the pairs yielded so far.
 
   Errors raised by the iterator itself (not by a line's parser) always stop the read."""
-  pairs: list[tuple[str, str]] = []
   for parse in parsers:
     try:
-      pairs.append(parse())
+      pair = parse()
     except CorpusError as e:
       if not skip_malformed:
         raise
       report.skip(str(e))
-  report.pairs = len(pairs)
-  return pairs, report
+      continue
+    report.pairs += 1
+    yield pair
 
 
-def read_tsv(
-  path: str, source_column: str, target_column: str, *, skip_malformed: bool = False
-) -> tuple[list[tuple[str, str]], ReadReport]:
-  """Reads `(source, target)` pairs from a TSV file with a header line.
+def iter_tsv(
+  path: str,
+  source_column: str,
+  target_column: str,
+  report: ReadReport,
+  *,
+  skip_malformed: bool = False,
+) -> Iterator[tuple[str, str]]:
+  """Streams `(source, target)` pairs from a TSV file with a header line naming the columns.
 
   Args:
     path: the file (`.gz` is decompressed).
     source_column, target_column: header names of the two sides (e.g. 'en', 'fr').
+    report: counts the pairs read and the lines skipped.
     skip_malformed: skip (and count) bad lines instead of raising.
-
-  Returns:
-    The pairs and a `ReadReport`.
-  """
+  """  # fmt: skip
   lines = _lines(path)
   try:
     number, raw = next(lines)
@@ -127,15 +144,13 @@ def read_tsv(
       raise CorpusError(f'{path}:{number}: empty {side!r} side')
     return source, target
 
-  return _collect(
-    (functools.partial(parse, n, r) for n, r in lines), ReadReport(path), skip_malformed
-  )
+  yield from _stream((functools.partial(parse, n, r) for n, r in lines), report, skip_malformed)
 
 
-def read_parallel_files(
-  source_path: str, target_path: str, *, skip_malformed: bool = False
-) -> tuple[list[tuple[str, str]], ReadReport]:
-  """Reads `(source, target)` pairs from two line-aligned files (one sentence per line)."""
+def iter_parallel_files(
+  source_path: str, target_path: str, report: ReadReport, *, skip_malformed: bool = False
+) -> Iterator[tuple[str, str]]:
+  """Streams `(source, target)` pairs from two line-aligned files (one sentence per line)."""
 
   def parse(number: int, source_raw: bytes, target_raw: bytes) -> tuple[str, str]:
     source = _decode(source_path, number, source_raw).strip()
@@ -158,18 +173,42 @@ def read_parallel_files(
         )
       yield functools.partial(parse, s[0], s[1], t[1])
 
-  return _collect(parsers(), ReadReport(f'{source_path} + {target_path}'), skip_malformed)
+  yield from _stream(parsers(), report, skip_malformed)
 
 
-def read_local(
-  spec: str, source_lang: str, target_lang: str, *, skip_malformed: bool = False
-) -> tuple[list[tuple[str, str]], ReadReport]:
-  """Reads a local split given as `file.tsv[.gz]` or `prefix` with `prefix.{src}`/`prefix.{tgt}` files."""
+def local_files(spec: str, source_lang: str, target_lang: str) -> list[str]:
+  """The files of a local split: `[file.tsv[.gz]]`, or `[prefix.src, prefix.tgt]`."""
   if spec.endswith(('.tsv', '.tsv.gz')):
-    return read_tsv(spec, source_lang, target_lang, skip_malformed=skip_malformed)
-  return read_parallel_files(
-    f'{spec}.{source_lang}', f'{spec}.{target_lang}', skip_malformed=skip_malformed
-  )
+    return [spec]
+  return [f'{spec}.{source_lang}', f'{spec}.{target_lang}']
+
+
+def iter_local(
+  spec: str, source_lang: str, target_lang: str, report: ReadReport, *, skip_malformed: bool = False
+) -> Iterator[tuple[str, str]]:
+  """Streams a local split given as `file.tsv[.gz]` or `prefix` with `prefix.{src}`/`prefix.{tgt}`."""
+  files = local_files(spec, source_lang, target_lang)
+  if len(files) == 1:
+    return iter_tsv(spec, source_lang, target_lang, report, skip_malformed=skip_malformed)
+  return iter_parallel_files(*files, report, skip_malformed=skip_malformed)
+
+
+def read_tsv(
+  path: str, source_column: str, target_column: str, *, skip_malformed: bool = False
+) -> tuple[list[tuple[str, str]], ReadReport]:
+  """All pairs of a TSV file (see `iter_tsv`) and the `ReadReport`."""
+  report = ReadReport(path)
+  pairs = list(iter_tsv(path, source_column, target_column, report, skip_malformed=skip_malformed))
+  return pairs, report
+
+
+def read_parallel_files(
+  source_path: str, target_path: str, *, skip_malformed: bool = False
+) -> tuple[list[tuple[str, str]], ReadReport]:
+  """All pairs of two line-aligned files (see `iter_parallel_files`) and the `ReadReport`."""
+  report = ReadReport(f'{source_path} + {target_path}')
+  pairs = list(iter_parallel_files(source_path, target_path, report, skip_malformed=skip_malformed))
+  return pairs, report
 
 
 def embedded_corpus_dir() -> str:

@@ -1,108 +1,119 @@
-"""A training run's data: every split read and checked, the tokenizer, and the batch iterators.
+"""A training run's data: every split opened and checked, the tokenizer, and the batch iterators.
 
 `prepare(config, workdir)` does all of it before the first step, so a missing file, an empty
 split, a malformed line or a vocabulary the corpus cannot fill is reported in the first seconds,
-with nothing written to the workdir. The tokenizer is trained once, by process 0; the other
-processes wait for it and load it.
+with nothing written to the workdir. The training split stays on disk, read by index (see
+`transformer.input_pipeline.sources`); the validation and test splits, small by nature, are read
+into memory. The tokenizer is trained once, by process 0, on a bounded sample of the training
+split; the other processes wait for it and load it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 
 from transformer import workdir as workdir_lib
-from transformer.input_pipeline import corpus, datasets, pipeline
+from transformer.input_pipeline import corpus, pipeline, sources
 from transformer.input_pipeline import tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass
 class RunData:
-  """The splits of a run: tokenized training and validation data, validation and test text."""
+  """The splits of a run: the training source, tokenized validation data, validation and test text."""
 
   config: ml_collections.ConfigDict
   tokenizer: tokenizer_lib.Tokenizer
-  train: pipeline.TokenizedPairs
+  train_source: Any
   validation: pipeline.TokenizedPairs
   validation_pairs: list[tuple[str, str]]
   test_pairs: list[tuple[str, str]]
   report: list[str]
 
   def train_batches(self) -> pipeline.TrainBatches:
-    """This host's training batches (`[batch_size / hosts, max_length]`), with a position."""
+    """This process's training batches (`[batch_size / processes, max_length]`), with a position."""
     config = self.config
     return pipeline.TrainBatches(
-      self.train,
-      batch_size=config.batch_size // jax.process_count(),
-      max_length=config.max_length,
-      seed=config.seed,
-      pack=config.pack,
-      pad_id=self.tokenizer.pad_id,
-      shard_index=jax.process_index(),
-      shard_count=jax.process_count(),
-    )
+      self.train_source, self.tokenizer.path, batch_size=config.batch_size // jax.process_count(),
+      max_length=config.max_length, seed=config.seed, pack=config.pack, overlong=config.overlong,
+      pad_id=self.tokenizer.pad_id, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), workers=data_workers(config),
+    )  # fmt: skip
 
   def eval_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """This host's validation batches; every host yields the same number of them."""
+    """This process's validation batches; every process yields the same number of them."""
     return pipeline.eval_batches(
-      self.validation,
-      batch_size=batch_size,
-      max_length=self.config.max_length,
-      pad_id=self.tokenizer.pad_id,
-      shard_index=jax.process_index(),
-      shard_count=jax.process_count(),
-      max_batches=max_batches,
-    )
+      self.validation, batch_size=batch_size, max_length=self.config.max_length,
+      pad_id=self.tokenizer.pad_id, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), max_batches=max_batches,
+    )  # fmt: skip
 
 
-def _read(config: ml_collections.ConfigDict, split: str) -> tuple[list[tuple[str, str]], str]:
-  pairs, report = datasets.read_split(
-    config.dataset,
-    config[f'{split}_split'],
-    config.source_lang,
-    config.target_lang,
-    data_dir=config.tfds_data_dir or None,
-    local_files=config.local_files.to_dict(),
-    skip_malformed=config.skip_malformed,
+def data_workers(config: ml_collections.ConfigDict) -> int:
+  """Worker processes for the training batches: `config.data_workers`, or with -1 (auto) none on
+  a CPU backend (the CPU runs the model; the loader needs a fraction of a core there) and half the
+  host's cores, at most 16, on an accelerator."""
+  if config.data_workers >= 0:
+    return config.data_workers
+  if jax.default_backend() == 'cpu':
+    return 0
+  return max(1, min(16, (os.cpu_count() or 2) // 2))
+
+
+def _open(config: ml_collections.ConfigDict, role: str):
+  spec = sources.SplitSpec(
+    config.dataset, config[f'{role}_split'], config.source_lang, config.target_lang,
+    data_dir=config.tfds_data_dir or None, local_files=config.local_files.to_dict(),
+    cache_dir=config.data_cache_dir, skip_malformed=config.skip_malformed,
+  )  # fmt: skip
+  source = sources.open_split(spec)
+  if len(source) == 0:
+    raise corpus.DataError(f'{role} split: {source.description}: no sentence pairs')
+  return source
+
+
+def _describe(source) -> str:
+  skipped = getattr(source, 'report', {}).get('skipped', 0)
+  note = (
+    f', {skipped} malformed lines skipped (e.g. {source.report["reasons"][0]})' if skipped else ''
   )
-  if not pairs:
-    raise corpus.DataError(f'{split} split: {report}: no sentence pairs')
-  return pairs, report
+  return f'{source.description}: {len(source)} pairs{note}'
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
-  """Reads and checks every split, loads or trains the tokenizer, tokenizes; see the module docstring."""
-  splits = {split: _read(config, split) for split in ('train', 'eval', 'test')}
-  (train_pairs, train_report), (eval_pairs, eval_report), (test_pairs, test_report) = (
-    splits.values()
-  )
-  tokenizer, trained = _tokenizer(config, workdir, train_pairs)
-  tokenize = lambda pairs: pipeline.tokenize_pairs(
-    pairs, tokenizer, max_length=config.max_length, overlong=config.overlong
-  )
-  train, train_stats = tokenize(train_pairs)
-  if len(train) == 0:
-    raise corpus.DataError(
-      f'train split: {train_report}: no pair fits max_length={config.max_length} '
-      '(use a larger config.max_length or config.overlong=truncate)'
-    )
-  validation, eval_stats = tokenize(eval_pairs)
+  """Opens and checks every split, loads or trains the tokenizer; see the module docstring."""
+  train, validation, test = (_open_everywhere(config, role) for role in ('train', 'eval', 'test'))
+  tokenizer, trained = _tokenizer(config, workdir, train)
+  validation_pairs, test_pairs = sources.read_all(validation), sources.read_all(test)
+  tokenized, stats = pipeline.tokenize_pairs(validation_pairs, tokenizer, max_length=config.max_length,
+                                             overlong=config.overlong)  # fmt: skip
   report = [
     f'tokenizer: {"trained" if trained else "reused"} {tokenizer.path} ({tokenizer.vocab_size} pieces)',
-    f'train: {train_report}; {train_stats}',
-    f'validation: {eval_report}; {eval_stats}',
-    f'test: {test_report}',
-  ]
-  return RunData(config, tokenizer, train, validation, eval_pairs, test_pairs, report)
+    f'train: {_describe(train)}', f'validation: {_describe(validation)}; {stats}',
+    f'test: {_describe(test)}',
+  ]  # fmt: skip
+  return RunData(config, tokenizer, train, tokenized, validation_pairs, test_pairs, report)
+
+
+def _open_everywhere(config: ml_collections.ConfigDict, role: str):
+  """Process 0 opens (and, for local files, prepares) a split first; then the others open it,
+  preparing their own copy if the cache is not on a filesystem they see."""
+  if jax.process_index() == 0:
+    source = _open(config, role)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f'{role} split ready')
+  return source if jax.process_index() == 0 else _open(config, role)
 
 
 def _tokenizer(
-  config: ml_collections.ConfigDict, workdir: str, train_pairs: list[tuple[str, str]]
+  config: ml_collections.ConfigDict, workdir: str, train
 ) -> tuple[tokenizer_lib.Tokenizer, bool]:
   """Process 0 loads or trains the workdir's tokenizer; the others wait for it and load it."""
   path = workdir_lib.tokenizer_path(workdir)
@@ -110,13 +121,10 @@ def _tokenizer(
   if jax.process_index() == 0:
     try:
       _, trained = tokenizer_lib.load_or_train_tokenizer(
-        path,
-        lambda: (text for pair in train_pairs for text in pair),
-        vocab_size=config.vocab_size,
-        character_coverage=config.character_coverage,
-        max_sentences=config.vocab_max_sentences,
-        seed=config.seed,
-      )
+        path, lambda: sample_training_sentences(train, config.vocab_max_sentences, config.seed),
+        vocab_size=config.vocab_size, character_coverage=config.character_coverage,
+        max_sentences=config.vocab_max_sentences, seed=config.seed,
+      )  # fmt: skip
     except tokenizer_lib.TokenizerError as e:
       raise corpus.DataError(str(e)) from None
   if jax.process_count() > 1:
@@ -125,7 +133,17 @@ def _tokenizer(
     multihost_utils.sync_global_devices('tokenizer ready')
   if not os.path.exists(path):
     raise corpus.DataError(
-      f'{path}: the tokenizer process 0 wrote is not visible here; the '
-      'workdir must be on a filesystem every host sees'
+      f'{path}: the tokenizer process 0 wrote is not visible here; the workdir must be on a '
+      'filesystem every host sees'
     )
   return tokenizer_lib.Tokenizer(path), trained
+
+
+def sample_training_sentences(train, max_sentences: int, seed: int) -> Iterator[str]:
+  """Both sides of a seeded sample of at most `max_sentences / 2` training pairs, read by index."""
+  count = min(len(train), max(max_sentences // 2, 1))
+  chosen = np.sort(np.random.default_rng(seed).choice(len(train), size=count, replace=False))
+  for start in range(0, count, 4096):
+    for source, target in train.__getitems__(chosen[start : start + 4096].tolist()):
+      yield source
+      yield target

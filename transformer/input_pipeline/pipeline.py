@@ -1,42 +1,55 @@
-"""From raw parallel text to fixed-shape batches: reading, tokenizing, packing, sharding, batching.
+"""From indexed text pairs to fixed-shape batches: shard, shuffle, tokenize, pack, batch.
 
 Batches are dicts of `[batch, max_length]` int32 NumPy arrays:
 
     inputs, inputs_segment_ids, inputs_positions      source tokens (+EOS)
     targets, targets_segment_ids, targets_positions   target tokens (+EOS)
 
-Training batches pack several examples into each row (segment ids 1, 2, ... and positions that
-restart at 0 per example, as in Flax's WMT example); evaluation batches hold one example per row.
-Padding is 0 with segment id 0. The shapes never change, so the train step compiles once.
+Training rows pack several examples (segment ids 1, 2, ... and positions that restart at 0 per
+example, as in Flax's WMT example); evaluation rows hold one example each. Padding is the
+tokenizer's pad id with segment id 0. The shapes never change, so the train step compiles once.
 
-The loader is grain: deterministic for a seed, each host reads a disjoint shard
-(`jax.process_index()` of `jax.process_count()`), and the iterator's state can be checkpointed
-(`grain.checkpoint.CheckpointSave`) to resume exactly.
+Training data flows per process as a grain `MapDataset`: the process's records (by index,
+`[process::processes]`), shuffled anew each epoch, cut into chunks of `CHUNK_PAIRS` records; each
+chunk is read, tokenized, filtered for length and packed into rows by one call (in grain worker
+processes when `workers > 0`), so the cost per example does not depend on how many examples a
+row holds. `TrainBatches` hands the rows out `batch_size` at a time; its position is (chunk, row),
+so a restore is exact, and a restore with another process count resumes at the same fraction of
+the epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Sequence
+import itertools
+from typing import Any, Iterator, Sequence
 
-import grain
 import numpy as np
 
 from transformer.input_pipeline.corpus import DataError
-from transformer.input_pipeline.tokenizer import EOS_ID, Tokenizer
+from transformer.input_pipeline.tokenizer import Tokenizer
 from transformer.run_config import OVERLONG_POLICIES
 
 FEATURES = ('inputs', 'targets')
+FIELDS = tuple(
+  f'{name}{suffix}' for name in FEATURES for suffix in ('', '_segment_ids', '_positions')
+)
+CHUNK_PAIRS = 2048  # records tokenized and packed together
 
 
 @dataclasses.dataclass
 class TokenizeStats:
+  """What tokenizing did: examples seen and kept, over-long ones dropped or truncated."""
+
   examples: int = 0
   kept: int = 0
   dropped_overlong: int = 0
   truncated: int = 0
   tokens: int = 0  # source + target tokens of the kept examples (with EOS)
+
+  def add(self, other: 'TokenizeStats') -> None:
+    for field in dataclasses.fields(self):
+      setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
   def __str__(self) -> str:
     return (
@@ -46,37 +59,48 @@ class TokenizeStats:
 
 
 class TokenizedPairs:
-  """Random-access tokenized pairs stored as two flat arrays plus offsets (compact in memory).
+  """Tokenized pairs stored as two flat arrays plus offsets (compact, random access).
 
   `pairs[i]` is `{'inputs': int32[n], 'targets': int32[m]}`, each ending in EOS.
   """
 
-  def __init__(self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]):
-    assert len(inputs) == len(targets)
-    self._data = {}
+  def __init__(self, flat: dict[str, np.ndarray], offsets: dict[str, np.ndarray]):
+    self.flat, self.offsets = flat, offsets
+
+  @classmethod
+  def from_lists(cls, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                 append: int | None = None) -> 'TokenizedPairs':  # fmt: skip
+    """From token lists per example (with `append`, that id is added at the end of each)."""
+    flat, offsets = {}, {}
     for name, seqs in (('inputs', inputs), ('targets', targets)):
-      lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-      offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-      np.cumsum(lengths, out=offsets[1:])
-      flat = np.concatenate(seqs).astype(np.int32) if len(seqs) else np.zeros(0, np.int32)
-      self._data[name] = (flat, offsets)
+      lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+      tokens = np.fromiter(
+        itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(lengths.sum())
+      )
+      if append is not None:
+        ends = np.cumsum(lengths + 1) - 1  # where each example's extra token goes
+        with_end = np.full(len(tokens) + len(seqs), append, np.int32)
+        keep = np.ones(len(with_end), bool)
+        keep[ends] = False
+        with_end[keep] = tokens
+        tokens, lengths = with_end, lengths + 1
+      offsets[name] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+      flat[name] = tokens
+    return cls(flat, offsets)
 
   def __len__(self) -> int:
-    return len(self._data['inputs'][1]) - 1
+    return len(self.offsets['inputs']) - 1
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    out = {}
-    for name, (flat, offsets) in self._data.items():
-      out[name] = flat[offsets[index] : offsets[index + 1]]
-    return out
+    return {name: self.flat[name][self.offsets[name][index] : self.offsets[name][index + 1]]
+            for name in FEATURES}  # fmt: skip
 
   def lengths(self, name: str) -> np.ndarray:
-    return np.diff(self._data[name][1])
+    return np.diff(self.offsets[name])
 
 
-def tokenize_pairs(
-  pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, max_length: int, overlong: str = 'drop'
-) -> tuple[TokenizedPairs, TokenizeStats]:
+def tokenize_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, max_length: int,
+                   overlong: str = 'drop') -> tuple[TokenizedPairs, TokenizeStats]:  # fmt: skip
   """Tokenizes `(source, target)` pairs, appends EOS and applies the over-long policy.
 
   Args:
@@ -85,163 +109,241 @@ def tokenize_pairs(
   """
   if overlong not in OVERLONG_POLICIES:
     raise ValueError(f'overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}')
-  stats = TokenizeStats(examples=len(pairs))
   sources = tokenizer.encode_batch([s for s, _ in pairs])
   targets = tokenizer.encode_batch([t for _, t in pairs])
-  kept_inputs, kept_targets = [], []
-  for src, tgt in zip(sources, targets):
-    if max(len(src), len(tgt)) + 1 > max_length:
-      if overlong == 'drop':
-        stats.dropped_overlong += 1
-        continue
-      stats.truncated += 1
-      src, tgt = src[: max_length - 1], tgt[: max_length - 1]
-    kept_inputs.append(np.asarray(src + [EOS_ID], np.int32))
-    kept_targets.append(np.asarray(tgt + [EOS_ID], np.int32))
-    stats.tokens += len(src) + len(tgt) + 2
-  stats.kept = len(kept_inputs)
-  return TokenizedPairs(kept_inputs, kept_targets), stats
-
-
-def _pad_example(
-  example: dict[str, np.ndarray], max_length: int, pad_id: int = 0
-) -> dict[str, np.ndarray]:
-  """One example per row: pad to `max_length`, segment id 1 on real tokens, positions 0..n-1."""
-  out = {}
-  for name in FEATURES:
-    tokens = example[name]
-    n = len(tokens)
-    out[name] = np.pad(tokens, (0, max_length - n), constant_values=pad_id)
-    out[f'{name}_segment_ids'] = np.pad(np.ones(n, np.int32), (0, max_length - n))
-    out[f'{name}_positions'] = np.pad(np.arange(n, dtype=np.int32), (0, max_length - n))
-  return out
-
-
-def train_dataset(
-  pairs: TokenizedPairs,
-  *,
-  batch_size: int,
-  max_length: int,
-  seed: int,
-  pack: bool = True,
-  num_epochs: int | None = None,
-  shard_index: int = 0,
-  shard_count: int = 1,
-) -> grain.IterDataset:
-  """Shuffled (anew each epoch), sharded, packed and batched training data.
-
-  Args:
-    pairs: the tokenized training split.
-    batch_size: rows per batch on this host.
-    max_length: tokens per row (a packed row holds several examples).
-    seed: fixes shuffling and packing order.
-    pack: pack several examples per row (else one example per row).
-    num_epochs: None repeats forever.
-    shard_index, shard_count: this host's disjoint part of the data.
-  """
-  if len(pairs) == 0:
-    raise ValueError('the training split has no examples left after filtering')
-  ds = grain.MapDataset.source(pairs)[shard_index::shard_count]
-  ds = ds.shuffle(seed=seed).repeat(num_epochs)
-  iter_ds = ds.to_iter_dataset()
-  if pack:
-    iter_ds = grain.experimental.FirstFitPackIterDataset(
-      iter_ds,
-      length_struct={name: max_length for name in FEATURES},
-      num_packing_bins=batch_size,
-      seed=seed,
-      shuffle_bins=True,
-    )
+  longest = np.fromiter(
+    (max(len(s), len(t)) for s, t in zip(sources, targets)), np.int64, len(pairs)
+  )
+  over = longest + 1 > max_length  # + EOS
+  stats = TokenizeStats(examples=len(pairs))
+  if overlong == 'drop':
+    stats.dropped_overlong = int(over.sum())
+    keep = np.flatnonzero(~over)
+    sources, targets = [sources[i] for i in keep], [targets[i] for i in keep]
   else:
-    iter_ds = iter_ds.map(functools.partial(_pad_example, max_length=max_length))
-  # Forever: every batch is full. A finite run keeps its last, partial batch (nothing is lost).
-  return iter_ds.batch(batch_size, drop_remainder=num_epochs is None)
+    stats.truncated = int(over.sum())
+    for i in np.flatnonzero(over):
+      sources[i], targets[i] = sources[i][: max_length - 1], targets[i][: max_length - 1]
+  tokenized = TokenizedPairs.from_lists(sources, targets, append=tokenizer.special_ids['eos_id'])
+  stats.kept = len(tokenized)
+  stats.tokens = len(tokenized.flat['inputs']) + len(tokenized.flat['targets'])
+  return tokenized, stats
+
+
+def first_fit(source_lengths: np.ndarray, target_lengths: np.ndarray, max_length: int
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:  # fmt: skip
+  """Places examples in rows of `max_length` tokens per side, longest first, each in the first
+  row with room on both sides (first-fit decreasing).
+
+  Returns:
+    the row of each example, its start offset per side (`{'inputs': ..., 'targets': ...}`),
+    and the number of rows.
+  """
+  count = len(source_lengths)
+  used = {'inputs': np.zeros(count, np.int64), 'targets': np.zeros(count, np.int64)}
+  row = np.zeros(count, np.int64)
+  start = {'inputs': np.zeros(count, np.int64), 'targets': np.zeros(count, np.int64)}
+  rows = 0
+  for i in np.argsort(-np.maximum(source_lengths, target_lengths), kind='stable'):
+    s, t = source_lengths[i], target_lengths[i]
+    fits = (used['inputs'][:rows] + s <= max_length) & (used['targets'][:rows] + t <= max_length)
+    j = int(fits.argmax()) if rows and fits.any() else rows
+    rows = max(rows, j + 1)
+    row[i], start['inputs'][i], start['targets'][i] = j, used['inputs'][j], used['targets'][j]
+    used['inputs'][j] += s
+    used['targets'][j] += t
+  return row, start, rows
+
+
+def assemble_rows(pairs: TokenizedPairs, row: np.ndarray, start: dict[str, np.ndarray], rows: int,
+                  max_length: int, pad_id: int) -> dict[str, np.ndarray]:  # fmt: skip
+  """Writes each example at its (row, start) into `[rows, max_length]` arrays: tokens, segment
+  ids (1, 2, ... within a row, in order of position) and positions (0.. per example)."""
+  order = np.lexsort((start['inputs'], row))  # examples by row, then by place in the row
+  first_of_row = np.searchsorted(row[order], row[order], side='left')
+  segment = np.empty(len(row), np.int32)
+  segment[order] = np.arange(len(row)) - first_of_row + 1
+  batch = {}
+  for name in FEATURES:
+    lengths = pairs.lengths(name)
+    example = np.repeat(np.arange(len(row)), lengths)
+    within = np.arange(len(pairs.flat[name])) - np.repeat(pairs.offsets[name][:-1], lengths)
+    r, c = row[example], start[name][example] + within
+    batch[name] = np.full((rows, max_length), pad_id, np.int32)
+    batch[name][r, c] = pairs.flat[name]
+    batch[f'{name}_segment_ids'] = np.zeros((rows, max_length), np.int32)
+    batch[f'{name}_segment_ids'][r, c] = segment[example]
+    batch[f'{name}_positions'] = np.zeros((rows, max_length), np.int32)
+    batch[f'{name}_positions'][r, c] = within
+  return batch
+
+
+class ChunkBuilder:
+  """One chunk of records -> packed rows: read, tokenize, drop/truncate, pack, shuffle the rows.
+
+  Runs in grain's worker processes, so it holds paths and plain values and loads the tokenizer
+  where it runs.
+  """
+
+  def __init__(self, source: Any, tokenizer_path: str, *, max_length: int, overlong: str,
+               pack: bool, pad_id: int, seed: int):  # fmt: skip
+    self.source, self.tokenizer_path = source, tokenizer_path
+    self.max_length, self.overlong, self.pack, self.pad_id, self.seed = (
+      max_length,
+      overlong,
+      pack,
+      pad_id,
+      seed,
+    )
+    self._tokenizer = None
+
+  def __call__(self, chunk: int, indices: np.ndarray) -> dict[str, Any]:
+    if self._tokenizer is None:
+      self._tokenizer = Tokenizer(self.tokenizer_path)
+    pairs = self.source.__getitems__([int(i) for i in indices])
+    tokenized, stats = tokenize_pairs(pairs, self._tokenizer, max_length=self.max_length,
+                                      overlong=self.overlong)  # fmt: skip
+    lengths = tokenized.lengths('inputs'), tokenized.lengths('targets')
+    if self.pack:
+      row, start, rows = first_fit(*lengths, self.max_length)
+    else:
+      row, rows = np.arange(len(tokenized)), len(tokenized)
+      start = {name: np.zeros(rows, np.int64) for name in FEATURES}
+    batch = assemble_rows(tokenized, row, start, rows, self.max_length, self.pad_id)
+    permutation = np.random.default_rng([self.seed, chunk]).permutation(rows)
+    return {
+      'rows': {k: v[permutation] for k, v in batch.items()},
+      'stats': dataclasses.asdict(stats),
+    }
 
 
 class TrainBatches:
-  """This host's endless training batches, with a position that checkpoints save and restore."""
+  """This process's endless training batches, `[batch_size, max_length]` each.
 
-  def __init__(
-    self,
-    pairs: TokenizedPairs,
-    *,
-    batch_size: int,
-    max_length: int,
-    seed: int,
-    pack: bool,
-    pad_id: int,
-    shard_index: int,
-    shard_count: int,
-  ):
-    if pad_id != 0:
-      raise ValueError('packing pads with 0: the training pipeline needs pad_id 0')
+  Position: the chunk whose rows are being handed out and the next row in it. `get_state` and
+  `set_state` move it exactly; `restore` also accepts the positions another number of processes
+  saved (it resumes at the same fraction of the epoch, the least advanced process's).
+  """
+
+  def __init__(self, source: Any, tokenizer_path: str, *, batch_size: int, max_length: int,
+               seed: int, pack: bool = True, overlong: str = 'drop', pad_id: int = 0,
+               shard_index: int = 0, shard_count: int = 1, workers: int = 0,
+               chunk_pairs: int = CHUNK_PAIRS):  # fmt: skip
+    import grain
+
+    self.batch_size, self.workers, self.chunk_pairs = batch_size, workers, chunk_pairs
     self.shard_index, self.shard_count = shard_index, shard_count
-    self.iterator = iter(
-      train_dataset(
-        pairs,
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
-        pack=pack,
-        shard_index=shard_index,
-        shard_count=shard_count,
-      )
+    indices = grain.MapDataset.range(len(source))[shard_index::shard_count]
+    self.shard_length = len(indices)
+    if self.shard_length == 0:
+      raise DataError(f'process {shard_index} of {shard_count} has no training records')
+    builder = ChunkBuilder(source, tokenizer_path, max_length=max_length, overlong=overlong,
+                           pack=pack, pad_id=pad_id, seed=seed)  # fmt: skip
+    self.chunks = indices.shuffle(seed=seed).repeat().batch(chunk_pairs).map_with_index(builder)
+    self.stats = TokenizeStats()
+    self.chunk, self.row = 0, 0
+    self._rows: dict[str, np.ndarray] | None = None  # the current chunk's rows
+    self._iterator: Iterator | None = None
+
+  def _start(self) -> None:
+    import grain
+
+    dataset = self.chunks[self.chunk :].to_iter_dataset(
+      grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
     )
+    if self.workers:
+      from absl import flags
+
+      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; programs that parse none
+        flags.FLAGS.mark_as_parsed()  # (notebooks, pytest, argparse scripts) use the defaults
+      dataset = dataset.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2)
+      )
+    self._iterator = iter(dataset)
+    self._rows = None
+
+  def _next_chunk(self) -> None:
+    if self._rows is not None:
+      self.chunk, self.row = self.chunk + 1, 0
+    empty = 0
+    while True:
+      produced = next(self._iterator)
+      self.stats.add(TokenizeStats(**produced['stats']))
+      if len(produced['rows']['inputs']):
+        self._rows = produced['rows']
+        return
+      empty += 1  # every record of the chunk was dropped as over-long
+      if empty * self.chunk_pairs > 2 * self.shard_length:
+        raise DataError(
+          'no training pair fits max_length (use a larger config.max_length or config.overlong=truncate)'
+        )
+      self.chunk, self.row = self.chunk + 1, 0
 
   def __iter__(self) -> 'TrainBatches':
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    return next(self.iterator)
+    if self._iterator is None:
+      self._start()
+    parts, missing = [], self.batch_size
+    while missing:
+      if self._rows is None or self.row >= len(self._rows['inputs']):
+        self._next_chunk()
+      take = min(missing, len(self._rows['inputs']) - self.row)
+      parts.append({k: v[self.row : self.row + take] for k, v in self._rows.items()})
+      self.row += take
+      missing -= take
+    return {
+      k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in FIELDS
+    }
 
   def get_state(self) -> dict[str, Any]:
-    return self.iterator.get_state()
+    return {'chunk': self.chunk, 'row': self.row, 'shard_count': self.shard_count,
+            'shard_length': self.shard_length, 'chunk_pairs': self.chunk_pairs}  # fmt: skip
 
   def set_state(self, state: dict[str, Any]) -> None:
-    self.iterator.set_state(state)
+    """Moves to an exact position saved by this process (with the same process count)."""
+    self.chunk, self.row = int(state['chunk']), int(state['row'])
+    self._iterator, self._rows = None, None  # restarted from `chunk` by the next batch
 
-  def restore(self, saved: dict[str, Any] | None) -> None:
-    """Moves to a checkpoint's saved position (`{'process_count', 'states'}`; None: stay)."""
+  def restore(self, saved: dict[str, Any] | None) -> str | None:
+    """Moves to a checkpoint's saved position (`{'process_count', 'states'}`); returns a note
+    when the process count changed and the position is the nearest one, not the exact one."""
     if not saved or not saved.get('states'):
-      return
-    if saved['process_count'] != self.shard_count:
-      raise DataError(
-        f"the checkpoint's data position was saved by {saved['process_count']} "
-        f'process(es), this run has {self.shard_count}'
-      )
-    self.set_state(saved['states'][self.shard_index])
+      return None
+    states = saved['states']
+    if (
+      saved['process_count'] == self.shard_count
+      and states[0].get('chunk_pairs') == self.chunk_pairs
+    ):
+      self.set_state(states[self.shard_index])
+      return None
+    epochs = min(s['chunk'] * s['chunk_pairs'] / s['shard_length'] for s in states.values())
+    self.set_state({'chunk': int(epochs * self.shard_length) // self.chunk_pairs, 'row': 0})
+    return (f"data position: the checkpoint was written by {saved['process_count']} process(es), "
+            f'this run has {self.shard_count}; resuming {epochs:.3f} epochs into the data')  # fmt: skip
 
 
-def eval_batches(
-  pairs: TokenizedPairs,
-  *,
-  batch_size: int,
-  max_length: int,
-  pad_id: int = 0,
-  shard_index: int = 0,
-  shard_count: int = 1,
-  max_batches: int = 0,
-):
+def eval_batches(pairs: TokenizedPairs, *, batch_size: int, max_length: int, pad_id: int = 0,
+                 shard_index: int = 0, shard_count: int = 1, max_batches: int = 0):  # fmt: skip
   """One example per row, in order, from this host's shard (`[shard_index::shard_count]`).
 
   Every host yields the same number of batches (collective eval steps must match), filling
   missing rows and batches with all-padding rows (weight 0).
   """
-  per_host = -(-len(pairs) // shard_count)
+  mine = np.arange(shard_index, len(pairs), shard_count)
+  per_host = -(-len(pairs) // shard_count)  # the most any host holds
   count = -(-per_host // batch_size)
   if max_batches:
     count = min(count, max_batches)
-  ds = grain.MapDataset.source(pairs)[shard_index::shard_count]
-  ds = ds.map(functools.partial(_pad_example, max_length=max_length, pad_id=pad_id))
-  empty = {
-    f'{name}{suffix}': np.full((batch_size, max_length), pad_id if not suffix else 0, np.int32)
-    for name in FEATURES
-    for suffix in ('', '_segment_ids', '_positions')
-  }
   for index in range(count):
-    rows = [ds[i] for i in range(index * batch_size, min((index + 1) * batch_size, len(ds)))]
-    batch = {name: value.copy() for name, value in empty.items()}
-    for row, example in enumerate(rows):
-      for name, value in example.items():
-        batch[name][row] = value
+    chosen = mine[index * batch_size : (index + 1) * batch_size]
+    part = TokenizedPairs.from_lists(
+      [pairs[i]['inputs'] for i in chosen], [pairs[i]['targets'] for i in chosen]
+    )
+    row, start = (
+      np.arange(len(chosen)),
+      {name: np.zeros(len(chosen), np.int64) for name in FEATURES},
+    )
+    batch = assemble_rows(part, row, start, batch_size, max_length, pad_id)
     yield batch

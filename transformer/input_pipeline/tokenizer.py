@@ -62,7 +62,8 @@ class Tokenizer:
     return self.processor.encode(text)
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return self.processor.encode(list(texts))
+    """Ids of each text, on this thread (the input pipeline parallelises with processes)."""
+    return self.processor.encode(list(texts), num_threads=1)
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids` up to the first EOS; PAD and BOS are ignored."""

@@ -67,3 +67,42 @@ def test_float32_projection_is_a_plain_einsum():
   out = precision.project('bli,io->blo', jnp.asarray(x), jnp.asarray(kernel), jnp.float32)
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(out, np.einsum('bli,io->blo', x, kernel), rtol=1e-5, atol=1e-5)
+
+
+def _dot_operand_dtypes(jaxpr) -> list[tuple[str, ...]]:
+  """The operand dtypes of every dot_general in a jaxpr, sub-jaxprs (custom VJPs, scans) included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          found += _dot_operand_dtypes(inner)
+  return found
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_every_matmul_of_a_bfloat16_train_step_takes_bfloat16_operands(
+  tiny_config, backend, monkeypatch
+):
+  """Forward and backward, logits included: a float32 operand would run at the float32 (TF32)
+  rate on a GPU. The backend is what `precision.project` decides by, so it is set here."""
+  from flax import nnx
+
+  from transformer import Transformer, shift_right, training
+
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  model = Transformer(tiny_config.replace(dtype='bfloat16'), rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  src = jnp.array([[5, 6, 7, 2, 0]])
+  tgt = jnp.array([[8, 9, 2, 0, 0]])
+
+  def loss(params):
+    logits = nnx.merge(graphdef, params, rest)(src, shift_right(tgt, 1))
+    return training.label_smoothed_cross_entropy(logits, tgt, (tgt > 0).astype(jnp.float32), 0.1)[0]
+
+  dots = _dot_operand_dtypes(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+  assert len(dots) > 20  # forward and both gradients of every projection and attention contraction
+  assert all(operands == ('bfloat16', 'bfloat16') for operands in dots), dots

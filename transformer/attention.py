@@ -72,9 +72,9 @@ def attention_weights(query: jax.Array, key: jax.Array, bias: jax.Array | None =
   """softmax(Q Kᵀ / √d_k + bias): `[batch, heads, q_length, kv_length]` float32 (rows sum to 1)."""
   d_k = query.shape[-1]
   # Logits and softmax in float32 even for bfloat16 inputs: exp() of bf16 logits loses too much.
-  logits = jnp.einsum(
-    'bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32
-  ) / math.sqrt(d_k)
+  # (In bfloat16 the two gradient matmuls still take bf16 operands: see transformer.precision.)
+  logits = precision.project('bqhd,bkhd->bhqk', query, key, query.dtype, float32_result=True)
+  logits = logits / math.sqrt(d_k)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   return jax.nn.softmax(logits, axis=-1)

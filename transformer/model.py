@@ -89,6 +89,11 @@ class TransformerConfig:
         f'TransformerConfig.attention_implementation must be one of {IMPLEMENTATIONS}, '
         f'got {self.attention_implementation!r}'
       )
+    if self.attention_implementation == 'cudnn' and self.dtype not in ('bfloat16', 'float16'):
+      raise ValueError(
+        "attention_implementation='cudnn' needs dtype='bfloat16' or 'float16' (cuDNN's fused "
+        f"attention has no {self.dtype} kernel); use 'xla' or 'reference' for {self.dtype}"
+      )
     if self.attention_implementation != 'reference' and self.attention_dropout_rate > 0:
       raise ValueError(
         'attention_dropout_rate > 0 needs attention_implementation="reference" '

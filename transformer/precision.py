@@ -5,9 +5,14 @@ result to bfloat16 once; GPUs and TPUs do exactly that inside their bfloat16 dot
 too, but it runs such a dot on its fast AVX512-BF16/AMX kernels only when the dot's *result* is
 float32 (with a bfloat16 result it runs at about the float32 rate). On CPU the projections
 therefore ask for the float32 result and round it themselves, in the forward pass and in both
-gradient matmuls: the same numbers, at the bf16 rate. Only projections take this form: XLA:CPU's
-batched-dot kernel (attention's per-head contractions) has no bf16 × bf16 -> f32 form.
-Accelerators keep the plain dot. Measurements: docs/performance.md.
+gradient matmuls: the same numbers, at the bf16 rate.
+
+On every backend, a contraction with a float32 result (the output logits, and the attention
+logits Q·Kᵀ, whose softmax runs in float32) takes the same path: autodiff
+of a float32-result dot would feed the float32 cotangent into both gradient matmuls, which then
+run as float32 × bfloat16 (TF32 at best on a GPU, about half the bf16 rate). Other projections
+on accelerators are plain bf16 dots (their cotangents are bf16 already). Measurements:
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ def _bf16_projection_fwd(equation, result_dtype, x, kernel):
 def _bf16_projection_bwd(equation, result_dtype, residuals, g):
   # Written out rather than left to autodiff: autodiff feeds the float32 cotangent of the float32
   # result into both gradient matmuls, which then run as float32 × float32 (half the speed).
-  # Each index of a projection appears in exactly two of x, kernel, result, so the gradients are
-  # the same einsum with the roles swapped, bf16 operands, float32 sums. (A float32 result's
-  # cotangent, the logits', is rounded to bf16 here like any other bf16 matmul operand.)
+  # The gradient of an einsum with respect to one operand is the same einsum of the cotangent
+  # with the other operand, the roles swapped (batch indices stay), here with bf16 operands and
+  # float32 sums. A float32 result's cotangent is rounded to bf16 like any other bf16 operand.
   x, kernel = residuals
   inputs, result = equation.split('->')
   x_indices, kernel_indices = inputs.split(',')
@@ -59,16 +64,17 @@ _bf16_projection.defvjp(_bf16_projection_fwd, _bf16_projection_bwd)
 def project(
   equation: str, x: jax.Array, kernel: jax.Array, dtype, *, float32_result: bool = False
 ) -> jax.Array:
-  """A projection `jnp.einsum(equation, x, kernel)` with both operands in the compute `dtype`.
+  """A contraction `jnp.einsum(equation, x, kernel)` with both operands in the compute `dtype`.
 
   The result is in `dtype`, or float32 with `float32_result` (logits: the sums are not rounded to
-  bfloat16). A projection shares no index between `x` and the weight `kernel` that is not summed:
-  every index (and `...`) appears in exactly two of x, kernel and the result, e.g. 'bld,dhk->blhk'.
-  On CPU in bfloat16 the forward and both gradient matmuls take bf16 operands and sum in float32
-  (module docstring).
+  bfloat16). No index may be summed within one operand: every index (and `...`) appears in two
+  of x, kernel and the result, or in all three (a batch index), e.g. 'bld,dhk->blhk' or
+  'bqhd,bkhd->bhqk'.
+  In bfloat16 on CPU, and for a float32 result everywhere, the forward and both gradient matmuls
+  take bf16 operands and sum in float32 (module docstring).
   """
   result_dtype = jnp.float32 if float32_result else jnp.dtype(dtype)
-  if jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == 'cpu':
+  if jnp.dtype(dtype) == jnp.bfloat16 and (float32_result or jax.default_backend() == 'cpu'):
     return _bf16_projection(equation, result_dtype, x, kernel)
   return jnp.einsum(
     equation, x.astype(dtype), kernel.astype(dtype), preferred_element_type=result_dtype

@@ -18,6 +18,7 @@ import numpy as np
 
 from transformer import parallel as parallel_lib
 from transformer import training
+from transformer.input_pipeline import pipeline
 from transformer.model import Transformer, TransformerConfig
 
 # Compute dtypes the benchmarks offer (float32 parameters either way).
@@ -44,7 +45,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
   'big': dict(
     model={**_BASE, 'd_model': 1024, 'num_heads': 16, 'd_ff': 4096}, batch=32, length=256
   ),
-}
+  # What the test suite runs on CPU.
+  'tiny': dict(model=dict(vocab_size=500, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1,
+                          num_decoder_layers=1), batch=4, length=32),
+}  # fmt: skip
 
 
 def synthetic_batch(
@@ -65,6 +69,21 @@ def synthetic_batch(
     out[f'{name}_segment_ids'] = valid.astype(np.int32)
     out[f'{name}_positions'] = np.where(valid, position, 0).astype(np.int32)
   return out
+
+
+def synthetic_packed_batch(
+  rows: int, length: int, vocab: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+  """A training batch in the pipeline's layout: random-token examples of 1/16 to 1/2 of a row,
+  packed into `rows` rows by the pipeline's own packer."""
+  rng = np.random.default_rng(seed)
+  count = rows * 8
+  lengths = [rng.integers(max(length // 16, 2), max(length // 2, 3), size=count) for _ in range(2)]
+  examples = [[rng.integers(3, vocab, size=n).tolist() for n in side] for side in lengths]
+  tokens = pipeline.TokenizedPairs.from_lists(*examples)
+  row, start, used = pipeline.first_fit(*lengths, length)
+  batch = pipeline.assemble_rows(tokens, row, start, used, length, pad_id=0)
+  return {k: v[:rows] for k, v in batch.items()}
 
 
 def count_tokens(
@@ -93,9 +112,10 @@ def build_train_step(
   attention: str = 'reference',
   devices: list | None = None,
   timings: dict | None = None,
+  packed: bool = False,
 ):
   """The real train step of `transformer.training` over `devices` (default: every local
-  device), on a synthetic batch of config `name`'s shape per device group.
+  device), on a synthetic batch of config `name`'s shape per device (packed rows with `packed`).
 
   Returns (model config, parallel, device state, rngs, compiled step, device batch, host batch);
   `timings` (if given) receives the seconds spent creating the model and optimizer state.
@@ -112,7 +132,8 @@ def build_train_step(
   step = parallel.compile_train_step(
     training.make_train_step(graphdef, optimizer, label_smoothing=0.1, axis_name=parallel.axis_name)
   )
-  host_batch = synthetic_batch(spec['batch'] * len(devices), spec['length'], config.vocab_size)
+  make_batch = synthetic_packed_batch if packed else synthetic_batch
+  host_batch = make_batch(spec['batch'] * len(devices), spec['length'], config.vocab_size)
   batch = parallel.device_batch(host_batch)
   state = jax.block_until_ready(parallel.device_state(state))
   if timings is not None:

@@ -107,7 +107,8 @@ def _probe_startup(args) -> None:
   """In a fresh process: open the prepared data, build the batches, print when the first is ready."""
   from transformer.input_pipeline import pipeline, sources
 
-  source = sources.PreparedPairs(args.prepared)
+  # As train.py opens it: the files' fingerprint is computed and the prepared copy found.
+  source = sources.prepare_local(args.prepared, 'src', 'tgt', args.cache)
   batches = pipeline.TrainBatches(source, args.tokenizer, batch_size=args.batch_size,
                                   max_length=args.max_length, seed=0, workers=args.workers)  # fmt: skip
   next(batches)
@@ -128,7 +129,7 @@ def synthetic(args, folder: str) -> tuple[object, dict]:
   numbers = {'prepare_seconds': time.perf_counter() - start, 'pairs': len(prepared)}
   tokenizer = _tokenizer(prepared, os.path.join(folder, 'tokenizer.model'), args.vocab_size)
   command = [sys.executable, '-m', 'benchmarks.input_pipeline', '--probe_startup',
-             f'--prepared={prepared.folder}', f'--tokenizer={tokenizer.path}',
+             f'--prepared={tsv}', f'--cache={os.path.join(folder, "prepared")}', f'--tokenizer={tokenizer.path}',
              f'--batch_size={args.batch_size}', f'--max_length={args.max_length}',
              f'--workers={args.workers}']  # fmt: skip
   launched = time.time()
@@ -148,7 +149,7 @@ def main() -> None:
   parser.add_argument('--max_length', type=int, default=256)
   parser.add_argument('--workers', type=int, default=0)
   parser.add_argument('--batches', type=int, default=200)
-  parser.add_argument('--vocab_size', type=int, default=8000)
+  parser.add_argument('--vocab_size', type=int, default=4000)
   parser.add_argument('--synthetic_pairs', type=int, default=0)
   parser.add_argument('--short', action='store_true', help='synthetic sentences of 5-12 words')
   parser.add_argument(
@@ -159,6 +160,7 @@ def main() -> None:
   parser.add_argument('--probe_startup', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--prepared', help=argparse.SUPPRESS)
   parser.add_argument('--tokenizer', help=argparse.SUPPRESS)
+  parser.add_argument('--cache', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.probe_startup:
     _probe_startup(args)

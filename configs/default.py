@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.overlong = 'drop'  # 'drop' or 'truncate' longer examples (counted and logged)
   config.pack = True  # pack several examples per training row
 
+  # Start from a pretrained Hugging Face Marian (opus-mt) directory: its model, its tokenizer
+  # (config.model and vocab_size are then the pretrained model's; model.dtype still applies).
+  config.init_from = ''
   # Model (vocab_size and special ids come from the tokenizer).
   config.model = ml_collections.ConfigDict(
     dict(

@@ -125,6 +125,7 @@ class BeamState:
   finished_seqs: jax.Array  # [batch, k, L] int32
   finished_scores: jax.Array  # [batch, k] float32, log P / lp(length)
   finished_flags: jax.Array  # [batch, k] bool, whether the slot holds a finished hypothesis
+  done: jax.Array  # [batch] bool, the sentence's search is over (its state no longer changes)
   cache: Any
 
 
@@ -139,6 +140,7 @@ def _initial_beams(cache: Any, batch_size: int, k: int, max_length: int, pad_id:
     finished_seqs=seqs,
     finished_scores=jnp.full((batch_size, k), EXCLUDED_SCORE),
     finished_flags=jnp.zeros((batch_size, k), bool),
+    done=jnp.zeros((batch_size,), bool),
     cache=cache,
   )
 
@@ -202,10 +204,12 @@ def _beam_step(
 ) -> BeamState:
   """Extends every alive beam by every token; keeps the k best alive candidates and merges the
   ones that end into the k best finished. A hypothesis ends only if its EOS extension ranks among
-  the top k (as in fairseq), so beam size 1 is exactly greedy decoding. Sentences that are done
-  (at their limit, or unable to improve) keep their state, exactly as if searched alone."""
+  the top k (as in fairseq), so beam size 1 is exactly greedy decoding; with 'hf' normalisation
+  the top k also end at the sentence's last allowed step, as transformers' beam search ends them.
+  A sentence that is done keeps its state, exactly as if it were searched alone."""
   batch_size, k = state.alive_log_probs.shape
   i = state.step
+  searching = _searching_rows(state, limits, alpha, normalization)
   previous = jnp.where(i == 0, bos_id, state.alive_seqs[:, :, jnp.maximum(i - 1, 0)])
   logits, cache = call(previous.reshape(-1, 1), i, state.cache)
   if suppress is not None:
@@ -219,28 +223,30 @@ def _beam_step(
   top_seqs = jnp.take_along_axis(state.alive_seqs, top_beams[:, :, None], axis=1)
   top_seqs = top_seqs.at[:, :, i].set(top_tokens)
   is_eos = top_tokens == eos_id
-  ends = is_eos & (jnp.arange(2 * k) < k)[None, :]
+  stops = is_eos | ((i + 1 >= limits)[:, None] if normalization == 'hf' else False)
+  ends = stops & (jnp.arange(2 * k) < k)[None, :]
   penalty = length_penalty(i + 1, alpha, normalization)
-  alive = _keep_alive(top_seqs, top_log_probs, top_beams, is_eos, cache, k)
+  alive = _keep_alive(top_seqs, top_log_probs, top_beams, stops, cache, k)
   finished = _merge_finished(state, top_seqs, top_log_probs / penalty, ends)
-  active = _searching_rows(state, limits, alpha, normalization)[:, None]
   per_sentence = {
-    name: jnp.where(active if value.ndim == 2 else active[..., None], value, getattr(state, name))
+    name: jnp.where(searching.reshape((-1,) + (1,) * (value.ndim - 1)), value, getattr(state, name))
     for name, value in {**alive, **finished}.items()
     if name != 'cache'
   }
-  return state.replace(step=i + 1, cache=alive['cache'], **per_sentence)
+  return state.replace(step=i + 1, cache=alive['cache'], done=~searching, **per_sentence)
 
 
 def _searching_rows(
   state: BeamState, limits: jax.Array, alpha: float, normalization: str
 ) -> jax.Array:
-  """`[batch]` bool: the sentence is below its limit and may still improve (fewer than k
-  finished hypotheses, or its best alive one, at the largest length penalty it can reach, beats
-  the worst finished one)."""
-  best_alive = state.alive_log_probs[:, 0] / length_penalty(limits, alpha, normalization)
+  """`[batch]` bool: the sentence is not done, is below its limit and may still improve: it has
+  fewer than k finished hypotheses, or its best alive one beats the worst finished one at the
+  length penalty it can best reach (GNMT: at its limit; 'hf': at the current length, the
+  heuristic of transformers' beam search). Once false, it stays false."""
+  bound = limits if normalization == 'gnmt' else jnp.maximum(state.step, 1)
+  best_alive = state.alive_log_probs[:, 0] / length_penalty(bound, alpha, normalization)
   improvable = ~state.finished_flags.all(-1) | (best_alive > state.finished_scores.min(-1))
-  return improvable & (state.step < limits)
+  return ~state.done & improvable & (state.step < limits)
 
 
 def _still_searching(
@@ -355,7 +361,7 @@ def _decoder_step_fn(
 
 def _suppressed(config) -> jax.Array:
   """`[vocab]` bool: the pad token is never generated (it is never a training label)."""
-  return jnp.arange(config.vocab_size) == config.pad_id
+  return jnp.arange(config.target_vocabulary) == config.pad_id
 
 
 @functools.partial(

@@ -46,7 +46,7 @@ def train_step_flops(
   Forward: 2 FLOPs per multiply-add of every weight matrix at every position it is applied to,
   plus attention scores QKᵀ and the weighted sum of V (2·2·q·k·d_model per layer).
   """
-  d, d_ff, v = config.d_model, config.d_ff, config.vocab_size
+  d, d_ff, v = config.d_model, config.d_ff, config.target_vocabulary
   s, t = batch * src_length, batch * tgt_length
   attention_proj = 4 * d * d
   ffn = 2 * d * d_ff

@@ -18,7 +18,7 @@ class Embed(nnx.Module):
 
   The table `[vocab_size, d_model]` is initialised with standard deviation d_model^-0.5, so the
   embedding scaled by √d_model (as in the paper) starts at unit variance, like the positional
-  encoding it is added to.
+  encoding it is added to. `scale=False` leaves the embedding unscaled.
   """
 
   def __init__(
@@ -26,11 +26,13 @@ class Embed(nnx.Module):
     vocab_size: int,
     d_model: int,
     *,
+    scale: bool = True,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     self.d_model = d_model
+    self.scale = math.sqrt(d_model) if scale else 1.0
     self.table = nnx.Embed(
       vocab_size,
       d_model,
@@ -42,7 +44,7 @@ class Embed(nnx.Module):
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """`[batch, length]` int -> `[batch, length, d_model]`, multiplied by √d_model."""
-    return self.table(tokens) * math.sqrt(self.d_model)
+    return self.table(tokens) * self.scale
 
   def attend(self, x: jax.Array) -> jax.Array:
     """Output projection with the same weights: `[batch, length, d_model]` -> float32 logits
@@ -58,13 +60,22 @@ class Embed(nnx.Module):
 
 
 @functools.lru_cache(maxsize=16)
-def sinusoidal_table(max_length: int, d_model: int) -> np.ndarray:
-  """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): `[max_length, d_model]`."""
+def sinusoidal_table(max_length: int, d_model: int, layout: str = 'interleaved') -> np.ndarray:
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): `[max_length, d_model]`.
+
+  `layout='halves'` puts the same sines in the first half of the features and the cosines in the
+  second (Marian's layout) instead of interleaving them.
+  """
   position = np.arange(max_length, dtype=np.float64)[:, None]
-  div_term = np.exp(np.arange(0, d_model, 2, dtype=np.float64) * -(math.log(10000.0) / d_model))
-  table = np.zeros((max_length, d_model), dtype=np.float64)
-  table[:, 0::2] = np.sin(position * div_term)
-  table[:, 1::2] = np.cos(position * div_term)[:, : d_model // 2]
+  angle = position / np.power(10000.0, np.arange(0, d_model, 2, dtype=np.float64) / d_model)
+  sines, cosines = np.sin(angle), np.cos(angle)[:, : d_model // 2]
+  if layout == 'halves':
+    table = np.concatenate([sines, cosines], axis=1)
+  elif layout == 'interleaved':
+    table = np.zeros((max_length, d_model), dtype=np.float64)
+    table[:, 0::2], table[:, 1::2] = sines, cosines
+  else:
+    raise ValueError(f"layout must be 'interleaved' or 'halves', got {layout!r}")
   return table.astype(np.float32)
 
 
@@ -81,11 +92,13 @@ class PositionalEncoding(nnx.Module):
     d_model: int,
     *,
     learned: bool = False,
+    layout: str = 'interleaved',
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     self.max_length = max_length
     self.d_model = d_model
+    self.layout = layout  # of the sinusoids (see sinusoidal_table)
     if learned:
       self.table = nnx.Param(
         nnx.initializers.normal(stddev=0.02)(rngs.params(), (max_length, d_model), param_dtype)
@@ -98,7 +111,7 @@ class PositionalEncoding(nnx.Module):
     """`x` `[batch, length, d_model]`, `positions` `[batch, length]` int (default 0..length-1)."""
     length = x.shape[1]
     if self.table is None:
-      table = jnp.asarray(sinusoidal_table(self.max_length, self.d_model))
+      table = jnp.asarray(sinusoidal_table(self.max_length, self.d_model, self.layout))
     else:
       table = self.table[...]
     if positions is None:
@@ -111,7 +124,10 @@ class PositionalEncoding(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-  """FFN(x) = max(0, x W₁ + b₁) W₂ + b₂, applied at every position (paper eq. 2)."""
+  """FFN(x) = max(0, x W₁ + b₁) W₂ + b₂, applied at every position (paper eq. 2).
+
+  `activation` replaces the ReLU (max(0, ·)) where a pretrained model used another (swish, gelu).
+  """
 
   def __init__(
     self,
@@ -119,12 +135,14 @@ class FeedForward(nnx.Module):
     d_ff: int,
     *,
     dropout_rate: float = 0.0,
+    activation=jax.nn.relu,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     init = nnx.initializers.xavier_uniform()
     self.dtype = dtype
+    self.activation = activation
     # nnx.Linear holds the parameters (kernel [in, out], bias [out]); the matmuls go through
     # precision.project, which is what makes bfloat16 fast on CPU.
     self.w_1 = nnx.Linear(d_model, d_ff, kernel_init=init, param_dtype=param_dtype, rngs=rngs)
@@ -134,11 +152,10 @@ class FeedForward(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[batch, length, d_model]` -> `[batch, length, d_model]`."""
-    hidden = jax.nn.relu(self._linear(self.w_1, x))
+    hidden = self.activation(self._linear(self.w_1, x))
     return self._linear(self.w_2, self.dropout(hidden))
 
   def _linear(self, layer: nnx.Linear, x: jax.Array) -> jax.Array:
     """x W + b: `[batch, length, d_in]` -> `[batch, length, d_out]` in the compute dtype."""
-    return precision.project('bli,io->blo', x, layer.kernel[...], self.dtype) + layer.bias[
-      ...
-    ].astype(self.dtype)
+    bias = layer.bias[...].astype(self.dtype)
+    return precision.project('bli,io->blo', x, layer.kernel[...], self.dtype) + bias

@@ -13,6 +13,7 @@ Every decoder layer attends to the same encoder output (the last encoder layer's
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 from flax import nnx
@@ -26,13 +27,35 @@ from transformer.layers import Embed, FeedForward, PositionalEncoding
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
+ACTIVATIONS = {
+  'relu': jax.nn.relu,
+  'swish': jax.nn.swish,
+  'gelu': functools.partial(jax.nn.gelu, approximate=False),
+}
+_CHOICES = {
+  'positional_encoding': ('sinusoidal', 'learned'),
+  'sinusoid_layout': ('interleaved', 'halves'),
+  'norm_position': ('post', 'pre'),
+  'attention_implementation': IMPLEMENTATIONS,
+  'activation': tuple(ACTIVATIONS),
+  'dtype': tuple(_DTYPES),
+  'param_dtype': tuple(_DTYPES),
+}
+_POSITIVE = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
+             'num_decoder_layers', 'max_length')  # fmt: skip
+_RATES = ('dropout_rate', 'attention_dropout_rate', 'relu_dropout_rate')
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Hyperparameters of the model; validated on construction (a bad value raises ValueError).
 
   `dtype` is the compute dtype (float32 or bfloat16); parameters are stored in `param_dtype`.
-  Token ids: `pad_id` marks padding everywhere; the decoder input starts with `bos_id`; sequences
-  end with `eos_id`.
+  Token ids: `pad_id` marks padding everywhere; the decoder input starts with `bos_id` (which
+  may equal `pad_id`, as in Marian); sequences end with `eos_id`.
+
+  The fields after `eos_id` describe variants of the architecture that pretrained models use
+  (`transformer.marian` sets them); their defaults are the paper's.
   """
 
   vocab_size: int = 32000
@@ -53,17 +76,16 @@ class TransformerConfig:
   pad_id: int = special_ids.PAD_ID
   bos_id: int = special_ids.BOS_ID
   eos_id: int = special_ids.EOS_ID
+  activation: str = 'relu'  # of the FFN: 'relu' (paper) | 'swish' | 'gelu'
+  scale_embedding: bool = True  # embeddings × √d_model (paper)
+  sinusoid_layout: str = 'interleaved'  # sin/cos on even/odd features (paper) | 'halves'
+  layer_norm_epsilon: float = 1e-6
+  logits_bias: bool = False  # a learned bias added to the output logits
+  share_embeddings: bool = True  # one table for source, target and output (paper)
+  target_vocab_size: int | None = None  # the target side's vocabulary when not shared
 
   def __post_init__(self):
-    for name in (
-      'vocab_size',
-      'd_model',
-      'num_heads',
-      'd_ff',
-      'num_encoder_layers',
-      'num_decoder_layers',
-      'max_length',
-    ):
+    for name in _POSITIVE:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f'TransformerConfig.{name} must be a positive integer, got {value!r}')
@@ -71,24 +93,18 @@ class TransformerConfig:
       raise ValueError(
         f'TransformerConfig.d_model={self.d_model} must be divisible by num_heads={self.num_heads}'
       )
-    for name in ('dropout_rate', 'attention_dropout_rate', 'relu_dropout_rate'):
-      value = getattr(self, name)
-      if not 0.0 <= value < 1.0:
-        raise ValueError(f'TransformerConfig.{name} must be in [0, 1), got {value!r}')
-    if self.positional_encoding not in ('sinusoidal', 'learned'):
-      raise ValueError(
-        "TransformerConfig.positional_encoding must be 'sinusoidal' or 'learned', "
-        f'got {self.positional_encoding!r}'
-      )
-    if self.norm_position not in ('post', 'pre'):
-      raise ValueError(
-        f"TransformerConfig.norm_position must be 'post' or 'pre', got {self.norm_position!r}"
-      )
-    if self.attention_implementation not in IMPLEMENTATIONS:
-      raise ValueError(
-        f'TransformerConfig.attention_implementation must be one of {IMPLEMENTATIONS}, '
-        f'got {self.attention_implementation!r}'
-      )
+    for name in _RATES:
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f'TransformerConfig.{name} must be in [0, 1), got {getattr(self, name)!r}')
+    for name, allowed in _CHOICES.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(
+          f'TransformerConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}'
+        )
+    self._check_implementation()
+    self._check_ids()
+
+  def _check_implementation(self) -> None:
     if self.attention_implementation == 'cudnn' and self.dtype not in ('bfloat16', 'float16'):
       raise ValueError(
         "attention_implementation='cudnn' needs dtype='bfloat16' or 'float16' (cuDNN's fused "
@@ -99,19 +115,23 @@ class TransformerConfig:
         'attention_dropout_rate > 0 needs attention_implementation="reference" '
         '(jax.nn.dot_product_attention has no dropout)'
       )
-    for name in ('dtype', 'param_dtype'):
-      if getattr(self, name) not in _DTYPES:
-        raise ValueError(
-          f'TransformerConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}'
-        )
+
+  def _check_ids(self) -> None:
+    if self.target_vocab_size is not None and self.share_embeddings:
+      raise ValueError('TransformerConfig.target_vocab_size needs share_embeddings=False')
     ids = {'pad_id': self.pad_id, 'bos_id': self.bos_id, 'eos_id': self.eos_id}
     for name, value in ids.items():
-      if not 0 <= value < self.vocab_size:
+      if not 0 <= value < min(self.vocab_size, self.target_vocabulary):
         raise ValueError(
           f'TransformerConfig.{name}={value} is outside the vocabulary [0, {self.vocab_size})'
         )
-    if len(set(ids.values())) != 3:
-      raise ValueError(f'pad_id, bos_id and eos_id must differ, got {ids}')
+    if self.eos_id in (self.pad_id, self.bos_id):
+      raise ValueError(f'eos_id must differ from pad_id and bos_id, got {ids}')
+
+  @property
+  def target_vocabulary(self) -> int:
+    """Size of the target side's vocabulary (the logits' last axis)."""
+    return self.target_vocab_size or self.vocab_size
 
   @property
   def compute_dtype(self):
@@ -152,11 +172,12 @@ class AddNorm(nnx.Module):
   """
 
   def __init__(
-    self, d_model: int, *, pre_norm: bool, dropout_rate: float, dtype, param_dtype, rngs: nnx.Rngs
-  ):
+    self, d_model: int, *, pre_norm: bool, dropout_rate: float, dtype, param_dtype,
+    epsilon: float = 1e-6, rngs: nnx.Rngs,
+  ):  # fmt: skip
     self.pre_norm = pre_norm
     self.norm = nnx.LayerNorm(
-      d_model, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+      d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
@@ -174,6 +195,7 @@ def _add_norm(config: TransformerConfig, rngs: nnx.Rngs) -> AddNorm:
     dropout_rate=config.dropout_rate,
     dtype=config.compute_dtype,
     param_dtype=config.parameter_dtype,
+    epsilon=config.layer_norm_epsilon,
     rngs=rngs,
   )
 
@@ -195,6 +217,7 @@ def _feed_forward(config: TransformerConfig, rngs: nnx.Rngs) -> FeedForward:
     config.d_model,
     config.d_ff,
     dropout_rate=config.relu_dropout_rate,
+    activation=ACTIVATIONS[config.activation],
     dtype=config.compute_dtype,
     param_dtype=config.parameter_dtype,
     rngs=rngs,
@@ -268,6 +291,7 @@ class _Stack(nnx.Module):
       config.max_length,
       config.d_model,
       learned=config.positional_encoding == 'learned',
+      layout=config.sinusoid_layout,
       param_dtype=config.parameter_dtype,
       rngs=rngs,
     )
@@ -275,7 +299,7 @@ class _Stack(nnx.Module):
     if config.norm_position == 'pre':
       self.final_norm = nnx.LayerNorm(
         config.d_model,
-        epsilon=1e-6,
+        epsilon=config.layer_norm_epsilon,
         dtype=config.compute_dtype,
         param_dtype=config.parameter_dtype,
         rngs=rngs,
@@ -341,19 +365,32 @@ class Transformer(nnx.Module):
   `__call__` is the teacher-forcing pass used in training: the whole shifted-right target in one
   masked forward pass. `encode` + `init_cache` + `decode(..., decode=True)` is the token-by-token
   path used for generation; both give the same logits.
+
+  With `share_embeddings=False` the target side has its own table (`target_embed`), which also
+  projects the output; with `logits_bias` a learned `[target vocabulary]` bias is added to the
+  logits.
   """
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.embed = Embed(
-      config.vocab_size,
-      config.d_model,
-      dtype=config.compute_dtype,
-      param_dtype=config.parameter_dtype,
-      rngs=rngs,
+    embed = lambda vocab: Embed(vocab, config.d_model, scale=config.scale_embedding,
+                                dtype=config.compute_dtype, param_dtype=config.parameter_dtype,
+                                rngs=rngs)  # fmt: skip
+    self.embed = embed(config.vocab_size)
+    self.target_embed = (
+      nnx.data(None) if config.share_embeddings else embed(config.target_vocabulary)
     )
     self.encoder = Encoder(config, rngs=rngs)
     self.decoder = Decoder(config, rngs=rngs)
+    if config.logits_bias:
+      self.logits_bias = nnx.Param(jnp.zeros((config.target_vocabulary,), config.parameter_dtype))
+    else:
+      self.logits_bias = nnx.data(None)
+
+  @property
+  def target_embedding(self) -> Embed:
+    """The table of the decoder's input and of the output projection."""
+    return self.embed if self.target_embed is None else self.target_embed
 
   def _source_mask(self, src_tokens: jax.Array, query_length: int) -> jax.Array:
     """`[batch, 1, query_length, src_length]`: every query may see the non-padding source keys.
@@ -418,14 +455,17 @@ class Transformer(nnx.Module):
       self_mask = masks.combine(self_mask, masks.segment_mask(tgt_segments, tgt_segments))
       cross_mask = masks.combine(cross_mask, masks.segment_mask(tgt_segments, src_segments))
     x = self.decoder(
-      self.embed(decoder_input),
+      self.target_embedding(decoder_input),
       encoded,
       masks.mask_to_bias(self_mask),
       masks.mask_to_bias(cross_mask),
       tgt_positions,
       decode=decode,
     )
-    return self.embed.attend(x)
+    logits = self.target_embedding.attend(x)
+    return (
+      logits if self.logits_bias is None else logits + self.logits_bias[...].astype(jnp.float32)
+    )
 
   def __call__(
     self,

@@ -74,8 +74,23 @@ def project(
   take bf16 operands and sum in float32 (module docstring).
   """
   result_dtype = jnp.float32 if float32_result else jnp.dtype(dtype)
-  if jnp.dtype(dtype) == jnp.bfloat16 and (float32_result or jax.default_backend() == 'cpu'):
+  if jnp.dtype(dtype) == jnp.bfloat16 and _bf16_gradients_pay(equation, float32_result):
     return _bf16_projection(equation, result_dtype, x, kernel)
   return jnp.einsum(
     equation, x.astype(dtype), kernel.astype(dtype), preferred_element_type=result_dtype
   )
+
+
+def _bf16_gradients_pay(equation: str, float32_result: bool) -> bool:
+  """Whether the written-out bf16 gradients are both possible and faster than autodiff's.
+
+  On accelerators: for a float32 result (autodiff would multiply float32 cotangents). On CPU: for
+  every projection (XLA:CPU's fast bf16 kernels need a float32 result), but not for a batched
+  contraction such as Q·Kᵀ: XLA:CPU's batched dot has no bf16 × bf16 -> f32 kernel.
+  """
+  if jax.default_backend() != 'cpu':
+    return float32_result
+  inputs, result = equation.split('->')
+  x_indices, kernel_indices = inputs.split(',')
+  batched = any(i in kernel_indices and i in result for i in x_indices.replace('...', ''))
+  return not batched

@@ -8,6 +8,7 @@ so nothing runs (and nothing is written) on an invalid config.
 from __future__ import annotations
 
 import difflib
+import os
 
 import ml_collections
 
@@ -66,6 +67,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     model_config(config, vocab_size=config.vocab_size)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model: {e}') from e
+  if config.init_from and not os.path.exists(os.path.join(config.init_from, 'config.json')):
+    raise ConfigError(
+      f'config.init_from={config.init_from!r} is not a Hugging Face model directory (no config.json)'
+    )
 
 
 def model_config(

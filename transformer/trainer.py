@@ -120,8 +120,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
   for line in warnings + data.report:
     writer.say(line)
-  mconfig = model_config(config, data.tokenizer.vocab_size, **data.tokenizer.special_ids)
-  model = training.create_model(mconfig, config.seed)
+  mconfig, model = _build_model(config, data.tokenizer, workdir)
   optimizer, schedule = make_optimizer(config, mconfig.d_model)
   graphdef, host_state, rngs = training.init_train_state(model, optimizer, config.seed)
   writer.say(
@@ -146,6 +145,25 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     batches=Prefetcher(batches, parallel.device_batch), checkpointer=checkpointer,
     evaluator=evaluator, evaluation_due=evaluation_due,
   )  # fmt: skip
+
+
+def _build_model(
+  config: ml_collections.ConfigDict, tokenizer, workdir: str
+) -> tuple[TransformerConfig, Transformer]:
+  """The model the run trains (recorded in model.json): from the run config and the tokenizer,
+  or, with `config.init_from`, the pretrained Marian model's configuration and weights."""
+  if config.init_from:
+    from transformer import marian
+
+    pretrained, _ = marian.load(config.init_from, dtype=config.model.dtype)
+    mconfig = pretrained.config
+  else:
+    mconfig = model_config(config, tokenizer.vocab_size, **tokenizer.special_ids)
+  workdir_lib.save_model_config(mconfig, workdir)
+  model = training.create_model(mconfig, config.seed)
+  if config.init_from:
+    nnx.update(model, nnx.state(pretrained, nnx.Param))
+  return mconfig, model
 
 
 def _compile_steps(

@@ -1,6 +1,8 @@
-"""Translate text with a trained workdir: one output line per input line, in order.
+"""Translate text with a trained workdir or a pretrained Marian model: one output line per input
+line, in order.
 
     python -m transformer.translate --workdir=DIR [--beam_size=4] [--input=FILE] [--checkpoint=best]
+    python -m transformer.translate --pretrained=DIR [--max_new_tokens=N] [--length_normalization=hf]
 
 Reads FILE (or stdin) as UTF-8, one sentence per line (lines end at `\\n`, and a `\\r` before it
 is dropped: nothing else splits a line), batches internally and writes one line per input line to
@@ -19,9 +21,17 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
   'workdir', None, 'Training workdir (config.json, tokenizer.model, checkpoints/).'
 )
+flags.DEFINE_string(
+  'pretrained', None, 'A Hugging Face Marian (opus-mt) directory, instead of --workdir.'
+)
 flags.DEFINE_string('input', None, 'File to translate, one sentence per line (default: stdin).')
 flags.DEFINE_integer('beam_size', 4, 'Beam size (1 = greedy).')
-flags.DEFINE_float('length_penalty', 0.6, 'GNMT length-penalty exponent alpha.')
+flags.DEFINE_float('length_penalty', 0.6, 'Length-penalty exponent alpha.')
+flags.DEFINE_enum('length_normalization', 'gnmt', ['gnmt', 'hf'],
+                  "Beam scores: log P / ((5 + len) / 6)^alpha ('gnmt'), or log P / len^alpha as "
+                  "transformers' generate ('hf').")  # fmt: skip
+flags.DEFINE_integer('max_new_tokens', None, 'Generate at most this many tokens per sentence '
+                     '(instead of source length + --extra_length).')  # fmt: skip
 flags.DEFINE_integer('batch_size', 32, 'Sentences decoded together.')
 flags.DEFINE_integer('extra_length', 50, 'Generate at most source length + this many tokens.')
 flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'], 'Which checkpoint to load.')
@@ -62,14 +72,29 @@ def read_input(path: str | None) -> list[str]:
 
 
 def _check_flags() -> None:
-  if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required')
+  if bool(FLAGS.workdir) == bool(FLAGS.pretrained):
+    raise app.UsageError('give one of --workdir (a training run) or --pretrained (a Marian model)')
+  if FLAGS.max_new_tokens is not None and FLAGS.max_new_tokens < 1:
+    raise app.UsageError(f'--max_new_tokens must be >= 1, got {FLAGS.max_new_tokens}')
   if FLAGS.beam_size < 1:
     raise app.UsageError(f'--beam_size must be >= 1, got {FLAGS.beam_size}')
   if FLAGS.batch_size < 1:
     raise app.UsageError(f'--batch_size must be >= 1, got {FLAGS.batch_size}')
   if FLAGS.extra_length < 0:
     raise app.UsageError(f'--extra_length must be >= 0, got {FLAGS.extra_length}')
+
+
+def _load():
+  """(model, tokenizer, a description) from --workdir or --pretrained."""
+  if FLAGS.pretrained:
+    from transformer import marian
+
+    model, tokenizer = marian.load(FLAGS.pretrained)
+    return model, tokenizer, f'pretrained model {FLAGS.pretrained}'
+  from transformer import workdir
+
+  model, tokenizer, step = workdir.load_model(FLAGS.workdir, which=FLAGS.checkpoint)
+  return model, tokenizer, f'{FLAGS.checkpoint} checkpoint of {FLAGS.workdir} (step {step})'
 
 
 def main(argv: list[str]) -> int:
@@ -82,25 +107,19 @@ def main(argv: list[str]) -> int:
   except InputError as e:
     print(f'translate: error: {e}', file=sys.stderr)
     return 2
-  from transformer import evaluation, workdir
-
   try:
-    model, tokenizer, step = workdir.load_model(FLAGS.workdir, which=FLAGS.checkpoint)
+    model, tokenizer, what = _load()
   except (OSError, ValueError, RuntimeError) as e:
     print(f'translate: error: {e}', file=sys.stderr)
     return 2
-  print(
-    f'translate: {FLAGS.checkpoint} checkpoint of {FLAGS.workdir} (step {step})', file=sys.stderr
-  )
+  print(f'translate: {what}', file=sys.stderr)
+  from transformer import evaluation
+
   outputs = evaluation.translate(
-    model,
-    tokenizer,
-    lines,
-    beam_size=FLAGS.beam_size,
-    alpha=FLAGS.length_penalty,
-    batch_size=FLAGS.batch_size,
-    extra_length=FLAGS.extra_length,
-  )
+    model, tokenizer, lines, beam_size=FLAGS.beam_size, alpha=FLAGS.length_penalty,
+    batch_size=FLAGS.batch_size, extra_length=FLAGS.extra_length,
+    max_new_tokens=FLAGS.max_new_tokens, length_normalization=FLAGS.length_normalization,
+  )  # fmt: skip
   # A translation never spans lines: the output keeps one line per input line.
   sys.stdout.write(''.join(line.replace('\r', ' ').replace('\n', ' ') + '\n' for line in outputs))
   return 0

@@ -2,7 +2,8 @@
 its trained model for inference.
 
     config.json        the run config, written once the run's inputs are checked
-    tokenizer.model    the SentencePiece vocabulary
+    model.json         the TransformerConfig the checkpoints hold
+    tokenizer.model    the SentencePiece vocabulary (or tokenizer/, a pretrained Marian model's)
     checkpoints/ best/ see `transformer.checkpoints`
 
 Loading for inference reads the parameters alone (no optimizer state), creates nothing in the
@@ -11,6 +12,7 @@ workdir, and imports neither the training loop, grain, TensorFlow nor optax.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -21,12 +23,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from transformer import checkpoints
-from transformer.input_pipeline.tokenizer import Tokenizer
-from transformer.model import Transformer
+from transformer.input_pipeline import tokenizer as tokenizer_lib
+from transformer.model import Transformer, TransformerConfig
 from transformer.run_config import ConfigError, model_config
 
 CONFIG_FILE = 'config.json'
+MODEL_FILE = 'model.json'
 TOKENIZER_FILE = 'tokenizer.model'
+PRETRAINED_TOKENIZER = 'tokenizer'  # a folder: the tokenizer of the model a run started from
 
 # Config keys that fix what the checkpoints and the tokenizer mean: a resume must not change them.
 INCOMPATIBLE_ON_RESUME = (
@@ -53,12 +57,31 @@ REPORTED_ON_RESUME = (
 )
 
 
-def tokenizer_path(workdir: str) -> str:
-  return os.path.join(workdir, TOKENIZER_FILE)
+def tokenizer_path(workdir: str, *, pretrained: bool | None = None) -> str:
+  """Where the workdir's tokenizer is: a pretrained model's folder or a SentencePiece file
+  (`pretrained=None`: whichever the workdir has)."""
+  folder = os.path.join(workdir, PRETRAINED_TOKENIZER)
+  if pretrained is None:
+    pretrained = os.path.isdir(folder)
+  return folder if pretrained else os.path.join(workdir, TOKENIZER_FILE)
 
 
-def load_tokenizer(workdir: str) -> Tokenizer:
-  return Tokenizer(tokenizer_path(workdir))
+def load_tokenizer(workdir: str):
+  return tokenizer_lib.load(tokenizer_path(workdir))
+
+
+def save_model_config(config: TransformerConfig, workdir: str) -> None:
+  """Writes model.json (process 0): what translate builds to restore the checkpoints into."""
+  if jax.process_index() == 0:
+    write_json_atomically(os.path.join(workdir, MODEL_FILE), dataclasses.asdict(config))
+
+
+def _model_config(config: ml_collections.ConfigDict, workdir: str, tokenizer) -> TransformerConfig:
+  path = os.path.join(workdir, MODEL_FILE)
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      return TransformerConfig(**json.load(f))
+  return model_config(config, tokenizer.vocab_size, **tokenizer.special_ids)  # older workdirs
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
@@ -136,7 +159,7 @@ def abstract_model(config) -> tuple[nnx.GraphDef, Any, Any]:
   return graphdef, params, jax.tree.map(concrete, rest)
 
 
-def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Tokenizer, int]:
+def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Any, int]:
   """The trained model (newest or best checkpoint) in eval mode, its tokenizer and its step.
 
   Raises:
@@ -147,7 +170,7 @@ def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Tok
   if config is None:
     raise FileNotFoundError(f'{workdir} is not a training workdir (no {CONFIG_FILE})')
   tokenizer = load_tokenizer(workdir)
-  mconfig = model_config(config, tokenizer.vocab_size, **tokenizer.special_ids)
+  mconfig = _model_config(config, workdir, tokenizer)
   graphdef, abstract_params, rest = abstract_model(mconfig)
   checkpointer = checkpoints.Checkpointer(workdir, keep_best=which == 'best', read_only=True)
   try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Any, Iterator
 
 import jax
@@ -88,7 +89,10 @@ def _describe(source) -> str:
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
   """Opens and checks every split, loads or trains the tokenizer; see the module docstring."""
   train, validation, test = (_open_everywhere(config, role) for role in ('train', 'eval', 'test'))
-  tokenizer, trained = _tokenizer(config, workdir, train)
+  if config.init_from:
+    tokenizer, trained = _pretrained_tokenizer(config.init_from, workdir), False
+  else:
+    tokenizer, trained = _tokenizer(config, workdir, train)
   validation_pairs, test_pairs = sources.read_all(validation), sources.read_all(test)
   tokenized, stats = pipeline.tokenize_pairs(validation_pairs, tokenizer, max_length=config.max_length,
                                              overlong=config.overlong)  # fmt: skip
@@ -110,6 +114,24 @@ def _open_everywhere(config: ml_collections.ConfigDict, role: str):
 
     multihost_utils.sync_global_devices(f'{role} split ready')
   return source if jax.process_index() == 0 else _open(config, role)
+
+
+def _pretrained_tokenizer(directory: str, workdir: str):
+  """The tokenizer of the pretrained model the run starts from, copied into the workdir once
+  (process 0) so that resuming and translating need only the workdir."""
+  folder = workdir_lib.tokenizer_path(workdir, pretrained=True)
+  if jax.process_index() == 0 and not os.path.isdir(folder):
+    temporary = f'{folder}.tmp{os.getpid()}'
+    os.makedirs(temporary, exist_ok=True)
+    for name in ('source.spm', 'target.spm', 'vocab.json', 'target_vocab.json', 'config.json'):
+      if os.path.exists(os.path.join(directory, name)):
+        shutil.copyfile(os.path.join(directory, name), os.path.join(temporary, name))
+    os.replace(temporary, folder)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices('tokenizer ready')
+  return tokenizer_lib.load(folder)
 
 
 def _tokenizer(

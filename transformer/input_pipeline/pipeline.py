@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from transformer.input_pipeline import tokenizer as tokenizer_lib
 from transformer.input_pipeline.corpus import DataError
 from transformer.input_pipeline.tokenizer import Tokenizer
 from transformer.run_config import OVERLONG_POLICIES
@@ -109,8 +110,8 @@ def tokenize_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, ma
   """
   if overlong not in OVERLONG_POLICIES:
     raise ValueError(f'overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}')
-  sources = tokenizer.encode_batch([s for s, _ in pairs])
-  targets = tokenizer.encode_batch([t for _, t in pairs])
+  sources = tokenizer.encode_batch([s for s, _ in pairs], side='source')
+  targets = tokenizer.encode_batch([t for _, t in pairs], side='target')
   longest = np.fromiter(
     (max(len(s), len(t)) for s, t in zip(sources, targets)), np.int64, len(pairs)
   )
@@ -199,7 +200,7 @@ class ChunkBuilder:
 
   def __call__(self, chunk: int, indices: np.ndarray) -> dict[str, Any]:
     if self._tokenizer is None:
-      self._tokenizer = Tokenizer(self.tokenizer_path)
+      self._tokenizer = tokenizer_lib.load(self.tokenizer_path)
     pairs = self.source.__getitems__([int(i) for i in indices])
     tokenized, stats = tokenize_pairs(pairs, self._tokenizer, max_length=self.max_length,
                                       overlong=self.overlong)  # fmt: skip

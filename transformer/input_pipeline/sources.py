@@ -29,7 +29,7 @@ from transformer.input_pipeline import corpus
 from transformer.input_pipeline.corpus import DataError
 
 EMBEDDED = 'bible_en_fr'
-PREPARED_FORMAT = 'transformer-pairs-v1'  # part of the cache key: a new layout re-prepares
+PREPARED_FORMAT = 'transformer-pairs-v2'  # part of the cache key: a new layout re-prepares
 _LENGTH = struct.Struct('<I')
 
 
@@ -116,25 +116,37 @@ def decode_pair(record: bytes) -> tuple[str, str]:
 
 
 class PreparedPairs:
-  """A local split prepared into one ArrayRecord file (see `prepare_local`)."""
+  """A local split prepared into one ArrayRecord file (see `prepare_local`), read by index.
+
+  The reader is opened where it is used (each grain worker process opens its own)."""
 
   def __init__(self, folder: str):
-    import grain
-
     self.folder = folder
-    self.records = grain.sources.ArrayRecordDataSource([os.path.join(folder, 'pairs.array_record')])
+    self.path = os.path.join(folder, 'pairs.array_record')
     with open(os.path.join(folder, 'report.json'), encoding='utf-8') as f:
       self.report = json.load(f)
     self.description = self.report['description']
+    self._reader = None
+    self._length = self._records().num_records()
+
+  def _records(self):
+    if self._reader is None:
+      from array_record.python.array_record_module import ArrayRecordReader
+
+      self._reader = ArrayRecordReader(self.path, 'readahead_buffer_size:0')
+    return self._reader
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, '_reader': None}
 
   def __len__(self) -> int:
-    return len(self.records)
+    return self._length
 
   def __getitem__(self, index: int) -> tuple[str, str]:
-    return decode_pair(self.records[index])
+    return self.__getitems__([index])[0]
 
   def __getitems__(self, indices: Sequence[int]) -> list[tuple[str, str]]:
-    return [decode_pair(record) for record in self.records.__getitems__(list(indices))]
+    return [decode_pair(record) for record in self._records().read([int(i) for i in indices])]
 
 
 def _fingerprint(files: Sequence[str], *parts: object) -> str:
@@ -170,7 +182,8 @@ def prepare_local(spec: str, source_lang: str, target_lang: str, cache_dir: str,
   try:
     os.makedirs(temporary, exist_ok=True)
     report = corpus.ReadReport(' + '.join(files))
-    writer = ArrayRecordWriter(os.path.join(temporary, 'pairs.array_record'), 'group_size:1')
+    # Groups of 16 records keep random reads from a large file fast (docs/performance.md).
+    writer = ArrayRecordWriter(os.path.join(temporary, 'pairs.array_record'), 'group_size:16')
     for pair in corpus.iter_local(
       spec, source_lang, target_lang, report, skip_malformed=skip_malformed
     ):

@@ -57,11 +57,11 @@ class Tokenizer:
     """The ids a `TransformerConfig` for this vocabulary takes: pad_id, bos_id, eos_id."""
     return {'pad_id': PAD_ID, 'bos_id': BOS_ID, 'eos_id': EOS_ID}
 
-  def encode(self, text: str) -> list[int]:
-    """Ids of `text`, without BOS/EOS."""
+  def encode(self, text: str, side: str = 'source') -> list[int]:
+    """Ids of `text`, without BOS/EOS (one vocabulary: `side` changes nothing)."""
     return self.processor.encode(text)
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+  def encode_batch(self, texts: Sequence[str], side: str = 'source') -> list[list[int]]:
     """Ids of each text, on this thread (the input pipeline parallelises with processes)."""
     return self.processor.encode(list(texts), num_threads=1)
 
@@ -167,3 +167,13 @@ def load_or_train_tokenizer(
       )
     return tokenizer, False
   return train_tokenizer(model_path, sentences_fn(), vocab_size=vocab_size, **kwargs), True
+
+
+def load(path: str):
+  """The tokenizer at `path`: a SentencePiece model file made by `train_tokenizer`, or a folder
+  holding a Marian tokenizer (source.spm, target.spm, vocab.json and the model's config.json)."""
+  if os.path.isdir(path):
+    from transformer import marian
+
+    return marian.load_tokenizer(path)
+  return Tokenizer(path)

@@ -1,0 +1,61 @@
+"""A tiny opus-mt-shaped Marian model and tokenizer, built offline with transformers (test only).
+
+Shaped like Helsinki-NLP/opus-mt-*: swish, a random final_logits_bias, static sinusoids, one
+vocabulary (pad last, pad = decoder start, EOS 0), 2+2 layers; the tokenizer is a real
+MarianTokenizer whose SentencePiece models are trained on the embedded corpus.
+"""
+
+import json
+import os
+
+import sentencepiece as spm
+
+from tests.helpers import tiny_run
+
+
+def _train_spm(path_prefix: str, sentences: list[str], vocab_size: int) -> str:
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=path_prefix,
+                                 vocab_size=vocab_size, minloglevel=2, bos_id=-1, pad_id=-1)  # fmt: skip
+  return path_prefix + '.model'
+
+
+def build(directory: str, *, shared: bool = True, seed: int = 0, eos_bias: float = 4.5) -> str:
+  """Writes a MarianMTModel directory (model, tokenizer) to `directory` and returns it."""
+  import torch
+  from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+  os.makedirs(directory, exist_ok=True)
+  pairs = tiny_run.embedded_pairs('train', 2000)
+  source_spm = _train_spm(os.path.join(directory, 'src'), [s for s, _ in pairs], 300)
+  target_spm = _train_spm(os.path.join(directory, 'tgt'), [t for _, t in pairs], 300)
+  pieces = ['</s>', '<unk>']
+  for path in (source_spm, target_spm):
+    processor = spm.SentencePieceProcessor(model_file=path)
+    pieces += [processor.id_to_piece(i) for i in range(processor.vocab_size())]
+  vocab = {}
+  for piece in pieces:
+    vocab.setdefault(piece, len(vocab))
+  vocab['<pad>'] = len(vocab)  # pad is the last id, as in opus-mt
+  with open(os.path.join(directory, 'vocab.json'), 'w') as f:
+    json.dump(vocab, f)
+  tokenizer = MarianTokenizer(source_spm, target_spm, os.path.join(directory, 'vocab.json'))
+  config = MarianConfig(
+    vocab_size=len(vocab), decoder_vocab_size=len(vocab), d_model=16, encoder_layers=2,
+    decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+    decoder_ffn_dim=32, activation_function='swish', max_position_embeddings=64,
+    pad_token_id=vocab['<pad>'], eos_token_id=0, decoder_start_token_id=vocab['<pad>'],
+    forced_eos_token_id=None, share_encoder_decoder_embeddings=shared, scale_embedding=True,
+    dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
+  )  # fmt: skip
+  torch.manual_seed(seed)
+  model = MarianMTModel(config)
+  with torch.no_grad():
+    model.final_logits_bias.normal_(0, 0.5)
+    model.final_logits_bias[0, 0] = eos_bias  # EOS (id 0) likely enough that some beams end
+    for name, parameter in model.named_parameters():  # larger than the default init: decisive tests
+      if 'layer_norm' not in name:
+        parameter.normal_(0, 0.3)
+  model.eval()
+  model.save_pretrained(directory)
+  tokenizer.save_pretrained(directory)
+  return directory

@@ -18,6 +18,7 @@ def get_config():
   config.eval_split = 'validation'  # newstest2013
   config.test_split = 'test'  # newstest2014
   config.vocab_size = 37000  # shared source-target vocabulary (paper: 37k BPE)
+  config.max_epochs = 0  # the paper's 100k steps, however many passes that is
   config.character_coverage = 0.9999
   config.max_length = 256
   config.model.update(
@@ -39,7 +40,9 @@ def get_config():
   config.warmup_steps = 4000
   config.learning_rate_scale = 1.0
   config.eval_every = 5000
-  config.checkpoint_every = 2000
+  config.checkpoint_every = 2000  # the paper: every 10 minutes
+  config.average_last = 5  # the paper averages the last 5 checkpoints (base)
+  config.keep_checkpoints = 5
   config.bleu_sentences = 0
   config.eval_beam_size = 4
   config.test_beam_sizes = (4,)

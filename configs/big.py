@@ -8,4 +8,6 @@ def get_config():
   config = base.get_config()
   config.model.update(dict(d_model=1024, num_heads=16, d_ff=4096, dropout_rate=0.3))
   config.num_train_steps = 300_000
+  config.average_last = 20  # the paper averages the last 20 checkpoints (big)
+  config.keep_checkpoints = 20
   return config

@@ -63,3 +63,36 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_reruns_succeed(
   out = capsys.readouterr().out
   assert 'resumed from checkpoint at step 3' in out and 'resumed from checkpoint at step 6' in out
   assert os.listdir(os.path.join(workdir, 'damaged')) == ['checkpoints-6']
+
+
+def test_early_stopping_and_testing_with_the_best_checkpoint(tmp_path, corpus, capsys):
+  workdir = str(tmp_path / 'run')
+  config = _config(
+    corpus, num_train_steps=12, eval_every=2, checkpoint_every=2, early_stopping_evals=2
+  )
+  results = trainer.train_and_evaluate(config, workdir)
+  evaluated = _evaluated_steps(workdir)
+  bleus = [r['eval_bleu'] for r in tiny_run.metrics(workdir) if 'eval_bleu' in r]
+  out = capsys.readouterr().out
+  assert 'train/validation gap: training loss' in out
+  if results['step'] < 12:  # stopped early: the last two validations did not beat the best
+    assert 'validations without a better BLEU' in out and max(bleus[-2:]) <= max(bleus[:-2])
+  best_step = evaluated[max(range(len(bleus)), key=lambda i: (bleus[i], -i))]
+  assert results['test_parameters'].startswith(f'best checkpoint (step {best_step},')
+
+
+def test_checkpoint_averaging_is_evaluated_and_saved(tmp_path, corpus):
+  workdir = str(tmp_path / 'run')
+  config = _config(corpus, num_train_steps=6, eval_every=3, checkpoint_every=2, average_last=3,
+                   keep_checkpoints=3)  # fmt: skip
+  results = trainer.train_and_evaluate(config, workdir)
+  assert 'test_parameters' in results
+  assert os.listdir(os.path.join(workdir, 'average')) == ['6']
+  from transformer import workdir as workdir_lib
+
+  model, _, step = workdir_lib.load_model(workdir, which='average')
+  latest, _, _ = workdir_lib.load_model(workdir)
+  assert step == 6
+  # The average of steps 2, 4 and 6 is not the last checkpoint.
+  a, b = model.embed.table.embedding[...], latest.embed.table.embedding[...]
+  assert float(abs(a - b).max()) > 0

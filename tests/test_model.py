@@ -295,3 +295,11 @@ def test_encoder_block_applies_add_and_norm_in_the_papers_order(tiny_config, nor
     x1 = x + block.self_attention(ln(attention_norm, x))
     expected = x1 + block.feed_forward(ln(ffn_norm, x1))
   np.testing.assert_allclose(block(x, None), expected, atol=2e-5)
+
+
+def test_the_causal_mask_can_be_removed_to_show_what_it_prevents(tiny_config):
+  model = make_model(tiny_config.replace(decoder_causal_mask=False))
+  dec_in = shift_right(TGT, tiny_config.bos_id)
+  logits = model(SRC, dec_in)
+  # Without the mask an earlier position sees a later token.
+  assert not np.allclose(model(SRC, dec_in.at[:, 3:].set(7))[:, :3], logits[:, :3])

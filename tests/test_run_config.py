@@ -37,3 +37,28 @@ def test_validate_config_names_the_field():
   config.lr_schedule = 'cosine'
   with pytest.raises(run_config.ConfigError, match='config.lr_schedule'):
     run_config.validate_config(config)
+
+
+def test_data_dependent_defaults_follow_their_documented_rules():
+  from transformer import recipe
+
+  assert recipe.vocab_size_for(1.6e6) == 8000  # the embedded corpus: ~1.6M words
+  assert recipe.vocab_size_for(350e3) == 4000  # a 16k-pair corpus of everyday sentences
+  assert recipe.vocab_size_for(1e3) == 2000 and recipe.vocab_size_for(250e6) == 32000  # the bounds
+  assert [recipe.dropout_for(e) for e in (0.5, 2.0, 3.0, 6.0, 20.0)] == [0.0, 0.0, 0.1, 0.2, 0.3]
+
+
+def test_the_plan_caps_passes_and_scales_dropout_with_them():
+  from configs import default
+  from transformer import recipe
+
+  config = default.get_config()  # batch 16 x 128, 1,000 steps, at most 20 passes, auto dropout
+  embedded = recipe.length_and_dropout(config, 29_404, 70.0, (8000, 'vocab'))
+  assert embedded.num_train_steps == 1000 and embedded.dropout_rate == 0.0  # ~1.8 passes
+  everyday = recipe.length_and_dropout(config, 16_600, 32.0, (4000, 'vocab'))
+  assert everyday.num_train_steps == 1000 and everyday.dropout_rate == 0.2  # ~7 passes
+  tiny = recipe.length_and_dropout(config, 500, 30.0, (2000, 'vocab'))
+  assert tiny.num_train_steps == 82 and tiny.epochs == pytest.approx(20, rel=0.01)  # capped
+  assert any('at most 20 passes' in line for line in tiny.report)
+  config.model.dropout_rate = 0.15  # set by the user: kept
+  assert recipe.length_and_dropout(config, 500, 30.0, (2000, 'vocab')).dropout_rate == 0.15

@@ -64,7 +64,7 @@ def test_invalid_config_is_refused_before_anything_runs(tmp_path, corpus):
   )
   assert result.returncode != 0 and 'divisible by num_heads' in result.stderr
   result = tiny_run.run_train(workdir, tiny_run.tiny_overrides(corpus, batch_size=0), check=False)
-  assert result.returncode != 0 and 'config.batch_size must be a positive integer' in result.stderr
+  assert result.returncode != 0 and 'config.batch_size must be an integer >= 1' in result.stderr
 
 
 def test_exact_resume_after_sigterm(tmp_path, corpus):

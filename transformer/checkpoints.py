@@ -7,6 +7,7 @@ Layout in the workdir (one folder per step, each item a sub-folder):
     checkpoints/<step>/manifest   shape, dtype and CRC-32 of every array of params and train
     checkpoints/<step>/data       the data iterator's position (one JSON per process)
     best/<step>/...               the checkpoint with the best validation BLEU so far
+    average/<step>/               parameters averaged over the last checkpoints (see `average`)
     damaged/<folder>-<step>[...]  checkpoints that could not be read, moved aside for inspection
 
 The state is saved as plain host arrays, independent of how many devices held it, so a checkpoint
@@ -24,7 +25,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Any
+from typing import Any, Sequence
 import zlib
 
 from etils import epath
@@ -231,6 +232,7 @@ class Checkpointer:
       else None
     )
     self.best_bleu = self._saved_best_bleu()
+    self._average: ocp.CheckpointManager | None = None
 
   def _saved_best_bleu(self) -> float | None:
     if self.best is None or self.best.latest_step() is None:
@@ -299,7 +301,7 @@ class Checkpointer:
       CheckpointMismatch: the newest readable checkpoint does not fit `target`.
       CheckpointError: there are checkpoints, but none could be read.
     """
-    manager = self.best if which == 'best' else self.latest
+    manager = self._manager(which)
     if manager is None:
       return None
     errors = []
@@ -382,8 +384,53 @@ class Checkpointer:
     return f'moved to {destination}; trying an older one'
 
   def all_steps(self, which: str = 'latest') -> list[int]:
-    manager = self.best if which == 'best' else self.latest
+    manager = self._manager(which)
     return sorted(manager.all_steps()) if manager is not None else []
+
+  def _manager(self, which: str) -> ocp.CheckpointManager | None:
+    """The manager of 'latest', 'best' or 'average' (None where there is none)."""
+    if which not in ('latest', 'best', 'average'):
+      raise ValueError(f"which must be 'latest', 'best' or 'average', got {which!r}")
+    if which == 'average':
+      folder = os.path.join(self.workdir, 'average')
+      if self.read_only and not os.path.isdir(folder):
+        return None
+      if self._average is None:
+        self._average = _manager(folder, 1, best=False, read_only=self.read_only)
+      return self._average
+    return self.best if which == 'best' else self.latest
+
+  def average(self, target_params: Any, last: int) -> tuple[Any, list[int]]:
+    """The mean of the parameters of the `last` newest checkpoints (the paper's checkpoint
+    averaging, §6.1), each verified as a restore is; and their steps."""
+    steps = self.all_steps()[-last:]
+    if len(steps) < last:
+      raise CheckpointError(
+        f'averaging {last} checkpoints needs {last}; {self.latest.directory} has {steps}'
+      )
+    total = None
+    for step in steps:
+      params = self._restore_step(
+        self.latest, step, target_params, params_only=True, with_data=False
+      ).state
+      total = jax.tree.map(lambda x: np.asarray(x, np.float64), params) if total is None else \
+        jax.tree.map(lambda t, x: t + np.asarray(x, np.float64), total, params)  # fmt: skip
+    mean = jax.tree.map(lambda t, x: (t / len(steps)).astype(np.asarray(x).dtype), total, params)
+    return mean, steps
+
+  def save_average(
+    self, step: int, params: Any, *, steps: Sequence[int], bleu: float | None = None
+  ) -> None:
+    """Saves averaged parameters as the 'average' checkpoint (translate --checkpoint=average)."""
+    manager = self._manager('average')
+    contents = {'params': manifest(params), 'averaged_steps': list(steps)}
+    if bleu is not None:
+      contents['metrics'] = {'bleu': float(bleu)}
+    for old in manager.all_steps():
+      manager.delete(old)
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                               manifest=ocp.args.JsonSave(contents)), force=True)  # fmt: skip
+    manager.wait_until_finished()
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -391,9 +438,9 @@ class Checkpointer:
       self.best.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    if self.best is not None:
-      self.best.close()
+    for manager in (self.latest, self.best, self._average):
+      if manager is not None:
+        manager.close()
 
 
 def _item_names(manager: ocp.CheckpointManager, step: int) -> set[str]:

@@ -83,6 +83,9 @@ class TransformerConfig:
   logits_bias: bool = False  # a learned bias added to the output logits
   share_embeddings: bool = True  # one table for source, target and output (paper)
   target_vocab_size: int | None = None  # the target side's vocabulary when not shared
+  # False removes the decoder's causal mask: a model that can read the future while training and
+  # then cannot translate (what notebooks/teacher_forcing.ipynb shows). Never for real use.
+  decoder_causal_mask: bool = True
 
   def __post_init__(self):
     for name in _POSITIVE:
@@ -450,7 +453,9 @@ class Transformer(nnx.Module):
       # Targets are right-padded, so the causal mask already hides padded keys from every real
       # query. The decoder input is never compared with pad_id: a model whose decoder starts with
       # the pad token (Marian) must not mask its own first position.
-      self_mask = masks.causal_mask(decoder_input.shape[1])
+      self_mask = (
+        masks.causal_mask(decoder_input.shape[1]) if self.config.decoder_causal_mask else None
+      )
     if tgt_segments is not None:
       self_mask = masks.combine(self_mask, masks.segment_mask(tgt_segments, tgt_segments))
       cross_mask = masks.combine(cross_mask, masks.segment_mask(tgt_segments, src_segments))

@@ -16,6 +16,12 @@ from transformer import parallel
 from transformer.model import TransformerConfig
 
 OVERLONG_POLICIES = ('drop', 'truncate')
+_NON_NEGATIVE_INTEGERS = (
+  'vocab_size',
+  'max_epochs',
+  'early_stopping_evals',
+  'average_last',
+)  # 0: auto/off
 _POSITIVE_INTEGERS = (
   'batch_size',
   'num_train_steps',
@@ -25,7 +31,6 @@ _POSITIVE_INTEGERS = (
   'checkpoint_every',
   'keep_checkpoints',
   'eval_batch_size',
-  'vocab_size',
   'max_length',
   'grad_accum_steps',
   'decode_batch_size',
@@ -40,10 +45,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field."""
   from transformer import training  # the schedules' names; optax is needed to train anyway
 
-  for name in _POSITIVE_INTEGERS:
-    value = config[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise ConfigError(f'config.{name} must be a positive integer, got {value!r}')
+  for name in _POSITIVE_INTEGERS + _NON_NEGATIVE_INTEGERS:
+    value, least = config[name], 0 if name in _NON_NEGATIVE_INTEGERS else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+      raise ConfigError(f'config.{name} must be an integer >= {least}, got {value!r}')
+  if config.average_last > config.keep_checkpoints:
+    raise ConfigError(f'config.average_last={config.average_last} needs config.keep_checkpoints >= it '
+                      f'(it is {config.keep_checkpoints})')  # fmt: skip
   choices = {
     'overlong': OVERLONG_POLICIES,
     'parallelism': parallel.PARALLELISMS,
@@ -63,8 +71,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f'config.model.max_length={config.model.max_length} must cover the data '
       f'max_length={config.max_length}'
     )
-  try:
-    model_config(config, vocab_size=config.vocab_size)
+  try:  # 'auto' values (vocab 0, dropout -1) are resolved later: check the rest with stand-ins
+    checked = ml_collections.ConfigDict(config.to_dict())
+    if checked.model.dropout_rate == -1.0:
+      checked.model.dropout_rate = 0.1
+    model_config(checked, vocab_size=config.vocab_size or 32000)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model: {e}') from e
   if config.init_from and not os.path.exists(os.path.join(config.init_from, 'config.json')):

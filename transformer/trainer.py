@@ -116,7 +116,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
   _check_batch_sizes(config, parallel.num_replicas)
   warnings = workdir_lib.check_resume(config, workdir)
   data = data_lib.prepare(config, workdir)  # every split read and checked; tokenizer ready
-  workdir_lib.save_config(config, workdir)
+  workdir_lib.save_config(config, workdir)  # as asked ('auto' values stay 'auto')
+  config = data.config  # with what it left to the data resolved
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
   for line in warnings + data.report:
     writer.say(line)
@@ -180,7 +181,9 @@ def _compile_steps(
     grad_accum_steps=config.grad_accum_steps,
     axis_name=parallel.axis_name,
   )
-  eval_step = training.make_eval_step(graphdef, axis_name=parallel.axis_name)
+  eval_step = training.make_eval_step(
+    graphdef, label_smoothing=config.label_smoothing, axis_name=parallel.axis_name
+  )
   return parallel.compile_train_step(train_step), parallel.compile_eval_step(eval_step)
 
 
@@ -219,6 +222,25 @@ def _restore(
 # The loop.
 
 
+@dataclasses.dataclass
+class Progress:
+  """Where the loop stands: the step, the last logged and validated metrics, and how many
+  validations in a row have not beaten the best BLEU (for early stopping)."""
+
+  step: int
+  best_bleu: float | None = None
+  stale: int = 0
+  logged: dict = dataclasses.field(default_factory=dict)
+  validation: dict = dataclasses.field(default_factory=dict)
+
+  def validated(self, metrics: dict[str, float]) -> None:
+    self.validation = metrics
+    if self.best_bleu is None or metrics['eval_bleu'] > self.best_bleu:
+      self.best_bleu, self.stale = metrics['eval_bleu'], 0
+    else:
+      self.stale += 1
+
+
 def train(run: Run) -> dict[str, Any]:
   """Steps from the restored step to `num_train_steps`, validating and checkpointing on the way.
 
@@ -226,30 +248,21 @@ def train(run: Run) -> dict[str, Any]:
   or `{'preempted_at_step': step}` when SIGTERM stopped the run (after saving a checkpoint).
   """
   config = run.config
-  step_flops = flops.train_step_flops(
-    run.model_config, config.batch_size, config.max_length, config.max_length
-  )
-  meter = Meter(
-    step_flops,
-    *flops.device_peak(run.model_config.dtype, run.parallel.num_replicas),
-    total_steps=config.num_train_steps,
-    budget_minutes=config.max_train_minutes,
-  )
-  run.say(f'MFU reference: {meter.peak / 1e9:,.1f} GFLOP/s ({meter.peak_source})')
+  meter = _meter(run)
   stop = StopSignals(config.max_train_minutes)
-  step, logged, validation = run.start_step, {}, {}
+  progress = Progress(run.start_step, best_bleu=run.checkpointer.best_bleu)
   if run.evaluation_due:  # a SIGTERM came before this step's evaluation
-    validation = validate(run, step)
+    progress.validated(validate(run, progress.step))
   try:
-    while step < config.num_train_steps:
+    while progress.step < config.num_train_steps:
       local_batch, batch = run.batches.next()
       run.state, metrics = run.train_step(run.state, run.rngs, batch)
       run.batches.prefetch()  # the next batch is read and sent while the step runs
-      step += 1
+      progress.step = step = progress.step + 1
       meter.count(local_batch)
       out_of_time = False
       if step % config.log_every == 0 or step == config.num_train_steps:
-        logged = _log(run, step, metrics, meter)
+        progress.logged = _log(run, step, metrics, meter)
         out_of_time = stop.out_of_time(meter.minutes())
       due = step % config.eval_every == 0 or step == config.num_train_steps or out_of_time
       if stop.preempted(step):
@@ -258,22 +271,32 @@ def train(run: Run) -> dict[str, Any]:
         run.checkpointer.wait()
         return {'preempted_at_step': step}
       if due:
-        validation = validate(run, step)
+        progress.validated(validate(run, step, progress.logged.get('loss')))
         meter.restart()  # evaluation time is not training throughput
       if due or step % config.checkpoint_every == 0:
-        _save(run, step, bleu=validation.get('eval_bleu') if due else None)
-      if out_of_time:
-        run.say(f'time budget of {config.max_train_minutes} minutes reached at step {step}')
+        _save(run, step, bleu=progress.validation.get('eval_bleu') if due else None)
+      if out_of_time or (
+        config.early_stopping_evals and progress.stale >= config.early_stopping_evals
+      ):
+        run.say(f'stopping at step {step}: ' + (f'the time budget of {config.max_train_minutes} minutes'
+                if out_of_time else f'{progress.stale} validations without a better BLEU'))  # fmt: skip
         break
   finally:
     stop.close()
   run.checkpointer.wait()
-  return {
-    'step': step,
-    'loop_minutes': meter.minutes(),
-    **validation,
-    'train_loss': logged.get('loss'),
-  }
+  return {'step': progress.step, 'loop_minutes': meter.minutes(), **progress.validation,
+          'train_loss': progress.logged.get('loss')}  # fmt: skip
+
+
+def _meter(run: Run) -> 'Meter':
+  config = run.config
+  step_flops = flops.train_step_flops(
+    run.model_config, config.batch_size, config.max_length, config.max_length
+  )
+  meter = Meter(step_flops, *flops.device_peak(run.model_config.dtype, run.parallel.num_replicas),
+                total_steps=config.num_train_steps, budget_minutes=config.max_train_minutes)  # fmt: skip
+  run.say(f'MFU reference: {meter.peak / 1e9:,.1f} GFLOP/s ({meter.peak_source})')
+  return meter
 
 
 def _save(run: Run, step: int, **kwargs) -> None:
@@ -428,7 +451,7 @@ class Prefetcher:
 
 def _eval_losses(run: Run) -> dict[str, float]:
   """Validation NLL per token, accuracy and perplexity (teacher forcing, no dropout)."""
-  sums = {'nll': 0.0, 'correct': 0.0, 'tokens': 0.0}
+  sums = {'nll': 0.0, 'correct': 0.0, 'tokens': 0.0, 'smoothed': 0.0}
   for batch in run.data.eval_batches(
     run.config.eval_batch_size // jax.process_count(), run.config.eval_max_batches
   ):
@@ -443,11 +466,13 @@ def _eval_losses(run: Run) -> dict[str, float]:
     'eval_loss': loss,
     'eval_accuracy': sums['correct'] / tokens,
     'eval_perplexity': math.exp(min(loss, 50.0)),
+    'eval_smoothed_loss': sums['smoothed'] / tokens,
   }
 
 
-def validate(run: Run, step: int) -> dict[str, float]:
-  """Validation losses and BLEU (on `bleu_sentences` pairs) of the current parameters."""
+def validate(run: Run, step: int, train_loss: float | None = None) -> dict[str, float]:
+  """Validation losses and BLEU (on `bleu_sentences` pairs) of the current parameters; prints
+  them with the train/validation gap (both label-smoothed losses) so over-fitting shows."""
   config = run.config
   metrics = _eval_losses(run)
   pairs = run.data.validation_pairs[: config.bleu_sentences or None]
@@ -459,6 +484,10 @@ def validate(run: Run, step: int) -> dict[str, float]:
     f'perplexity {metrics["eval_perplexity"]:.2f}, BLEU {bleu:.2f} on {len(pairs)} sentences '
     f'(beam {config.eval_beam_size}; {signature})'
   )
+  if train_loss is not None:
+    gap = metrics['eval_smoothed_loss'] - train_loss
+    run.say(f'  train/validation gap: training loss {train_loss:.4f}, validation loss '
+            f"{metrics['eval_smoothed_loss']:.4f} (label-smoothed both): {gap:+.4f}")  # fmt: skip
   run.say(f'  training data read so far: {run.batches.iterator.stats}')
   for (source, reference), hypothesis in list(zip(pairs, hypotheses))[: config.num_samples]:
     run.say(f'  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}')
@@ -466,15 +495,40 @@ def validate(run: Run, step: int) -> dict[str, float]:
   return metrics
 
 
-def test(run: Run) -> dict[str, float]:
-  """Test-set BLEU of the final parameters with each of `config.test_beam_sizes`."""
+def test(run: Run) -> dict[str, Any]:
+  """Test-set BLEU with each of `config.test_beam_sizes`, of the parameters that validated best:
+  the best checkpoint, or the average of the last `average_last` checkpoints if it is better."""
   config = run.config
+  params, description = _test_parameters(run)
+  model = run.eval_model(params)
   pairs = run.data.test_pairs[: config.test_max_sentences or None]
-  model = run.eval_model(run.parallel.host_state(run.state.params))
-  results = {}
+  results: dict[str, Any] = {'test_parameters': description}
+  run.say(f'testing the {description}')
   for beam in config.test_beam_sizes:
     bleu, signature, _ = run.evaluator.bleu(model, pairs, beam)
     name = 'greedy' if beam == 1 else f'beam{beam}'
     results[f'test_bleu_{name}'] = bleu
     run.say(f'test BLEU ({name}, {len(pairs)} sentences): {bleu:.2f}  [{signature}]')
   return results
+
+
+def _test_parameters(run: Run) -> tuple[Any, str]:
+  """(parameters, what they are) of the best validated candidate."""
+  final = run.parallel.host_state(run.state.params)
+  best = run.checkpointer.restore(final, which='best', params_only=True)
+  if best is None:
+    candidates = [(float('-inf'), final, 'final parameters')]
+  else:
+    bleu = best.metadata.get('metrics', {}).get('bleu', float('nan'))
+    candidates = [
+      (bleu, best.state, f'best checkpoint (step {best.step}, validation BLEU {bleu:.2f})')
+    ]
+  if run.config.average_last:
+    average, steps = run.checkpointer.average(final, run.config.average_last)
+    pairs = run.data.validation_pairs[: run.config.bleu_sentences or None]
+    bleu, _, _ = run.evaluator.bleu(run.eval_model(average), pairs, run.config.eval_beam_size)
+    run.checkpointer.save_average(steps[-1], average, steps=steps, bleu=bleu)
+    run.say(f'average of steps {steps}: validation BLEU {bleu:.2f}')
+    candidates.append((bleu, average, f'average of steps {steps} (validation BLEU {bleu:.2f})'))
+  _, params, description = max(candidates, key=lambda c: c[0])
+  return params, description

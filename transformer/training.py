@@ -251,8 +251,10 @@ def make_train_step(
   return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, *, axis_name: str | None = None) -> Callable:
-  """Per-replica eval step `(params, rngs, batch) -> sums` of NLL, correct tokens and tokens."""
+def make_eval_step(graphdef: nnx.GraphDef, *, label_smoothing: float = 0.0,
+                   axis_name: str | None = None) -> Callable:  # fmt: skip
+  """Per-replica eval step `(params, rngs, batch) -> sums` of NLL, correct tokens, tokens and the
+  training loss (label-smoothed, `smoothed`), which makes the train/validation gap comparable."""
 
   def step(params, rngs, batch: Batch):
     model = nnx.merge(graphdef, params, rngs)
@@ -264,6 +266,7 @@ def make_eval_step(graphdef: nnx.GraphDef, *, axis_name: str | None = None) -> C
       'nll': (nll * weights).sum(),
       'correct': (correct * weights).sum(),
       'tokens': weights.sum(),
+      'smoothed': label_smoothed_cross_entropy(logits, labels, weights, label_smoothing)[0],
     }
     return _psum(sums, axis_name)
 

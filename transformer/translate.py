@@ -34,7 +34,9 @@ flags.DEFINE_integer('max_new_tokens', None, 'Generate at most this many tokens 
                      '(instead of source length + --extra_length).')  # fmt: skip
 flags.DEFINE_integer('batch_size', 32, 'Sentences decoded together.')
 flags.DEFINE_integer('extra_length', 50, 'Generate at most source length + this many tokens.')
-flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'], 'Which checkpoint to load.')
+flags.DEFINE_enum(
+  'checkpoint', 'latest', ['latest', 'best', 'average'], 'Which checkpoint to load.'
+)
 
 
 class InputError(ValueError):

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from transformer import recipe
 from transformer import workdir as workdir_lib
 from transformer.input_pipeline import corpus, pipeline, sources
 from transformer.input_pipeline import tokenizer as tokenizer_lib
@@ -26,7 +27,9 @@ from transformer.input_pipeline import tokenizer as tokenizer_lib
 
 @dataclasses.dataclass
 class RunData:
-  """The splits of a run: the training source, tokenized validation data, validation and test text."""
+  """The splits of a run: the training source, tokenized validation data, validation and test text.
+
+  `config` is the run config with what it left to the data resolved (`transformer.recipe`)."""
 
   config: ml_collections.ConfigDict
   tokenizer: tokenizer_lib.Tokenizer
@@ -91,12 +94,18 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
   train, validation, test = (_open_everywhere(config, role) for role in ('train', 'eval', 'test'))
   if config.init_from:
     tokenizer, trained = _pretrained_tokenizer(config.init_from, workdir), False
+    vocab = (tokenizer.vocab_size, f"vocab {tokenizer.vocab_size} (the pretrained model's)")
   else:
-    tokenizer, trained = _tokenizer(config, workdir, train)
+    vocab = recipe.vocabulary(config, recipe.count_words(train, config.seed))
+    tokenizer, trained = _tokenizer(config, workdir, train, vocab[0])
+  plan = recipe.length_and_dropout(
+    config, len(train), recipe.tokens_per_pair(train, tokenizer, config.seed), vocab
+  )
+  config = recipe.resolve(config, plan)
   validation_pairs, test_pairs = sources.read_all(validation), sources.read_all(test)
   tokenized, stats = pipeline.tokenize_pairs(validation_pairs, tokenizer, max_length=config.max_length,
                                              overlong=config.overlong)  # fmt: skip
-  report = [
+  report = plan.report + [
     f'tokenizer: {"trained" if trained else "reused"} {tokenizer.path} ({tokenizer.vocab_size} pieces)',
     f'train: {_describe(train)}', f'validation: {_describe(validation)}; {stats}',
     f'test: {_describe(test)}',
@@ -135,16 +144,16 @@ def _pretrained_tokenizer(directory: str, workdir: str):
 
 
 def _tokenizer(
-  config: ml_collections.ConfigDict, workdir: str, train
+  config: ml_collections.ConfigDict, workdir: str, train, vocab_size: int
 ) -> tuple[tokenizer_lib.Tokenizer, bool]:
   """Process 0 loads or trains the workdir's tokenizer; the others wait for it and load it."""
-  path = workdir_lib.tokenizer_path(workdir)
+  path = workdir_lib.tokenizer_path(workdir, pretrained=False)
   trained = False
   if jax.process_index() == 0:
     try:
       _, trained = tokenizer_lib.load_or_train_tokenizer(
         path, lambda: sample_training_sentences(train, config.vocab_max_sentences, config.seed),
-        vocab_size=config.vocab_size, character_coverage=config.character_coverage,
+        vocab_size=vocab_size, character_coverage=config.character_coverage,
         max_sentences=config.vocab_max_sentences, seed=config.seed,
       )  # fmt: skip
     except tokenizer_lib.TokenizerError as e:

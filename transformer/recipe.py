@@ -1,0 +1,114 @@
+"""Defaults that depend on the data: vocabulary size, length of training and dropout.
+
+Left to 'auto' in the run config (`vocab_size=0`, `model.dropout_rate=-1`), they are resolved
+before the model exists, from the training split's size (measured on a seeded sample of at most
+`SAMPLE` pairs read by index, so the plan is the same on every resume):
+
+    vocabulary  6.4·√W SentencePiece pieces, rounded to 1,000, between 2,000 and 32,000, where W
+                is the number of words in the training split (source + target): small corpora
+                get small vocabularies (every piece must be seen often enough to be learned).
+    steps       `num_train_steps`, but at most `max_epochs` passes over the data (0 = no cap).
+    dropout     by E, the passes over the data the run will make: 0 for E <= 2 (too few to
+                memorise), 0.1 for E <= 4, 0.2 for E <= 8, 0.3 beyond.
+
+`configs/base.py` and `big.py` set the paper's values, so nothing there is resolved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+import numpy as np
+
+SAMPLE = 20_000
+AUTO_DROPOUT = -1.0
+_DROPOUT_BY_EPOCHS = ((2.0, 0.0), (4.0, 0.1), (8.0, 0.2))
+PACKING_EFFICIENCY = 0.9  # share of a packed row's slots that hold tokens (measured: 0.93-0.95)
+
+
+@dataclasses.dataclass
+class Plan:
+  """What the run config left to the data, resolved; `report` says why, one line each."""
+
+  vocab_size: int
+  num_train_steps: int
+  dropout_rate: float
+  epochs: float
+  report: list[str]
+
+
+def vocab_size_for(words: float) -> int:
+  """6.4·√words, rounded to 1,000, between 2,000 and 32,000."""
+  return int(min(max(round(6.4 * math.sqrt(max(words, 0.0)), -3), 2000), 32000))
+
+
+def dropout_for(epochs: float) -> float:
+  for most, rate in _DROPOUT_BY_EPOCHS:
+    if epochs <= most:
+      return rate
+  return 0.3
+
+
+def sample_indices(count: int, seed: int, size: int = SAMPLE) -> list[int]:
+  """A seeded, sorted sample of at most `size` of `count` indices."""
+  if count <= size:
+    return list(range(count))
+  return np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False)).tolist()
+
+
+def count_words(source, seed: int) -> float:
+  """Estimated words (whitespace-separated, source + target) of a split, from a sample."""
+  indices = sample_indices(len(source), seed)
+  pairs = source.__getitems__(indices)
+  per_pair = sum(len(s.split()) + len(t.split()) for s, t in pairs) / max(len(pairs), 1)
+  return per_pair * len(source)
+
+
+def tokens_per_pair(source, tokenizer, seed: int) -> float:
+  """Estimated source + target tokens (EOS included) of an average pair."""
+  pairs = source.__getitems__(sample_indices(len(source), seed, size=min(SAMPLE, 5000)))
+  sources = tokenizer.encode_batch([s for s, _ in pairs], side='source')
+  targets = tokenizer.encode_batch([t for _, t in pairs], side='target')
+  return (sum(map(len, sources)) + sum(map(len, targets))) / max(len(pairs), 1) + 2
+
+
+def vocabulary(config: ml_collections.ConfigDict, words: float) -> tuple[int, str]:
+  """(vocabulary size, the report line) for a training split of `words` words."""
+  if config.vocab_size:
+    return config.vocab_size, f'vocab {config.vocab_size} (set)'
+  size = vocab_size_for(words)
+  return size, f'vocab {size} (auto: {words / 1e3:,.0f}k words in the training split)'
+
+
+def length_and_dropout(config: ml_collections.ConfigDict, pairs: int, per_pair: float,
+                       vocab: tuple[int, str]) -> Plan:  # fmt: skip
+  """The plan, once the tokenizer can measure the data in tokens."""
+  slots = config.batch_size * config.max_length * 2 * (PACKING_EFFICIENCY if config.pack else 0.5)
+  steps_per_epoch = max(pairs * per_pair / slots, 1e-9)
+  steps, report = config.num_train_steps, [vocab[1]]
+  if config.max_epochs and steps > config.max_epochs * steps_per_epoch:
+    steps = max(int(math.ceil(config.max_epochs * steps_per_epoch)), 1)
+    report.append(f'steps {steps} (auto: at most {config.max_epochs} passes over the data)')
+  else:
+    report.append(f'steps {steps} (set)')
+  epochs = steps / steps_per_epoch
+  rate = config.model.dropout_rate
+  if rate == AUTO_DROPOUT:
+    rate = dropout_for(epochs)
+    report.append(
+      f'dropout {rate} (auto: {epochs:.1f} passes over {pairs:,} pairs of ~{per_pair:.0f} tokens)'
+    )
+  else:
+    report.append(f'dropout {rate} (set; {epochs:.1f} passes over the data)')
+  return Plan(vocab[0], steps, rate, epochs, report)
+
+
+def resolve(config: ml_collections.ConfigDict, plan: Plan) -> ml_collections.ConfigDict:
+  """A copy of the run config with the plan's values in place of 'auto'."""
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved.vocab_size = plan.vocab_size
+  resolved.num_train_steps = plan.num_train_steps
+  resolved.model.dropout_rate = plan.dropout_rate
+  return resolved

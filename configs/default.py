@@ -22,13 +22,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.local_files = ml_collections.ConfigDict({'train': '', 'validation': '', 'test': ''})
   config.tfds_data_dir = ''  # '' = TFDS's default (~/tensorflow_datasets)
   config.data_cache_dir = ''  # where local files are prepared ('' = ~/.cache/transformer/prepared)
-  config.data_workers = (
-    -1
-  )  # loader processes: -1 = auto (none on a CPU backend, else half the cores)
+  # Loader processes: -1 = auto (none on a CPU backend, else half the cores).
+  config.data_workers = -1
   config.skip_malformed = False  # True: skip (and count) malformed lines of local files
-  config.vocab_size = (
-    0  # joint SentencePiece vocabulary; 0 = from the corpus (transformer/recipe.py)
-  )
+  # Joint SentencePiece vocabulary; 0 = from the corpus (transformer/recipe.py).
+  config.vocab_size = 0
   config.character_coverage = 1.0
   config.vocab_max_sentences = 1_000_000
   config.max_length = 128  # tokens per side (EOS included) and per packed row
@@ -80,9 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every = 200  # validation loss and BLEU; the best checkpoint is kept and tested
   config.checkpoint_every = 200
   config.keep_checkpoints = 5
-  config.early_stopping_evals = (
-    0  # stop after this many validations without a better BLEU (0 = never)
-  )
+  # Stop after this many validations without a better BLEU (0 = never).
+  config.early_stopping_evals = 0
   config.average_last = 0  # also try the average of the last N checkpoints (paper §6.1; 0 = no)
   config.eval_batch_size = 64
   config.eval_max_batches = 0  # 0 = the whole validation split

@@ -1,5 +1,6 @@
 """Executes each notebook top to bottom in its quick setting (TRANSFORMER_NOTEBOOK_QUICK=1)."""
 
+import json
 import os
 
 from nbclient import NotebookClient
@@ -41,9 +42,13 @@ def test_the_repository_address_is_written_in_one_place():
     address = tomllib.load(f)['project']['urls']['Repository']
   texts = [open(os.path.join(NOTEBOOKS, n), encoding='utf-8').read() for n in NAMES]
   texts.append(open(os.path.join(root, 'README.md'), encoding='utf-8').read())
+  this_project = address.split('github.com/')[1]
   for text in texts:
-    for found in re.findall(
-      r'https://(?:colab\.research\.google\.com/)?github(?:\.com)?/[\w.-]+/[\w.-]+', text
-    ):
-      assert found.endswith(address.split('github.com/')[1]), found
-  assert all(f"REPOSITORY = '{address}'" in text for text in texts[:-1])
+    colab_links = re.findall(r'https://colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)', text)
+    github_links = re.findall(r'https://github\.com/([\w.-]+/[\w.-]+)', text)
+    same_name = [link for link in github_links if link.split('/')[1] == this_project.split('/')[1]]
+    assert all(link == this_project for link in colab_links + same_name), colab_links + same_name
+  for name in NAMES:  # each notebook's set-up cell clones from that address
+    cells = json.load(open(os.path.join(NOTEBOOKS, name), encoding='utf-8'))['cells']
+    code = '\n'.join(''.join(cell['source']) for cell in cells)
+    assert re.search(rf"REPOSITORY = \(?\s*'{re.escape(address)}'", code), name

@@ -68,7 +68,6 @@ def test_invalid_config_is_refused_before_anything_runs(tmp_path, corpus):
 
 
 def test_exact_resume_after_sigterm(tmp_path, corpus):
-  # 200 steps: the signal lands long before the run could finish (steps take milliseconds).
   overrides = tiny_run.tiny_overrides(
     corpus,
     num_train_steps=200,
@@ -98,7 +97,12 @@ def test_exact_resume_after_sigterm(tmp_path, corpus):
       break
     assert process.poll() is None, process.communicate()
     time.sleep(0.02)
+  # Stopped, the run cannot finish before the signal is delivered, however fast its steps are:
+  # SIGTERM waits, pending, until SIGCONT, and is then handled at the next step.
+  process.send_signal(signal.SIGSTOP)
+  assert process.poll() is None, 'the run finished before it could be interrupted'
   process.send_signal(signal.SIGTERM)
+  process.send_signal(signal.SIGCONT)
   stdout, stderr = process.communicate(timeout=300)
   assert process.returncode == trainer.PREEMPTED_EXIT_STATUS == 75, stderr[-3000:]
   assert 'SIGTERM received: saving a checkpoint at step' in stdout, stdout[-2000:]
@@ -268,6 +272,9 @@ def test_translate_errors_are_clear(tmp_path, trained):
   workdir, _ = trained
   for name in ('config.json', 'tokenizer.model'):
     (empty / name).write_bytes(open(os.path.join(workdir, name), 'rb').read())
+  no_model = _translate([f'--workdir={empty}'], 'hello\n')
+  assert no_model.returncode == 2 and 'has no model.json' in no_model.stderr, no_model.stderr
+  (empty / 'model.json').write_bytes(open(os.path.join(workdir, 'model.json'), 'rb').read())
   no_checkpoint = _translate([f'--workdir={empty}'], 'hello\n')
   assert no_checkpoint.returncode == 2 and 'no latest checkpoint' in no_checkpoint.stderr
   bad_beam = _translate([f'--workdir={workdir}', '--beam_size=0'], 'hello\n')

@@ -81,6 +81,9 @@ def _model_config(config: ml_collections.ConfigDict, workdir: str, tokenizer) ->
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       return TransformerConfig(**json.load(f))
+  # An 'auto' dropout (-1) is resolved from the data: only the written model config has the value.
+  if config.model.get('dropout_rate') == -1.0:
+    raise FileNotFoundError(f'{workdir} has no {MODEL_FILE} (training writes it with the model)')
   return model_config(config, tokenizer.vocab_size, **tokenizer.special_ids)  # older workdirs
 
 

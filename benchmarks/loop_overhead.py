@@ -65,6 +65,7 @@ def bare_step_seconds(config, workdir: str, steps: int) -> float:
   from transformer.input_pipeline import data as data_lib
 
   data = data_lib.prepare(config, workdir)
+  config = data.config  # 'auto' values resolved from the data, as the loop resolves them
   mconfig = model_config(config, data.tokenizer.vocab_size, **data.tokenizer.special_ids)
   parallel = parallel_lib.make(config.parallelism)
   optimizer, _ = make_optimizer(config, mconfig.d_model)

@@ -96,3 +96,20 @@ def test_checkpoint_averaging_is_evaluated_and_saved(tmp_path, corpus):
   # The average of steps 2, 4 and 6 is not the last checkpoint.
   a, b = model.embed.table.embedding[...], latest.embed.table.embedding[...]
   assert float(abs(a - b).max()) > 0
+
+
+@pytest.mark.slow
+def test_the_loop_overhead_benchmark_runs_with_the_default_recipe():
+  """The benchmark compares the loop with the bare step on the same model: with 'auto' vocabulary
+  and dropout in the default config, it must resolve them as the loop does."""
+  import subprocess
+  import sys
+
+  command = [sys.executable, '-m', 'benchmarks.loop_overhead', '--corpus=short', '--steps=30',
+             '--batch_size=8', '--max_length=32', '--json']  # fmt: skip
+  result = subprocess.run(command, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['corpus'] == 'short' and report['batch'] == '8x32'
+  assert report['loop_step_ms'] > 0 and report['bare_step_ms_before'] > 0

@@ -45,7 +45,8 @@ def test_data_dependent_defaults_follow_their_documented_rules():
   assert recipe.vocab_size_for(1.6e6) == 8000  # the embedded corpus: ~1.6M words
   assert recipe.vocab_size_for(350e3) == 4000  # a 16k-pair corpus of everyday sentences
   assert recipe.vocab_size_for(1e3) == 2000 and recipe.vocab_size_for(250e6) == 32000  # the bounds
-  assert [recipe.dropout_for(e) for e in (0.5, 2.0, 3.0, 6.0, 20.0)] == [0.0, 0.0, 0.1, 0.2, 0.3]
+  passes = (0.5, 3.3, 4.0, 4.5, 8.0, 20.0)
+  assert [recipe.dropout_for(e) for e in passes] == [0.0, 0.0, 0.0, 0.2, 0.2, 0.3]
 
 
 def test_the_plan_caps_passes_and_scales_dropout_with_them():
@@ -55,6 +56,8 @@ def test_the_plan_caps_passes_and_scales_dropout_with_them():
   config = default.get_config()  # batch 16 x 128, 1,000 steps, at most 20 passes, auto dropout
   embedded = recipe.length_and_dropout(config, 29_404, 70.0, (8000, 'vocab'))
   assert embedded.num_train_steps == 1000 and embedded.dropout_rate == 0.0  # ~1.8 passes
+  sub15k = recipe.length_and_dropout(config, 15_000, 74.0, (5000, 'vocab'))
+  assert sub15k.dropout_rate == 0.0 and 3.0 < sub15k.epochs < 4.0  # still fitting: no dropout
   everyday = recipe.length_and_dropout(config, 16_600, 32.0, (4000, 'vocab'))
   assert everyday.num_train_steps == 1000 and everyday.dropout_rate == 0.2  # ~7 passes
   tiny = recipe.length_and_dropout(config, 500, 30.0, (2000, 'vocab'))

@@ -35,6 +35,7 @@ def test_train_py_end_to_end_writes_everything(trained, corpus):
   out = result.stdout
   assert 'step      6/6 | loss' in out and 'tok/s' in out and 'MFU' in out and 'ETA' in out
   assert 'eval step 6:' in out and 'BLEU' in out and 'hypothesis:' in out
+  assert 'vocab 500 (set)' in out and '(auto: ' in out and 'passes over' in out  # the plan, printed
   for name in ('config.json', 'tokenizer.model', 'metrics.jsonl', 'results.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
@@ -279,6 +280,27 @@ def test_translate_errors_are_clear(tmp_path, trained):
   assert no_checkpoint.returncode == 2 and 'no latest checkpoint' in no_checkpoint.stderr
   bad_beam = _translate([f'--workdir={workdir}', '--beam_size=0'], 'hello\n')
   assert bad_beam.returncode != 0 and 'beam_size' in bad_beam.stderr
+
+
+def test_the_average_command_writes_a_checkpoint_translate_loads(tmp_path, trained):
+  import shutil
+
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained[0], workdir)
+  command = [sys.executable, '-m', 'transformer.average', f'--workdir={workdir}', '--last=2']
+  result = subprocess.run(command, cwd=ROOT, env=tiny_run.env(), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+  assert result.returncode == 0 and 'steps [3, 6]' in result.stdout, result.stderr[-3000:]
+  averaged, _, step = workdir_lib.load_model(workdir, which='average')
+  latest, _, _ = workdir_lib.load_model(workdir)
+  assert step == 6
+  a, b = averaged.embed.table.embedding[...], latest.embed.table.embedding[...]
+  assert float(abs(a - b).max()) > 0  # the mean of steps 3 and 6, not step 6
+  translated = _translate([f'--workdir={workdir}', '--checkpoint=average'], 'And God said\n')
+  assert translated.returncode == 0 and len(translated.stdout.split('\n')[:-1]) == 1
+  nowhere = subprocess.run([*command[:3], f'--workdir={tmp_path / "nowhere"}'], cwd=ROOT,
+                           env=tiny_run.env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+  assert nowhere.returncode == 2 and nowhere.stderr.startswith('average: error:'), nowhere.stderr
 
 
 def _two_processes(workdir, overrides):

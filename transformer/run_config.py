@@ -14,6 +14,7 @@ import ml_collections
 
 from transformer import parallel
 from transformer.model import TransformerConfig
+from transformer.recipe import AUTO_DROPOUT
 
 OVERLONG_POLICIES = ('drop', 'truncate')
 _NON_NEGATIVE_INTEGERS = (
@@ -73,7 +74,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
   try:  # 'auto' values (vocab 0, dropout -1) are resolved later: check the rest with stand-ins
     checked = ml_collections.ConfigDict(config.to_dict())
-    if checked.model.dropout_rate == -1.0:
+    if checked.model.dropout_rate == AUTO_DROPOUT:
       checked.model.dropout_rate = 0.1
     model_config(checked, vocab_size=config.vocab_size or 32000)
   except (TypeError, ValueError) as e:

@@ -25,6 +25,7 @@ import ml_collections
 from transformer import checkpoints
 from transformer.input_pipeline import tokenizer as tokenizer_lib
 from transformer.model import Transformer, TransformerConfig
+from transformer.recipe import AUTO_DROPOUT
 from transformer.run_config import ConfigError, model_config
 
 CONFIG_FILE = 'config.json'
@@ -82,7 +83,7 @@ def _model_config(config: ml_collections.ConfigDict, workdir: str, tokenizer) ->
     with open(path, encoding='utf-8') as f:
       return TransformerConfig(**json.load(f))
   # An 'auto' dropout (-1) is resolved from the data: only the written model config has the value.
-  if config.model.get('dropout_rate') == -1.0:
+  if config.model.get('dropout_rate') == AUTO_DROPOUT:
     raise FileNotFoundError(f'{workdir} has no {MODEL_FILE} (training writes it with the model)')
   return model_config(config, tokenizer.vocab_size, **tokenizer.special_ids)  # older workdirs
 

@@ -79,16 +79,16 @@ def main(argv: list[str]) -> int:
   from transformer import distributed
 
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from transformer import trainer
+  from transformer import train_loop
 
   logging.set_verbosity(logging.WARNING)
   try:
-    results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except trainer.USER_ERRORS as e:
+    results = train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train_loop.USER_ERRORS as e:
     if FLAGS.verbose:
       raise
     _fail(str(e))
-  return trainer.PREEMPTED_EXIT_STATUS if 'preempted_at_step' in results else 0
+  return train_loop.PREEMPTED_EXIT_STATUS if 'preempted_at_step' in results else 0
 
 
 if __name__ == '__main__':

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
-from transformer import attention, decode, flops, masks
+from transformer import attention, flops, masks, search
 
 TOLERANCE = 0.02  # of the float32 reference's largest magnitude
 
@@ -43,8 +43,9 @@ def check_attention(
 
   def run(impl, dtype):
     def f(q, k, v):
-      out = attention.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), bias,
-                                            implementation=impl)  # fmt: skip
+      out = attention.dot_product_attention(
+        q.astype(dtype), k.astype(dtype), v.astype(dtype), bias, implementation=impl
+      )
       return (out.astype(jnp.float32) * cotangent).sum(), out.astype(jnp.float32)
 
     (_, out), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(q, k, v)
@@ -55,8 +56,12 @@ def check_attention(
   relative = lambda a, b: float(jnp.abs(a - b).max() / jnp.abs(b).max())
   forward = relative(out, reference_out)
   gradient = max(relative(g, r) for g, r in zip(grads, reference_grads))
-  return {'implementation': implementation, 'forward_error': forward, 'gradient_error': gradient,
-          'passed': forward <= TOLERANCE and gradient <= TOLERANCE}  # fmt: skip
+  return {
+    'implementation': implementation,
+    'forward_error': forward,
+    'gradient_error': gradient,
+    'passed': forward <= TOLERANCE and gradient <= TOLERANCE,
+  }
 
 
 def train_numbers(name: str, steps: int) -> dict:
@@ -74,10 +79,15 @@ def train_numbers(name: str, steps: int) -> dict:
   rows, length = host['inputs'].shape
   peak, source = flops.device_peak('bfloat16', parallel.num_replicas)
   model_flops = flops.train_step_flops(config, rows, length, length)
-  return {'config': name, 'devices': parallel.num_replicas, 'step_ms': 1e3 * median,
-          'tokens_per_second': common.count_tokens(host) / median,
-          'target_tokens_per_second': common.count_tokens(host, ('targets',)) / median,
-          'mfu': model_flops / median / peak if peak else None, 'peak_source': source}  # fmt: skip
+  return {
+    'config': name,
+    'devices': parallel.num_replicas,
+    'step_ms': 1e3 * median,
+    'tokens_per_second': common.count_tokens(host) / median,
+    'target_tokens_per_second': common.count_tokens(host, ('targets',)) / median,
+    'mfu': model_flops / median / peak if peak else None,
+    'peak_source': source,
+  }
 
 
 def decode_numbers(name: str, sentences: int, length: int, repeats: int) -> dict:
@@ -85,7 +95,7 @@ def decode_numbers(name: str, sentences: int, length: int, repeats: int) -> dict
   numbers = {'config': name, 'sentences': sentences, 'tokens_each': length}
   for beam in (1, 4):
     median, _ = common.timed(
-      lambda beam=beam: decode.generate(model, src, beam_size=beam, max_length=length), repeats
+      lambda beam=beam: search.generate(model, src, beam_size=beam, max_new_tokens=length), repeats
     )
     numbers[f'beam{beam}_seconds'] = median
     numbers[f'beam{beam}_tokens_per_second'] = sentences * length / median
@@ -108,9 +118,13 @@ def main() -> None:
     if args.small
     else dict(batch=8, length=256, heads=8, head_dim=64)
   )
-  result = {'device_kind': device.device_kind, 'platform': device.platform,
-            'local_devices': jax.local_device_count(), 'jax': jax.__version__,
-            'attention': [check_attention(i, **shape) for i in implementations]}  # fmt: skip
+  result = {
+    'device_kind': device.device_kind,
+    'platform': device.platform,
+    'local_devices': jax.local_device_count(),
+    'jax': jax.__version__,
+    'attention': [check_attention(i, **shape) for i in implementations],
+  }
   configs = ('tiny',) if args.small else ('base', 'big')
   result['train'] = [train_numbers(name, args.steps) for name in configs]
   result['decode'] = decode_numbers(

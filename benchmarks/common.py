@@ -16,8 +16,7 @@ from flax import nnx
 import jax
 import numpy as np
 
-from transformer import parallel as parallel_lib
-from transformer import training
+from transformer import parallel as parallel_lib, training
 from transformer.input_pipeline import pipeline
 from transformer.model import Transformer, TransformerConfig
 
@@ -46,21 +45,35 @@ CONFIGS: dict[str, dict[str, Any]] = {
     model={**_BASE, 'd_model': 1024, 'num_heads': 16, 'd_ff': 4096}, batch=32, length=256
   ),
   # What the test suite runs on CPU.
-  'tiny': dict(model=dict(vocab_size=500, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1,
-                          num_decoder_layers=1), batch=4, length=32),
-}  # fmt: skip
+  'tiny': dict(
+    model=dict(
+      vocab_size=500, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1, num_decoder_layers=1
+    ),
+    batch=4,
+    length=32,
+  ),
+}
 
 
 def synthetic_batch(
-  rows: int, length: int, vocab: int, *, seed: int = 0, min_fraction: float = 0.6
+  rows: int,
+  length: int,
+  vocab: int,
+  *,
+  seed: int = 0,
+  min_fraction: float = 0.6,
+  uneven: bool = False,
 ) -> dict[str, np.ndarray]:
   """One example per row, lengths uniform in [min_fraction·length, length], EOS last, PAD after:
   the batch layout of `transformer.input_pipeline` (`inputs`, `targets`, their segment ids and
-  positions), `[rows, length]` int32 each."""
+  positions), `[rows, length]` int32 each. `uneven`: the first half of the rows hold 1-2 tokens,
+  so that the devices of a data-parallel step get very different token counts."""
   rng = np.random.default_rng(seed)
   out = {}
   for name in ('inputs', 'targets'):
     lengths = rng.integers(max(int(min_fraction * length), 1), length + 1, size=rows)
+    if uneven:
+      lengths[: rows // 2] = rng.integers(1, 3, size=rows // 2)
     tokens = rng.integers(3, vocab, size=(rows, length)).astype(np.int32)
     position = np.arange(length)[None, :]
     tokens[position == lengths[:, None] - 1] = 2  # EOS
@@ -102,7 +115,7 @@ def model_config(
     dropout_rate=dropout_rate,
     dtype=dtype,
     attention_implementation=attention,
-    max_length=max(256, spec['length']),
+    max_positions=max(256, spec['length']),
   )
 
 

@@ -118,7 +118,7 @@ def torch_step_fn(
 
 def torch_greedy_cached(model, src, length: int, bos_id: int = 1, forced=None):
   """PyTorch's greedy loop with a KV cache: self-attention keys/values appended per step,
-  cross-attention keys/values projected once per sentence (what `decode.generate` does).
+  cross-attention keys/values projected once per sentence (what `search.generate` does).
 
   `src` `[batch, src_length]` long -> `[batch, length]` generated tokens; with `forced`
   `[batch, length]` long, feeds those tokens instead and returns the logits
@@ -250,7 +250,7 @@ def compare_decode(args) -> dict:
   """Cached greedy decoding of 32 random sentences to 64 tokens, ours against PyTorch's loop."""
   import torch
 
-  from transformer import decode
+  from transformer import search
 
   batch, length = 32, 64
   config, model, src = decoding_setup(args.config, batch, length)
@@ -261,7 +261,7 @@ def compare_decode(args) -> dict:
   check_cached_loop(reference_model, torch_src, config.bos_id)
 
   def ours():
-    jax.block_until_ready(decode.generate(model, src, beam_size=1, max_length=length))
+    jax.block_until_ready(search.generate(model, src, beam_size=1, max_new_tokens=length))
 
   variants = {}
   if args.side != 'pytorch':

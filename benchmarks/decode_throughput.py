@@ -17,7 +17,7 @@ import json
 import jax
 
 from benchmarks import common
-from transformer import decode
+from transformer import search
 
 
 def measure(
@@ -25,12 +25,12 @@ def measure(
 ) -> dict[str, dict[str, float]]:
   _, model, src = common.decoding_setup(name, batch, length, dtype)
   variants = {
-    'greedy, KV cache': lambda: decode.generate(model, src, beam_size=1, max_length=length),
-    'beam 4, KV cache': lambda: decode.generate(model, src, beam_size=4, max_length=length),
+    'greedy, KV cache': lambda: search.generate(model, src, beam_size=1, max_new_tokens=length),
+    'beam 4, KV cache': lambda: search.generate(model, src, beam_size=4, max_new_tokens=length),
   }
   if recompute:
-    variants['greedy, recompute prefix'] = lambda: decode.generate_recompute(
-      model, src, max_length=length
+    variants['greedy, recompute prefix'] = lambda: search.generate_recompute(
+      model, src, max_new_tokens=length
     )
   results = {}
   for variant, fn in variants.items():

@@ -21,6 +21,7 @@ start to the first batch with the data already prepared (`startup_seconds`). It 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -55,8 +56,10 @@ def write_corpus(path: str, pairs: int, *, short: bool = False, seed: int = 0) -
   pool_size = min(pairs, 200_000)
   ranks = np.minimum(rng.zipf(1.2, size=(pool_size, 2, high)), len(vocabulary)) - 1
   lengths = rng.integers(low, high + 1, size=(pool_size, 2))
-  pool = [tuple(' '.join(vocabulary[ranks[i, side, : lengths[i, side]]]) for side in (0, 1))
-          for i in range(pool_size)]  # fmt: skip
+  pool = [
+    tuple(' '.join(vocabulary[ranks[i, side, : lengths[i, side]]]) for side in (0, 1))
+    for i in range(pool_size)
+  ]
   with open(path, 'w', encoding='utf-8') as f:
     f.write('id\tsrc\ttgt\n')
     for start in range(0, pairs, 100_000):
@@ -71,21 +74,28 @@ def peak_rss_gb() -> float:
 
 
 def _tokenizer(source, path: str, vocab_size: int):
-  from transformer.input_pipeline import data
+  from transformer import run_data
   from transformer.input_pipeline import tokenizer as tokenizer_lib
 
   if os.path.exists(path):
     return tokenizer_lib.Tokenizer(path)
-  sentences = data.sample_training_sentences(source, 40_000, seed=0)
+  sentences = run_data.sample_training_sentences(source, 40_000, seed=0)
   return tokenizer_lib.train_tokenizer(path, sentences, vocab_size=vocab_size)
 
 
 def measure_loader(source, tokenizer_path: str, args) -> dict:
   """Packed batches per second from a TrainBatches over `source`, after the first batch."""
   from transformer.input_pipeline import pipeline
+  from transformer.input_pipeline.tokenizer import Tokenizer
 
-  batches = pipeline.TrainBatches(source, tokenizer_path, batch_size=args.batch_size,
-                                  max_length=args.max_length, seed=0, workers=args.workers)  # fmt: skip
+  batches = pipeline.TrainBatches(
+    source,
+    functools.partial(Tokenizer, tokenizer_path),
+    batch_size=args.batch_size,
+    max_length=args.max_length,
+    seed=0,
+    workers=args.workers,
+  )
   next(batches)  # start-up: workers, the first chunks
   tokens, examples, start = 0, 0, time.perf_counter()
   for _ in range(args.batches):
@@ -106,11 +116,18 @@ def measure_loader(source, tokenizer_path: str, args) -> dict:
 def _probe_startup(args) -> None:
   """In a fresh process: open the prepared data, build the batches, print when the first is ready."""
   from transformer.input_pipeline import pipeline, sources
+  from transformer.input_pipeline.tokenizer import Tokenizer
 
   # As train.py opens it: the files' fingerprint is computed and the prepared copy found.
   source = sources.prepare_local(args.prepared, 'src', 'tgt', args.cache)
-  batches = pipeline.TrainBatches(source, args.tokenizer, batch_size=args.batch_size,
-                                  max_length=args.max_length, seed=0, workers=args.workers)  # fmt: skip
+  batches = pipeline.TrainBatches(
+    source,
+    functools.partial(Tokenizer, args.tokenizer),
+    batch_size=args.batch_size,
+    max_length=args.max_length,
+    seed=0,
+    workers=args.workers,
+  )
   next(batches)
   print(json.dumps({'first_batch_at': time.time(), 'peak_rss_gb': peak_rss_gb()}))
 
@@ -128,10 +145,18 @@ def synthetic(args, folder: str) -> tuple[object, dict]:
   prepared = sources.prepare_local(tsv, 'src', 'tgt', os.path.join(folder, 'prepared'))
   numbers = {'prepare_seconds': time.perf_counter() - start, 'pairs': len(prepared)}
   tokenizer = _tokenizer(prepared, os.path.join(folder, 'tokenizer.model'), args.vocab_size)
-  command = [sys.executable, '-m', 'benchmarks.input_pipeline', '--probe_startup',
-             f'--prepared={tsv}', f'--cache={os.path.join(folder, "prepared")}', f'--tokenizer={tokenizer.path}',
-             f'--batch_size={args.batch_size}', f'--max_length={args.max_length}',
-             f'--workers={args.workers}']  # fmt: skip
+  command = [
+    sys.executable,
+    '-m',
+    'benchmarks.input_pipeline',
+    '--probe_startup',
+    f'--prepared={tsv}',
+    f'--cache={os.path.join(folder, "prepared")}',
+    f'--tokenizer={tokenizer.path}',
+    f'--batch_size={args.batch_size}',
+    f'--max_length={args.max_length}',
+    f'--workers={args.workers}',
+  ]
   launched = time.time()
   probe = json.loads(
     subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1]

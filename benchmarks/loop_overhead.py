@@ -25,9 +25,8 @@ import jax
 from benchmarks import common
 from benchmarks.input_pipeline import write_corpus
 from configs import default
-from transformer import parallel as parallel_lib
-from transformer import trainer, training
-from transformer.run_config import make_optimizer, model_config
+from transformer import parallel as parallel_lib, train_loop, training
+from transformer.run_config import model_config, optimizer_for
 
 
 def run_config(args, folder: str):
@@ -44,7 +43,7 @@ def run_config(args, folder: str):
   config.num_train_steps, config.log_every = args.steps, 10
   config.eval_every = config.checkpoint_every = args.steps
   config.bleu_sentences, config.test_max_sentences, config.test_beam_sizes = 8, 8, (1,)
-  config.eval_max_batches, config.max_train_minutes = 1, 0.0
+  config.eval_max_batches, config.max_train_minutes = 1, None
   return config
 
 
@@ -62,18 +61,21 @@ def _metrics(workdir: str) -> list[dict]:
 
 def bare_step_seconds(config, workdir: str, steps: int) -> float:
   """Seconds per step of the same compiled step run back to back on one pipeline batch."""
-  from transformer.input_pipeline import data as data_lib
+  from transformer import run_data
 
-  data = data_lib.prepare(config, workdir)
+  data = run_data.prepare(config, workdir)
   config = data.config  # 'auto' values resolved from the data, as the loop resolves them
   mconfig = model_config(config, data.tokenizer.vocab_size, **data.tokenizer.special_ids)
   parallel = parallel_lib.make(config.parallelism)
-  optimizer, _ = make_optimizer(config, mconfig.d_model)
+  optimizer, _ = optimizer_for(config, mconfig.d_model)
   graphdef, state, rngs = training.init_train_state(
     training.create_model(mconfig, config.seed), optimizer, config.seed
   )
-  step = parallel.compile_train_step(training.make_train_step(
-    graphdef, optimizer, label_smoothing=config.label_smoothing, axis_name=parallel.axis_name))  # fmt: skip
+  step = parallel.compile_train_step(
+    training.make_train_step(
+      graphdef, optimizer, label_smoothing=config.label_smoothing, axis_name=parallel.axis_name
+    )
+  )
   batch = parallel.device_batch(next(data.train_batches()))
   state = parallel.device_state(state)
   for _ in range(5):
@@ -100,14 +102,19 @@ def main() -> None:
   config = run_config(args, folder)
   workdir = os.path.join(folder, 'run')
   bare_before = bare_step_seconds(config, os.path.join(folder, 'bare'), args.steps - 20)
-  trainer.train_and_evaluate(config, workdir)
+  train_loop.train_and_evaluate(config, workdir)
   loop = loop_step_seconds(workdir)
   bare_after = bare_step_seconds(config, os.path.join(folder, 'bare'), args.steps - 20)
   bare = (bare_before + bare_after) / 2
-  result = {'corpus': args.corpus, 'batch': f'{args.batch_size}x{args.max_length}',
-            'loop_step_ms': 1e3 * loop, 'bare_step_ms_before': 1e3 * bare_before,
-            'bare_step_ms_after': 1e3 * bare_after, 'overhead_percent': 100 * (loop / bare - 1),
-            'loop_steps_per_second_vs_bare': bare / loop}  # fmt: skip
+  result = {
+    'corpus': args.corpus,
+    'batch': f'{args.batch_size}x{args.max_length}',
+    'loop_step_ms': 1e3 * loop,
+    'bare_step_ms_before': 1e3 * bare_before,
+    'bare_step_ms_after': 1e3 * bare_after,
+    'overhead_percent': 100 * (loop / bare - 1),
+    'loop_steps_per_second_vs_bare': bare / loop,
+  }
   print(
     f'loop {result["loop_step_ms"]:.1f} ms/step; bare step {result["bare_step_ms_before"]:.1f} ms '
     f'(before) / {result["bare_step_ms_after"]:.1f} ms (after): overhead {result["overhead_percent"]:+.1f}%'

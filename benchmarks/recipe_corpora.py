@@ -62,8 +62,10 @@ def main() -> None:
     sizes = ', '.join(f'{s} {len(chosen.get(s, splits[s])):,}' for s in files)
     print(f'# {name}: {sizes}')
     local = ' '.join(f'--config.local_files.{s}={p}' for s, p in files.items())
-    print(f'python train.py --workdir=runs/{name} --config.dataset=local '
-          f'--config.source_lang={source} --config.target_lang={target} {local}')  # fmt: skip
+    print(
+      f'python train.py --workdir=runs/{name} --config.dataset=local '
+      f'--config.source_lang={source} --config.target_lang={target} {local}'
+    )
 
 
 if __name__ == '__main__':

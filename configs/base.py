@@ -18,7 +18,7 @@ def get_config():
   config.eval_split = 'validation'  # newstest2013
   config.test_split = 'test'  # newstest2014
   config.vocab_size = 37000  # shared source-target vocabulary (paper: 37k BPE)
-  config.max_epochs = 0  # the paper's 100k steps, however many passes that is
+  config.max_epochs = None  # the paper's 100k steps, however many passes that is
   config.character_coverage = 0.9999
   config.max_length = 256
   config.model.update(
@@ -30,12 +30,12 @@ def get_config():
       num_decoder_layers=6,
       dropout_rate=0.1,
       norm_position='post',
-      max_length=512,
+      max_positions=512,
     )
   )
   config.batch_size = 96
   config.num_train_steps = 100_000
-  config.max_train_minutes = 0.0
+  config.max_train_minutes = None
   config.lr_schedule = 'rsqrt'  # the paper's
   config.warmup_steps = 4000
   config.learning_rate_scale = 1.0
@@ -43,7 +43,7 @@ def get_config():
   config.checkpoint_every = 2000  # the paper: every 10 minutes
   config.average_last = 5  # the paper averages the last 5 checkpoints (base)
   config.keep_checkpoints = 5
-  config.bleu_sentences = 0
+  config.bleu_sentences = None
   config.eval_beam_size = 4
   config.test_beam_sizes = (4,)
   config.decode_batch_size = 128

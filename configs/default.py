@@ -1,9 +1,12 @@
 """The offline main job: a small Transformer on the embedded bible-en-fr corpus, en -> fr, on CPU.
 
 About 20 minutes on a 2-core CPU. Every field can be overridden: --config.num_train_steps=100.
+A field that is None is chosen for you (what None means is in transformer/run_config.py's RANGES
+and the README's config reference); give it a value to fix it.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -22,11 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.local_files = ml_collections.ConfigDict({'train': '', 'validation': '', 'test': ''})
   config.tfds_data_dir = ''  # '' = TFDS's default (~/tensorflow_datasets)
   config.data_cache_dir = ''  # where local files are prepared ('' = ~/.cache/transformer/prepared)
-  # Loader processes: -1 = auto (none on a CPU backend, else half the cores).
-  config.data_workers = -1
+  # Loader processes; None = auto (none on a CPU backend, else half the cores).
+  config.data_workers = placeholder(int)
   config.skip_malformed = False  # True: skip (and count) malformed lines of local files
-  # Joint SentencePiece vocabulary; 0 = from the corpus (transformer/recipe.py).
-  config.vocab_size = 0
+  # Joint SentencePiece vocabulary; None = from the corpus (transformer/recipe.py).
+  config.vocab_size = placeholder(int)
   config.character_coverage = 1.0
   config.vocab_max_sentences = 1_000_000
   config.max_length = 128  # tokens per side (EOS included) and per packed row
@@ -44,12 +47,12 @@ def get_config() -> ml_collections.ConfigDict:
       d_ff=1024,
       num_encoder_layers=3,
       num_decoder_layers=3,
-      # -1 = from the passes the run makes over the data (transformer/recipe.py): none for
+      # None = from the passes the run makes over the data (transformer/recipe.py): none for
       # the embedded corpus (1,000 steps read it about twice), more for smaller corpora.
-      dropout_rate=-1.0,
+      dropout_rate=placeholder(float),
       attention_dropout_rate=0.0,
       relu_dropout_rate=0.0,
-      max_length=256,
+      max_positions=256,
       positional_encoding='sinusoidal',
       norm_position='pre',
       attention_implementation='reference',
@@ -64,13 +67,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.grad_accum_steps = 1
   config.lr_schedule = 'linear'
   config.num_train_steps = 1000  # about 12-16 minutes on a 2-core CPU
-  config.max_epochs = 20  # ... but at most this many passes over the data (0 = no cap)
-  config.max_train_minutes = 20.0  # 0 = no budget; a safety cap (a run that hits it stops early)
+  config.max_epochs = 20  # ... but at most this many passes over the data (None: no cap)
+  # None = no budget; a safety cap (a run that hits it stops early).
+  config.max_train_minutes = 20.0
   # Peak lr = 0.45 · 256^-0.5 · 200^-0.5 ≈ 2e-3 at step 200: a short warm-up for a short run.
   config.warmup_steps = 200
   config.learning_rate_scale = 0.45
   config.label_smoothing = 0.1
-  config.max_grad_norm = 0.0  # 0 = no clipping
+  config.max_grad_norm = placeholder(float)  # None = no clipping
   config.parallelism = 'shard_map'  # 'shard_map' | 'pmap' | 'none'
 
   # Loop.
@@ -78,17 +82,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every = 200  # validation loss and BLEU; the best checkpoint is kept and tested
   config.checkpoint_every = 200
   config.keep_checkpoints = 5
-  # Stop after this many validations without a better BLEU (0 = never).
-  config.early_stopping_evals = 0
-  config.average_last = 0  # also try the average of the last N checkpoints (paper §6.1; 0 = no)
+  # Stop after this many validations without a better BLEU (None = never).
+  config.early_stopping_evals = placeholder(int)
+  # Also try the average of the last N checkpoints (paper §6.1; None = no).
+  config.average_last = placeholder(int)
   config.eval_batch_size = 64
-  config.eval_max_batches = 0  # 0 = the whole validation split
+  config.eval_max_batches = placeholder(int)  # None = the whole validation split
 
   # Translation and BLEU.
-  config.bleu_sentences = 200  # validation sentences decoded at each evaluation (0 = all)
+  # Validation sentences decoded at each evaluation (None = all).
+  config.bleu_sentences = 200
   config.eval_beam_size = 1  # greedy during training (fast); the test set uses both below
   config.test_beam_sizes = (1, 4)
-  config.test_max_sentences = 0  # 0 = the whole test split
+  config.test_max_sentences = placeholder(int)  # None = the whole test split
   config.length_penalty = 0.6
   config.decode_extra_length = 50
   config.decode_batch_size = 64

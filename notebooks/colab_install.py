@@ -33,8 +33,18 @@ def main(argv: list[str]) -> int:
   extra = argv[1:] if argv and not argv[0].startswith('-') else argv
   with tempfile.NamedTemporaryFile('w', suffix='.txt', delete=False) as constraints:
     constraints.write('\n'.join(installed_jax_pins()) + '\n')
-  command = [sys.executable, '-m', 'pip', 'install', '-q', '-c', constraints.name,
-             '-e', f'{repository}[data,notebook]', *extra]  # fmt: skip
+  command = [
+    sys.executable,
+    '-m',
+    'pip',
+    'install',
+    '-q',
+    '-c',
+    constraints.name,
+    '-e',
+    f'{repository}[data,notebook]',
+    *extra,
+  ]
   return subprocess.run(command).returncode
 
 

@@ -116,9 +116,9 @@ def test_multi_head_equals_per_head_then_concat_and_project(self_attention):
 
 def test_decode_without_cache_is_a_clear_error():
   with pytest.raises(ValueError, match='init_cache'):
-    SelfAttention(8, 2, rngs=nnx.Rngs(0))(jnp.ones((1, 1, 8)), decode=True)
+    SelfAttention(8, 2, rngs=nnx.Rngs(0))(jnp.ones((1, 1, 8)), use_cache=True)
   with pytest.raises(ValueError, match='init_cache'):
-    CrossAttention(8, 2, rngs=nnx.Rngs(0))(jnp.ones((1, 1, 8)), decode=True)
+    CrossAttention(8, 2, rngs=nnx.Rngs(0))(jnp.ones((1, 1, 8)), use_cache=True)
 
 
 def test_self_and_cross_attention_have_their_own_parameters_and_caches():
@@ -139,4 +139,4 @@ def test_self_and_cross_attention_have_their_own_parameters_and_caches():
   # The cross cache holds the keys/values of the encoder output: decoding from it equals the
   # full call with the encoder output.
   x = jax.random.normal(jax.random.key(4), (2, 1, 8))
-  np.testing.assert_allclose(cross(x, decode=True), cross(x, encoded), atol=1e-6)
+  np.testing.assert_allclose(cross(x, use_cache=True), cross(x, encoded), atol=1e-6)

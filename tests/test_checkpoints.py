@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from transformer import checkpoints
+from transformer import checkpoints, train_loop
 from transformer.training import TrainState
 
 
@@ -139,20 +139,20 @@ def test_another_optimizer_state_is_named_as_a_config_change(tmp_path):
 
 
 def test_the_best_checkpoint_survives_a_restart(tmp_path):
+  """The loop's Progress decides what is best; the checkpointer keeps it across a restart."""
   workdir = str(tmp_path)
-  first = checkpoints.Checkpointer(workdir, keep=5)
-  first.save(1, _state(1.0), bleu=5.0)
-  first.save(2, _state(2.0), bleu=3.0)
+  first, progress = checkpoints.Checkpointer(workdir, keep=5), train_loop.Progress(0)
+  for step, bleu in ((1, 5.0), (2, 3.0)):
+    first.save(step, _state(float(step)), bleu=bleu, best=progress.validated({'eval_bleu': bleu}))
   first.wait()
   first.close()
   resumed = checkpoints.Checkpointer(workdir, keep=5)
-  assert resumed.best_bleu == 5.0
-  resumed.save(3, _state(3.0), bleu=4.0)  # worse than step 1's: not the best
-  resumed.wait()
-  assert resumed.restore(_state(0.0), which='best').step == 1
-  resumed.save(4, _state(4.0), bleu=7.0)
-  resumed.wait()
-  assert resumed.restore(_state(0.0), which='best').step == 4
+  progress = train_loop.Progress(2, best_bleu=resumed.best_bleu())
+  assert progress.best_bleu == 5.0
+  for step, bleu, best_step in ((3, 4.0, 1), (4, 7.0, 4)):  # 4.0 is worse than step 1's 5.0
+    resumed.save(step, _state(float(step)), bleu=bleu, best=progress.validated({'eval_bleu': bleu}))
+    resumed.wait()
+    assert resumed.restore(_state(0.0), which='best').step == best_step
   resumed.close()
 
 

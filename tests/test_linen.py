@@ -3,8 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer import Transformer, shift_right
-from transformer import linen as transformer_linen
+from transformer import Transformer, linen as transformer_linen, search, shift_right
 
 SRC = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
 TGT = jnp.array([[20, 21, 2, 0], [22, 2, 0, 0]])
@@ -42,3 +41,16 @@ def test_linen_wrapper_inside_a_linen_parent_matches_nnx(tiny_config):
     lin_vars, SRC, dec_in, deterministic=False, rngs={'dropout': jax.random.key(2)}
   )
   assert not np.allclose(train, nnx_model(SRC, dec_in))
+
+
+def test_linen_users_can_translate_with_the_same_tokens_as_nnx(tiny_config):
+  linen_model = transformer_linen.Transformer(tiny_config)
+  variables = linen_model.init(jax.random.key(1), SRC, shift_right(TGT, tiny_config.bos_id))
+  nnx_model = Transformer(tiny_config, rngs=nnx.Rngs(7))
+  nnx.update(nnx_model, variables['params']['transformer'])
+  for beam_size in (1, 2):
+    tokens = linen_model.apply(
+      variables, SRC, beam_size=beam_size, max_new_tokens=6, method='generate'
+    )
+    expected = search.generate(nnx_model, SRC, beam_size=beam_size, max_new_tokens=6)
+    np.testing.assert_array_equal(tokens, expected)

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import configs, marian_fixture, tiny_run
-from transformer import Transformer, decode, marian
+from benchmarks import tiny_run
+from tests.helpers import configs, marian_fixture
+from transformer import Transformer, marian, search
 from transformer.input_pipeline import tokenizer as tokenizer_lib
 
 torch = pytest.importorskip('torch')
@@ -72,8 +73,15 @@ def test_logits_equal_transformers(pretrained):
 
 def _generated(hf, batch, **kwargs):
   with torch.no_grad():
-    out = hf.generate(**batch, max_new_tokens=20, do_sample=False, early_stopping=False,
-                      forced_eos_token_id=None, bad_words_ids=[[hf.config.pad_token_id]], **kwargs)  # fmt: skip
+    out = hf.generate(
+      **batch,
+      max_new_tokens=20,
+      do_sample=False,
+      early_stopping=False,
+      forced_eos_token_id=None,
+      bad_words_ids=[[hf.config.pad_token_id]],
+      **kwargs,
+    )
   return out.numpy()[:, 1:]  # without the decoder start token
 
 
@@ -83,8 +91,16 @@ def test_generation_equals_transformers_generate(pretrained, beam_size, alpha):
   model, _ = marian.load(directory)
   batch = _hf_batch(hf_tokenizer)
   expected = _generated(hf, batch, num_beams=beam_size, length_penalty=alpha)
-  tokens = np.asarray(decode.generate(model, batch['input_ids'].numpy().astype(np.int32), beam_size=beam_size,
-                                      alpha=alpha, max_length=20, length_normalization='hf'))  # fmt: skip
+  tokens = np.asarray(
+    search.generate(
+      model,
+      batch['input_ids'].numpy().astype(np.int32),
+      beam_size=beam_size,
+      alpha=alpha,
+      max_new_tokens=20,
+      length_normalization='hf',
+    )
+  )
   pad = hf.config.pad_token_id
   width = max(tokens.shape[1], expected.shape[1])
   padded = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=pad)
@@ -127,18 +143,31 @@ def test_a_model_of_this_package_exports_to_marian(tmp_path):
 def test_fine_tuning_from_a_pretrained_directory(pretrained, tmp_path):
   directory, _, _ = pretrained
   corpus = tiny_run.write_tiny_corpus(str(tmp_path / 'corpus'), train=200, eval_=8)
-  overrides = tiny_run.tiny_overrides(corpus, init_from=directory, num_train_steps=20, log_every=5,
-                                      eval_every=20, max_length=48, warmup_steps=5,
-                                      learning_rate_scale=3.0)  # fmt: skip
+  overrides = tiny_run.tiny_overrides(
+    corpus,
+    init_from=directory,
+    num_train_steps=20,
+    log_every=5,
+    eval_every=20,
+    max_length=48,
+    warmup_steps=5,
+    learning_rate_scale=3.0,
+  )
   workdir = str(tmp_path / 'run')
   result = tiny_run.run_train(workdir, overrides)
   losses = [r['train_loss'] for r in tiny_run.metrics(workdir) if 'train_loss' in r]
   assert losses[-1] < losses[0], losses
   assert 'tokenizer' in os.listdir(workdir) and 'model.json' in os.listdir(workdir)
   assert json.load(open(os.path.join(workdir, 'model.json')))['sinusoid_layout'] == 'halves'
-  translated = subprocess.run([sys.executable, '-m', 'transformer.translate', f'--workdir={workdir}', '--beam_size=2'],
-                              input=SENTENCES[0] + '\n', capture_output=True, text=True, cwd=tiny_run.ROOT,
-                              env=tiny_run.env(), timeout=300)  # fmt: skip
+  translated = subprocess.run(
+    [sys.executable, '-m', 'transformer.translate', f'--workdir={workdir}', '--beam_size=2'],
+    input=SENTENCES[0] + '\n',
+    capture_output=True,
+    text=True,
+    cwd=tiny_run.ROOT,
+    env=tiny_run.env(),
+    timeout=300,
+  )
   assert translated.returncode == 0 and len(translated.stdout.splitlines()) == 1, translated.stderr
   assert 'resumed' not in result.stdout
 
@@ -147,10 +176,25 @@ def test_fine_tuning_from_a_pretrained_directory(pretrained, tmp_path):
 def test_translate_cli_with_a_pretrained_directory(pretrained):
   directory, hf, hf_tokenizer = pretrained
   short = [s for s in SENTENCES if len(hf_tokenizer(s)['input_ids']) <= 30][:4]  # not truncated
-  command = [sys.executable, '-m', 'transformer.translate', f'--pretrained={directory}', '--beam_size=4',
-             '--length_penalty=1.0', '--length_normalization=hf', '--max_new_tokens=20']  # fmt: skip
-  result = subprocess.run(command, input='\n'.join(short) + '\n', capture_output=True, text=True,
-                          cwd=tiny_run.ROOT, env=tiny_run.env(), timeout=300)  # fmt: skip
+  command = [
+    sys.executable,
+    '-m',
+    'transformer.translate',
+    f'--pretrained={directory}',
+    '--beam_size=4',
+    '--length_penalty=1.0',
+    '--length_normalization=hf',
+    '--max_new_tokens=20',
+  ]
+  result = subprocess.run(
+    command,
+    input='\n'.join(short) + '\n',
+    capture_output=True,
+    text=True,
+    cwd=tiny_run.ROOT,
+    env=tiny_run.env(),
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   expected = _generated(hf, _hf_batch(hf_tokenizer, short), num_beams=4, length_penalty=1.0)
   assert len(short) == 4

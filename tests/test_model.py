@@ -107,7 +107,7 @@ def test_teacher_forcing_equals_token_by_token_decoding(tiny_config, norm_positi
   for t in range(dec_in.shape[1]):
     positions = jnp.full((SRC.shape[0], 1), t)
     steps.append(
-      model.decode(dec_in[:, t : t + 1], encoded, SRC, tgt_positions=positions, decode=True)
+      model.decode(dec_in[:, t : t + 1], encoded, SRC, tgt_positions=positions, use_cache=True)
     )
   sequential = np.concatenate(steps, axis=1)
   # Compare at every real target position (decoder input is not padding).
@@ -161,7 +161,7 @@ def test_decoder_only_language_model_trains_one_step(tiny_config):
   class LanguageModel(nnx.Module):
     def __init__(self, rngs):
       self.embed = Embed(config.vocab_size, config.d_model, rngs=rngs)
-      self.positions = PositionalEncoding(config.max_length, config.d_model, rngs=rngs)
+      self.positions = PositionalEncoding(config.max_positions, config.d_model, rngs=rngs)
       self.blocks = nnx.List(
         [DecoderBlock(config, cross_attention=False, rngs=rngs) for _ in range(2)]
       )
@@ -181,18 +181,24 @@ def test_decoder_only_language_model_trains_one_step(tiny_config):
     logits = model(tokens[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
+  @nnx.jit
+  def train_step(model, optimizer):
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  forward = nnx.jit(lambda model, tokens: model(tokens))
   # Causal: a token never sees the ones after it (changing them changes only later logits).
-  logits = lm(tokens)
-  changed = lm(tokens.at[:, 6:].set(3))
+  logits = forward(lm, tokens)
+  changed = forward(lm, tokens.at[:, 6:].set(3))
   np.testing.assert_allclose(changed[:, :6], logits[:, :6], atol=1e-6)
   assert not np.allclose(changed[:, 6:], logits[:, 6:])
   assert all(block.cross_attention is None for block in lm.blocks)
   # And it learns: a few steps on one batch bring the loss well down.
-  before = loss_fn(lm)
+  before = nnx.jit(loss_fn)(lm)
   for _ in range(5):
-    loss, grads = nnx.value_and_grad(loss_fn)(lm)
-    optimizer.update(lm, grads)
-  assert np.isfinite(loss) and loss_fn(lm) < 0.8 * before
+    loss = train_step(lm, optimizer)
+  assert np.isfinite(loss) and nnx.jit(loss_fn)(lm) < 0.8 * before
 
 
 @pytest.mark.parametrize(
@@ -203,7 +209,7 @@ def test_decoder_only_language_model_trains_one_step(tiny_config):
     ('d_ff', -1, 'positive integer'),
     ('vocab_size', 0, 'positive integer'),
     ('num_encoder_layers', 0, 'positive integer'),
-    ('max_length', 0, 'positive integer'),
+    ('max_positions', 0, 'positive integer'),
     ('dropout_rate', 1.5, r'dropout_rate must be in \[0, 1\)'),
     ('norm_position', 'middle', 'norm_position'),
     ('attention_implementation', 'magic', 'attention_implementation'),
@@ -219,14 +225,14 @@ def test_invalid_configs_raise_clear_errors(field, value, match):
 
 def test_decode_length_beyond_positional_table_is_rejected(tiny_config):
   model = make_model(tiny_config)
-  with pytest.raises(ValueError, match='max_length'):
-    model.init_cache(model.encode(SRC), max_decode_length=tiny_config.max_length + 1)
+  with pytest.raises(ValueError, match='max_positions'):
+    model.init_cache(model.encode(SRC), max_decode_length=tiny_config.max_positions + 1)
 
 
 def test_import_does_not_pull_in_tensorflow():
   code = (
     'import sys, transformer, transformer.linen, transformer.model, transformer.attention, '
-    'transformer.decode, transformer.training, transformer.checkpoints, transformer.trainer, '
+    'transformer.search, transformer.training, transformer.checkpoints, transformer.train_loop, '
     'transformer.evaluation, transformer.translate; '
     'assert "tensorflow" not in sys.modules, "tensorflow imported"; '
     'assert "grain" not in sys.modules, "grain (data extra) imported"'

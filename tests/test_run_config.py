@@ -1,9 +1,11 @@
 """Run configs and workdirs: validation, resume compatibility."""
 
+import pathlib
+
 import pytest
 
-from transformer import run_config
-from transformer import workdir as workdir_lib
+from configs import default
+from transformer import run_config, workdir as workdir_lib
 
 
 def test_resume_warns_when_num_train_steps_moves_the_linear_schedule(tmp_path):
@@ -30,8 +32,8 @@ def test_validate_config_names_the_field():
   with pytest.raises(run_config.ConfigError, match='config.overlong'):
     run_config.validate_config(config)
   config = default.get_config()
-  config.model.max_length = 64
-  with pytest.raises(run_config.ConfigError, match='model.max_length'):
+  config.model.max_positions = 64
+  with pytest.raises(run_config.ConfigError, match='model.max_positions'):
     run_config.validate_config(config)
   config = default.get_config()
   config.lr_schedule = 'cosine'
@@ -65,3 +67,27 @@ def test_the_plan_caps_passes_and_scales_dropout_with_them():
   assert any('at most 20 passes' in line for line in tiny.report)
   config.model.dropout_rate = 0.15  # set by the user: kept
   assert recipe.length_and_dropout(config, 500, 30.0, (2000, 'vocab')).dropout_rate == 0.15
+
+
+def test_the_readme_config_reference_is_the_table_of_ranges():
+  readme = (pathlib.Path(__file__).resolve().parent.parent / 'README.md').read_text()
+  assert run_config.reference_table() in readme, 'run `python -m transformer.run_config`'
+
+
+@pytest.mark.parametrize('name', sorted(run_config.RANGES))
+def test_every_numeric_field_refuses_a_value_outside_its_range(name):
+  config = default.get_config()
+  accepted = run_config.RANGES[name]
+  node, _, leaf = name.rpartition('.')
+  (config[node] if node else config)[leaf] = (
+    accepted.low - 1 if not accepted.above else accepted.low
+  )
+  with pytest.raises(run_config.ConfigError, match=f'config.{name} must be'):
+    run_config.validate_config(config)
+
+
+def test_translating_a_language_into_itself_is_refused():
+  config = default.get_config()
+  config.target_lang = config.source_lang
+  with pytest.raises(run_config.ConfigError, match='source_lang and config.target_lang are both'):
+    run_config.validate_config(config)

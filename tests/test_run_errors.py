@@ -1,6 +1,6 @@
 """What a careless user can do to a run, and the one-line error that stops it before any work.
 
-Each case runs the real set-up (`trainer.train_and_evaluate`) on a tiny local corpus and checks
+Each case runs the real set-up (`train_loop.train_and_evaluate`) on a tiny local corpus and checks
 the message and that nothing was written to the workdir.
 """
 
@@ -9,9 +9,8 @@ import subprocess
 
 import pytest
 
-from configs import default
-from tests.helpers import tiny_run
-from transformer import trainer
+from benchmarks import tiny_run
+from transformer import train_loop
 
 
 @pytest.fixture
@@ -19,22 +18,9 @@ def corpus(tmp_path):
   return tiny_run.write_tiny_corpus(str(tmp_path / 'corpus'), train=120, eval_=8)
 
 
-def _config(files: dict[str, str], **overrides):
-  config = default.get_config()
-  values = tiny_run.tiny_values(files)
-  values.update(overrides)
-  for key, value in values.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = eval(value) if isinstance(value, str) and value.startswith('(') else value
-  return config
-
-
 def _expect_error(config, workdir, match):
-  with pytest.raises(trainer.USER_ERRORS, match=match):
-    trainer.train_and_evaluate(config, workdir)
+  with pytest.raises(train_loop.USER_ERRORS, match=match):
+    train_loop.train_and_evaluate(config, workdir)
   assert not os.path.exists(workdir) or os.listdir(workdir) == [], os.listdir(workdir)
 
 
@@ -45,14 +31,21 @@ def _replace(files, split, content: bytes, name=None):
   return {**files, split: path}
 
 
-@pytest.mark.parametrize('split,content,match', [
-  ('test', None, r'test\.tsv: file not found'),
-  ('validation', b'id\ten\tfr\n', r'eval split: .* no sentence pairs'),
-  ('train', b'', r'empty file \(expected a header line\)'),
-  ('train', b'id\ten\tfr\n1\thello\n', r'train-bad\.tsv:2: expected 3 tab-separated columns, found 2'),
-  ('train', b'id\ten\tfr\n1\tcaf\xe9\tx\n', r'train-bad\.tsv:2: invalid UTF-8'),
-  ('train', b'id\tenglish\tfr\n1\ta\tb\n', r"train-bad\.tsv:1: header .* has no column 'en'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+  'split,content,match',
+  [
+    ('test', None, r'test\.tsv: file not found'),
+    ('validation', b'id\ten\tfr\n', r'eval split: .* no sentence pairs'),
+    ('train', b'', r'empty file \(expected a header line\)'),
+    (
+      'train',
+      b'id\ten\tfr\n1\thello\n',
+      r'train-bad\.tsv:2: expected 3 tab-separated columns, found 2',
+    ),
+    ('train', b'id\ten\tfr\n1\tcaf\xe9\tx\n', r'train-bad\.tsv:2: invalid UTF-8'),
+    ('train', b'id\tenglish\tfr\n1\ta\tb\n', r"train-bad\.tsv:1: header .* has no column 'en'"),
+  ],
+)
 def test_a_bad_split_stops_the_run_before_anything_is_written(
   tmp_path, corpus, split, content, match
 ):
@@ -61,43 +54,58 @@ def test_a_bad_split_stops_the_run_before_anything_is_written(
     if content is not None
     else {**corpus, split: str(tmp_path / 'test.tsv')}
   )
-  _expect_error(_config(files), str(tmp_path / 'run'), match)
+  _expect_error(tiny_run.tiny_config(files), str(tmp_path / 'run'), match)
 
 
 def test_a_vocabulary_the_corpus_cannot_fill_is_refused_first(tmp_path, corpus):
-  _expect_error(_config(corpus, vocab_size=30000), str(tmp_path / 'run'),
-                r'config.vocab_size=30000 is more than SentencePiece can make .* \(at most \d+\)')  # fmt: skip
+  _expect_error(
+    tiny_run.tiny_config(corpus, vocab_size=30000),
+    str(tmp_path / 'run'),
+    r'config.vocab_size=30000 is more than SentencePiece can make .* \(at most \d+\)',
+  )
 
 
 def test_a_failed_first_run_does_not_block_a_corrected_one(tmp_path, corpus):
   workdir = str(tmp_path / 'run')
-  _expect_error(_config(corpus, vocab_size=30000), workdir, 'vocab_size')
+  _expect_error(tiny_run.tiny_config(corpus, vocab_size=30000), workdir, 'vocab_size')
   # config.json was not written, so the corrected config is not "a different config".
-  results = trainer.train_and_evaluate(_config(corpus, num_train_steps=2, eval_every=2), workdir)
+  results = train_loop.train_and_evaluate(
+    tiny_run.tiny_config(corpus, num_train_steps=2, eval_every=2), workdir
+  )
   assert results['step'] == 2
 
 
 def test_resume_changes_are_refused_or_reported(tmp_path, corpus, capsys):
   workdir = str(tmp_path / 'run')
-  trainer.train_and_evaluate(_config(corpus, num_train_steps=2, eval_every=2), workdir)
-  with pytest.raises(trainer.ConfigError, match='the config changes the optimizer'):
-    trainer.train_and_evaluate(_config(corpus, num_train_steps=4, max_grad_norm=1.0), workdir)
+  train_loop.train_and_evaluate(
+    tiny_run.tiny_config(corpus, num_train_steps=2, eval_every=2), workdir
+  )
+  with pytest.raises(train_loop.ConfigError, match='the config changes the optimizer'):
+    train_loop.train_and_evaluate(
+      tiny_run.tiny_config(corpus, num_train_steps=4, max_grad_norm=1.0), workdir
+    )
   moved = {
     **corpus,
     'train': _replace(corpus, 'train', open(corpus['train'], 'rb').read(), 'copy.tsv')['train'],
   }
-  with pytest.raises(trainer.ConfigError, match='local_files: .* in the workdir'):
-    trainer.train_and_evaluate(_config(moved, num_train_steps=4), workdir)
+  with pytest.raises(train_loop.ConfigError, match='local_files: .* in the workdir'):
+    train_loop.train_and_evaluate(tiny_run.tiny_config(moved, num_train_steps=4), workdir)
   capsys.readouterr()
-  trainer.train_and_evaluate(
-    _config(corpus, num_train_steps=4, eval_every=4, max_length=70), workdir
+  train_loop.train_and_evaluate(
+    tiny_run.tiny_config(corpus, num_train_steps=4, eval_every=4, max_length=70), workdir
   )
   assert 'config.max_length changed from 80 to 70' in capsys.readouterr().out
 
 
 def _train_py(args, tmp_path):
-  return subprocess.run(tiny_run.train_command(str(tmp_path / 'run'), args), cwd=tiny_run.ROOT,
-                        env=tiny_run.env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+  return subprocess.run(
+    tiny_run.train_command(str(tmp_path / 'run'), args),
+    cwd=tiny_run.ROOT,
+    env=tiny_run.env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 @pytest.mark.slow

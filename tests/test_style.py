@@ -33,12 +33,32 @@ def test_ruff_format_is_applied():
   assert result.returncode == 0, f'run `ruff format .`:\n{result.stdout[-4000:]}'
 
 
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _own_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+  """A function's lines without its docstring and without the functions nested in it (each of
+  those is measured on its own): closures that keep one algorithm together do not count twice."""
+  lines = node.end_lineno - node.lineno + 1
+  body = node.body
+  if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+    lines -= body[0].end_lineno - body[0].lineno + 1
+  pending = list(ast.iter_child_nodes(node))
+  while pending:  # the functions directly inside this one (not inside those)
+    child = pending.pop()
+    if isinstance(child, _FUNCTIONS):
+      lines -= child.end_lineno - child.lineno + 1
+    else:
+      pending.extend(ast.iter_child_nodes(child))
+  return lines
+
+
 def test_no_function_in_the_package_is_longer_than_a_screen():
   long = []
   for path in sorted((ROOT / 'transformer').rglob('*.py')):
     for node in ast.walk(ast.parse(path.read_text())):
-      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        lines = node.end_lineno - node.lineno + 1
+      if isinstance(node, _FUNCTIONS):
+        lines = _own_lines(node)
         if lines > MAX_FUNCTION_LINES:
           long.append(f'{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)')
   assert not long, long
@@ -58,3 +78,55 @@ def test_benchmarks_are_a_package_without_path_edits():
     text=True,
   )
   assert result.returncode == 0 and '--config' in result.stdout, result.stderr
+
+
+def _package_imports() -> dict[str, set[str]]:
+  """`{module: the transformer modules it imports}`, lazy (function-level) imports included."""
+  modules = {}
+  for path in (ROOT / 'transformer').rglob('*.py'):
+    parts = path.relative_to(ROOT).with_suffix('').parts
+    modules['.'.join(parts[:-1] if parts[-1] == '__init__' else parts)] = path
+  graph = {}
+  for name, path in modules.items():
+    package = name if path.name == '__init__.py' else name.rpartition('.')[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        found |= {alias.name for alias in node.names}
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ''
+        if node.level:
+          base = '.'.join(package.split('.')[: len(package.split('.')) - node.level + 1] + [base])
+        found |= {f'{base}.{a.name}' if f'{base}.{a.name}' in modules else base for a in node.names}
+    graph[name] = {m for m in found if m in modules and m not in (name, 'transformer')}
+  return graph
+
+
+def test_the_package_has_no_import_cycle():
+  graph, state, cycles = _package_imports(), {}, []
+
+  def visit(module, trail):
+    state[module] = 'open'
+    for imported in sorted(graph[module]):
+      if state.get(imported) == 'open':
+        cycles.append(trail[trail.index(imported) :] + [imported])
+      elif imported not in state:
+        visit(imported, trail + [imported])
+    state[module] = 'done'
+
+  for module in sorted(graph):
+    if module not in state:
+      visit(module, [module])
+  assert not cycles, [' -> '.join(c) for c in cycles]
+
+
+def test_the_input_pipeline_imports_nothing_above_it():
+  upward = {
+    module: sorted(m for m in imports if not m.startswith('transformer.input_pipeline'))
+    for module, imports in _package_imports().items()
+    if module.startswith('transformer.input_pipeline')
+  }
+  upward = {
+    m: imports for m, imports in upward.items() if set(imports) - {'transformer.special_ids'}
+  }
+  assert not upward, upward

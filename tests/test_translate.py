@@ -7,8 +7,9 @@ from flax import nnx
 import numpy as np
 import pytest
 
-from tests.helpers import configs, tiny_run
-from transformer import Transformer, decode, evaluation
+from benchmarks import tiny_run
+from tests.helpers import configs
+from transformer import Transformer, search, translate
 from transformer.input_pipeline import tokenizer as tokenizer_lib
 from transformer.translate import InputError, split_lines
 
@@ -32,7 +33,7 @@ def tokenizer(tmp_path_factory):
 @pytest.fixture(scope='module')
 def model(tokenizer):
   m = Transformer(
-    configs.tiny_config(vocab_size=tokenizer.vocab_size, max_length=128), rngs=nnx.Rngs(1)
+    configs.tiny_config(vocab_size=tokenizer.vocab_size, max_positions=128), rngs=nnx.Rngs(1)
   )
   m.eval()
   return m
@@ -40,37 +41,49 @@ def model(tokenizer):
 
 def test_more_sentences_than_a_batch_come_back_in_order(model, tokenizer):
   sentences = [' '.join(['word'] * n) for n in (9, 1, 5, 12, 3, 7, 2)] + ['', 'In the beginning']
-  together = evaluation.translate(
+  together = translate.translate(
     model, tokenizer, sentences, beam_size=1, batch_size=3, extra_length=4
   )
-  alone = [evaluation.translate(model, tokenizer, [s], beam_size=1, batch_size=3, extra_length=4)[0]
-           for s in sentences]  # fmt: skip
+  alone = [
+    translate.translate(model, tokenizer, [s], beam_size=1, batch_size=3, extra_length=4)[0]
+    for s in sentences
+  ]
   assert together == alone and together[7] == ''
 
 
 def test_compilations_are_bounded_by_length_buckets(model, tokenizer):
   """Sources of 40 different lengths compile once per 16-token bucket, not once per length."""
   sentences = [' '.join(['the'] * n) for n in range(1, 41)]
-  before = decode._generate._cache_size()
-  evaluation.translate(model, tokenizer, sentences, beam_size=1, batch_size=1, extra_length=2)
+  before = search._generate._cache_size()
+  translate.translate(model, tokenizer, sentences, beam_size=1, batch_size=1, extra_length=2)
   lengths = {len(tokenizer.encode(s)) + 1 for s in sentences}
-  buckets = {decode.bucket(n, model.config.max_length) for n in lengths}
+  buckets = {search.bucket(n, model.config.max_positions) for n in lengths}
   assert len(lengths) > 20 and len(buckets) <= 4
-  assert decode._generate._cache_size() - before <= len(buckets)
+  assert search._generate._cache_size() - before <= len(buckets)
 
 
 def _cli(args, stdin=None, **kwargs):
-  return subprocess.run([sys.executable, '-m', 'transformer.translate', *args], cwd=tiny_run.ROOT,
-                        env=tiny_run.env(), input=stdin, capture_output=True, timeout=120, **kwargs)  # fmt: skip
+  return subprocess.run(
+    [sys.executable, '-m', 'transformer.translate', *args],
+    cwd=tiny_run.ROOT,
+    env=tiny_run.env(),
+    input=stdin,
+    capture_output=True,
+    timeout=120,
+    **kwargs,
+  )
 
 
-@pytest.mark.parametrize('args,stdin,message', [
-  (['--input=/no/such/file'], b'', 'translate: error: /no/such/file: No such file or directory'),
-  ([], b'fine\n\xff\xfe\n', 'translate: error: <stdin>:2: invalid UTF-8 at byte 0'),
-  (['--batch_size=0'], b'x\n', '--batch_size must be >= 1'),
-  (['--extra_length=-1'], b'x\n', '--extra_length must be >= 0'),
-  (['--beam_size=0'], b'x\n', '--beam_size must be >= 1'),
-])  # fmt: skip
+@pytest.mark.parametrize(
+  'args,stdin,message',
+  [
+    (['--input=/no/such/file'], b'', 'translate: error: /no/such/file: No such file or directory'),
+    ([], b'fine\n\xff\xfe\n', 'translate: error: <stdin>:2: invalid UTF-8 at byte 0'),
+    (['--batch_size=0'], b'x\n', '--batch_size must be >= 1'),
+    (['--extra_length=-1'], b'x\n', '--extra_length must be >= 0'),
+    (['--beam_size=0'], b'x\n', '--beam_size must be >= 1'),
+  ],
+)
 def test_cli_checks_its_input_before_loading_a_model(tmp_path, args, stdin, message):
   # The workdir does not exist: each of these must be reported before it is looked at.
   result = _cli([f'--workdir={tmp_path / "nowhere"}', *args], stdin)
@@ -81,11 +94,12 @@ def test_cli_checks_its_input_before_loading_a_model(tmp_path, args, stdin, mess
 
 def test_cli_with_stdin_closed():
   command = f'exec {sys.executable} -m transformer.translate --workdir=x <&-'  # stdin closed
-  closed = subprocess.run(['bash', '-c', command], cwd=tiny_run.ROOT, env=tiny_run.env(),
-                          capture_output=True, timeout=120)  # fmt: skip
+  closed = subprocess.run(
+    ['bash', '-c', command], cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, timeout=120
+  )
   assert closed.returncode == 2 and b'stdin is closed' in closed.stderr, closed.stderr
 
 
 def test_decode_bucket():
-  assert [decode.bucket(n, 100) for n in (1, 16, 17, 99)] == [16, 16, 32, 100]
-  np.testing.assert_array_equal(decode.bucket(40, 256), 48)
+  assert [search.bucket(n, 100) for n in (1, 16, 17, 99)] == [16, 16, 32, 100]
+  np.testing.assert_array_equal(search.bucket(40, 256), 48)

@@ -11,6 +11,8 @@ import importlib
 
 _EXPORTS = {
   'Cache': 'attention',
+  'CrossCache': 'attention',
+  'SelfCache': 'attention',
   'CrossAttention': 'attention',
   'SelfAttention': 'attention',
   'dot_product_attention': 'attention',

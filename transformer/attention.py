@@ -29,6 +29,16 @@ class Cache(nnx.Variable):
   """Decoding state (keys/values seen so far); kept apart from parameters."""
 
 
+class SelfCache(Cache):
+  """Self-attention's decoding state: it grows by one key/value per generated token, and beam
+  search reorders it with the beams."""
+
+
+class CrossCache(Cache):
+  """Cross-attention's keys/values of the encoder output: fixed for a sentence, the same for all
+  of its beams."""
+
+
 def dot_product_attention(
   query: jax.Array,
   key: jax.Array,
@@ -178,7 +188,7 @@ class SelfAttention(_MultiHeadAttention):
 
   One fused kernel `w_qkv` `[d_model, 3, heads, head_dim]` projects all three (one matmul).
   Decoding: `init_cache(batch, max_length)` allocates key/value buffers of `max_length` slots,
-  and each call with `decode=True` appends its keys/values and attends to the slots written so
+  and each call with `use_cache=True` appends its keys/values and attends to the slots written so
   far (the causal mask over the cache is built here).
   """
 
@@ -191,9 +201,9 @@ class SelfAttention(_MultiHeadAttention):
     """Empty buffers: keys `[batch, heads, head_dim, max_length]`, values
     `[batch, heads, max_length, head_dim]`, and the index of the next free slot."""
     h, d_k = self.num_heads, self.head_dim
-    self.cached_key = Cache(jnp.zeros((batch_size, h, d_k, max_length), self.dtype))
-    self.cached_value = Cache(jnp.zeros((batch_size, h, max_length, d_k), self.dtype))
-    self.cache_index = Cache(jnp.array(0, jnp.int32))
+    self.cached_key = SelfCache(jnp.zeros((batch_size, h, d_k, max_length), self.dtype))
+    self.cached_value = SelfCache(jnp.zeros((batch_size, h, max_length, d_k), self.dtype))
+    self.cache_index = SelfCache(jnp.array(0, jnp.int32))
 
   def _extend_cache(
     self, key: jax.Array, value: jax.Array
@@ -201,7 +211,7 @@ class SelfAttention(_MultiHeadAttention):
     """Writes `[b, l, h, d_k]` new keys/values at the cache index; returns the whole buffers and
     the causal bias `[1, 1, l, max_length]` that hides the slots not written yet."""
     if self.cache_index is None:
-      raise ValueError('decode=True needs init_cache(batch_size, max_length) first')
+      raise ValueError('use_cache=True needs init_cache(batch_size, max_length) first')
     index = self.cache_index[...]
     step_length = key.shape[1]
     max_length = self.cached_value.shape[2]
@@ -220,14 +230,14 @@ class SelfAttention(_MultiHeadAttention):
     return _keys_from_cache(cached_key), _values_from_cache(cached_value), bias
 
   def __call__(
-    self, x: jax.Array, bias: jax.Array | None = None, *, decode: bool = False
+    self, x: jax.Array, bias: jax.Array | None = None, *, use_cache: bool = False
   ) -> jax.Array:
     """Args:
       x: `[batch, length, d_model]`.
       bias: additive mask bias `[batch | 1, 1, length, length]` (see `transformer.masks`). When
         decoding, the causal bias over the cache is built here; a given `bias` must then be
         `[..., length, max_length]` and is added to it.
-      decode: append to the cache and attend to it (`init_cache` first).
+      use_cache: append to the cache and attend to it (`init_cache` first).
 
     Returns:
       `[batch, length, d_model]`.
@@ -235,7 +245,7 @@ class SelfAttention(_MultiHeadAttention):
     qkv = self._project(x, self.w_qkv)
     query = qkv[:, :, 0] + self._bias('b_q')
     key, value = qkv[:, :, 1], qkv[:, :, 2] + self._bias('b_v')
-    if decode:
+    if use_cache:
       key, value, cache_bias = self._extend_cache(key, value)
       bias = cache_bias if bias is None else cache_bias + bias
     return self._attend(query, key, value, bias)
@@ -246,7 +256,7 @@ class CrossAttention(_MultiHeadAttention):
   head_dim]`), keys and values from the encoder output C (`w_kv` `[d_model, 2, heads, head_dim]`).
 
   Decoding: `init_cache(encoded)` projects C to keys/values once per sentence instead of once per
-  generated token; calls with `decode=True` read them.
+  generated token; calls with `use_cache=True` read them.
   """
 
   def _init_own(self, rngs: nnx.Rngs, param_dtype) -> None:
@@ -267,8 +277,8 @@ class CrossAttention(_MultiHeadAttention):
     # The barrier makes XLA store the transposed copies once, rather than move the transposes
     # into the decoding loop (where they would copy the keys and values at every step).
     key, value = jax.lax.optimization_barrier((_keys_to_cache(key), _values_to_cache(value)))
-    self.cached_key = Cache(key)
-    self.cached_value = Cache(value)
+    self.cached_key = CrossCache(key)
+    self.cached_value = CrossCache(value)
 
   def __call__(
     self,
@@ -276,21 +286,21 @@ class CrossAttention(_MultiHeadAttention):
     encoded: jax.Array | None = None,
     bias: jax.Array | None = None,
     *,
-    decode: bool = False,
+    use_cache: bool = False,
   ) -> jax.Array:
     """Args:
       x: decoder states `[batch, tgt_length, d_model]` (the queries).
-      encoded: the encoder output C `[batch, src_length, d_model]`; unused with `decode=True`.
+      encoded: the encoder output C `[batch, src_length, d_model]`; unused with `use_cache=True`.
       bias: additive mask bias `[batch | 1, 1, tgt_length, src_length]` (source padding).
-      decode: read the keys/values projected by `init_cache`.
+      use_cache: read the keys/values projected by `init_cache`.
 
     Returns:
       `[batch, tgt_length, d_model]`.
     """
     query = self._project(x, self.w_q) + self._bias('b_q')
-    if decode:
+    if use_cache:
       if self.cached_key is None:
-        raise ValueError('decode=True needs init_cache(encoded) first')
+        raise ValueError('use_cache=True needs init_cache(encoded) first')
       key = _keys_from_cache(self.cached_key[...])
       value = _values_from_cache(self.cached_value[...])
     else:

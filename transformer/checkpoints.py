@@ -7,7 +7,7 @@ Layout in the workdir (one folder per step, each item a sub-folder):
     checkpoints/<step>/manifest   shape, dtype and CRC-32 of every array of params and train
     checkpoints/<step>/data       the data iterator's position (one JSON per process)
     best/<step>/...               the checkpoint with the best validation BLEU so far
-    average/<step>/               parameters averaged over the last checkpoints (see `average`)
+    average/<step>/               parameters averaged over the last checkpoints (`transformer.average`)
     damaged/<folder>-<step>[...]  checkpoints that could not be read, moved aside for inspection
 
 The state is saved as plain host arrays, independent of how many devices held it, so a checkpoint
@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Any, Sequence
+from typing import Any
 import zlib
 
 from etils import epath
@@ -174,18 +174,13 @@ def _abstract(tree: Any) -> Any:
 # The checkpointer.
 
 
-def _manager(
-  directory: str, max_to_keep: int, *, best: bool, read_only: bool
-) -> ocp.CheckpointManager:
+def _manager(directory: str, max_to_keep: int, *, read_only: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
     max_to_keep=None if read_only else max_to_keep,
     save_interval_steps=0 if read_only else 1,
     create=not read_only,
     read_only=read_only,
     enable_async_checkpointing=not read_only,
-    best_fn=(lambda metrics: metrics['bleu']) if best else None,
-    best_mode='max',
-    keep_checkpoints_without_metrics=not best,
     cleanup_tmp_directories=not read_only,
     # Its own barrier names: the latest and the best manager may save the same step at once,
     # and several processes meet at barriers named after the step.
@@ -213,9 +208,11 @@ class Restored:
 
 
 class Checkpointer:
-  """Saves and restores `(TrainState on the host, data position)` in a workdir.
+  """Saves, verifies and restores `(TrainState on the host, data position)` in a workdir.
 
-  `read_only=True` (inference) creates nothing in the workdir and moves nothing aside.
+  What is best is the caller's decision (`save(..., best=True)`); the checkpointer keeps that
+  one in `best/` and records its validation BLEU. `read_only=True` (inference) creates nothing in
+  the workdir and moves nothing aside.
   """
 
   def __init__(
@@ -223,18 +220,14 @@ class Checkpointer:
   ):
     self.workdir = workdir
     self.read_only = read_only
-    self.latest = _manager(
-      os.path.join(workdir, 'checkpoints'), keep, best=False, read_only=read_only
-    )
+    self.latest = _manager(os.path.join(workdir, 'checkpoints'), keep, read_only=read_only)
     self.best = (
-      _manager(os.path.join(workdir, 'best'), 1, best=True, read_only=read_only)
-      if keep_best
-      else None
+      _manager(os.path.join(workdir, 'best'), 1, read_only=read_only) if keep_best else None
     )
-    self.best_bleu = self._saved_best_bleu()
     self._average: ocp.CheckpointManager | None = None
 
-  def _saved_best_bleu(self) -> float | None:
+  def best_bleu(self) -> float | None:
+    """The validation BLEU recorded with the best checkpoint (None: none, or unreadable)."""
     if self.best is None or self.best.latest_step() is None:
       return None
     try:
@@ -252,12 +245,15 @@ class Checkpointer:
     data_iterator: Any | None = None,
     *,
     bleu: float | None = None,
+    best: bool = False,
     force: bool = False,
     evaluation_due: bool = False,
   ) -> None:
-    """Saves asynchronously (returns once the arrays are copied). With `bleu`, also keeps the
-    checkpoint as the best one if the score is the best so far. `evaluation_due` records that
-    this step's evaluation has not run yet (a preempted run), for the resumed run to do it."""
+    """Saves asynchronously (returns once the arrays are copied). `bleu` is recorded with the
+    checkpoint; `best` also keeps it as the best one (replacing the previous best). A step
+    that is already saved is not saved again.
+    `evaluation_due` records that this step's evaluation has not run yet (a preempted run), for
+    the resumed run to do it."""
     train = _train_part(host_state)
     contents = {'params': manifest(host_state.params), 'train': manifest(train)}
     if bleu is not None:
@@ -271,17 +267,10 @@ class Checkpointer:
     }
     if data_iterator is not None:
       items['data'] = DataSave(data_iterator)
-    self.latest.save(step, args=ocp.args.Composite(**items), force=force)
-    if (
-      bleu is not None
-      and self.best is not None
-      and step not in self.best.all_steps()
-      and (self.best_bleu is None or bleu > self.best_bleu)
-    ):
-      self.best_bleu = bleu
-      self.best.save(
-        step, args=ocp.args.Composite(**items), metrics={'bleu': float(bleu)}, force=True
-      )
+    if step not in self.latest.all_steps():  # a resumed run may mark its restored step best
+      self.latest.save(step, args=ocp.args.Composite(**items), force=force)
+    if best and self.best is not None and step not in self.best.all_steps():
+      self.best.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(
     self, target: Any, *, which: str = 'latest', params_only: bool = False, with_data: bool = False
@@ -396,40 +385,27 @@ class Checkpointer:
       if self.read_only and not os.path.isdir(folder):
         return None
       if self._average is None:
-        self._average = _manager(folder, 1, best=False, read_only=self.read_only)
+        self._average = _manager(folder, 1, read_only=self.read_only)
       return self._average
     return self.best if which == 'best' else self.latest
 
-  def average(self, target_params: Any, last: int) -> tuple[Any, list[int]]:
-    """The mean of the parameters of the `last` newest checkpoints (the paper's checkpoint
-    averaging, §6.1), each verified as a restore is; and their steps."""
-    steps = self.all_steps()[-last:]
-    if len(steps) < last:
-      raise CheckpointError(
-        f'averaging {last} checkpoints needs {last}; {self.latest.directory} has {steps}'
-      )
-    total = None
-    for step in steps:
-      params = self._restore_step(
-        self.latest, step, target_params, params_only=True, with_data=False
-      ).state
-      total = jax.tree.map(lambda x: np.asarray(x, np.float64), params) if total is None else \
-        jax.tree.map(lambda t, x: t + np.asarray(x, np.float64), total, params)  # fmt: skip
-    mean = jax.tree.map(lambda t, x: (t / len(steps)).astype(np.asarray(x).dtype), total, params)
-    return mean, steps
+  def restore_params(self, step: int, target_params: Any) -> Any:
+    """The verified parameters of checkpoint `step` of 'latest' (no fallback to another step)."""
+    return self._restore_step(
+      self.latest, step, target_params, params_only=True, with_data=False
+    ).state
 
-  def save_average(
-    self, step: int, params: Any, *, steps: Sequence[int], bleu: float | None = None
-  ) -> None:
-    """Saves averaged parameters as the 'average' checkpoint (translate --checkpoint=average)."""
-    manager = self._manager('average')
-    contents = {'params': manifest(params), 'averaged_steps': list(steps)}
-    if bleu is not None:
-      contents['metrics'] = {'bleu': float(bleu)}
+  def save_params(self, which: str, step: int, params: Any, contents: dict[str, Any]) -> None:
+    """Saves parameters alone as the only checkpoint of `which` (e.g. 'average'), with
+    `contents` recorded beside their manifest; waits until they are written."""
+    manager = self._manager(which)
     for old in manager.all_steps():
       manager.delete(old)
-    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                               manifest=ocp.args.JsonSave(contents)), force=True)  # fmt: skip
+    items = {
+      'params': ocp.args.StandardSave(params),
+      'manifest': ocp.args.JsonSave({'params': manifest(params), **contents}),
+    }
+    manager.save(step, args=ocp.args.Composite(**items), force=True)
     manager.wait_until_finished()
 
   def wait(self) -> None:
@@ -444,4 +420,5 @@ class Checkpointer:
 
 
 def _item_names(manager: ocp.CheckpointManager, step: int) -> set[str]:
-  return set(os.listdir(os.path.join(str(manager.directory), str(step))))
+  """The items a checkpoint was saved with, from Orbax's own step metadata."""
+  return set(manager.metadata(step).item_handlers or ())

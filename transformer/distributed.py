@@ -1,10 +1,11 @@
 """Starting JAX's multi-process runtime: explicitly, or when a cluster environment is detected.
 
-On a TPU pod slice, under SLURM, Open MPI or Kubernetes (the environments `jax.distributed`
-recognises itself), or with `JAX_COORDINATOR_ADDRESS` set, every process of the job must call
+On a TPU pod slice, under SLURM or Open MPI (environments `jax.distributed.initialize()` reads
+by itself), or with `JAX_COORDINATOR_ADDRESS` set, every process of the job must call
 `jax.distributed.initialize()` before using JAX; without it a job of N processes becomes N
 independent runs writing into one workdir. `initialize` does it whenever such an environment
-holds more than one process.
+says it holds more than one process (`CLUSTERS`); elsewhere (Kubernetes, a Cloud TPU VM pod
+without `TPU_WORKER_HOSTNAMES`) give the flags or `JAX_COORDINATOR_ADDRESS`.
 """
 
 from __future__ import annotations
@@ -17,25 +18,27 @@ import jax
 log = logging.getLogger(__name__)
 
 
+def _count(name: str) -> int:
+  try:
+    return int(os.environ.get(name, '0'))
+  except ValueError:
+    return 0
+
+
+# How each environment says that it runs more processes than this one (the variables its
+# launcher sets, and that jax.distributed.initialize() then reads to find the others).
+CLUSTERS = {
+  'SLURM': lambda: bool(os.environ.get('SLURM_JOB_ID')) and _count('SLURM_NTASKS') > 1,
+  'Open MPI': lambda: _count('OMPI_COMM_WORLD_SIZE') > 1,
+  'TPU pod': lambda: len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1,
+}
+
+
 def detected_cluster() -> str | None:
   """The name of the multi-process cluster environment this process runs in, or None."""
   if os.environ.get('JAX_COORDINATOR_ADDRESS'):
     return 'JAX_COORDINATOR_ADDRESS'
-  try:  # the environments jax.distributed.initialize() detects by itself
-    from jax._src.clusters import ClusterEnv
-  except ImportError:  # pragma: no cover - a jax without the registry: explicit flags only
-    return None
-  for environment in ClusterEnv._cluster_types:  # noqa: SLF001
-    try:
-      if (
-        not environment.opt_in_only_method
-        and environment.is_env_present()
-        and environment.get_process_count() > 1
-      ):
-        return environment.__name__
-    except Exception:  # noqa: BLE001  a half-configured environment is not a cluster
-      continue
-  return None
+  return next((name for name, present in CLUSTERS.items() if present()), None)
 
 
 def initialize(

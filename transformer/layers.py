@@ -60,19 +60,19 @@ class Embed(nnx.Module):
 
 
 @functools.lru_cache(maxsize=16)
-def sinusoidal_table(max_length: int, d_model: int, layout: str = 'interleaved') -> np.ndarray:
-  """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): `[max_length, d_model]`.
+def sinusoidal_table(max_positions: int, d_model: int, layout: str = 'interleaved') -> np.ndarray:
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): `[max_positions, d_model]`.
 
   `layout='halves'` puts the same sines in the first half of the features and the cosines in the
   second (Marian's layout) instead of interleaving them.
   """
-  position = np.arange(max_length, dtype=np.float64)[:, None]
+  position = np.arange(max_positions, dtype=np.float64)[:, None]
   angle = position / np.power(10000.0, np.arange(0, d_model, 2, dtype=np.float64) / d_model)
   sines, cosines = np.sin(angle), np.cos(angle)[:, : d_model // 2]
   if layout == 'halves':
     table = np.concatenate([sines, cosines], axis=1)
   elif layout == 'interleaved':
-    table = np.zeros((max_length, d_model), dtype=np.float64)
+    table = np.zeros((max_positions, d_model), dtype=np.float64)
     table[:, 0::2], table[:, 1::2] = sines, cosines
   else:
     raise ValueError(f"layout must be 'interleaved' or 'halves', got {layout!r}")
@@ -88,7 +88,7 @@ class PositionalEncoding(nnx.Module):
 
   def __init__(
     self,
-    max_length: int,
+    max_positions: int,
     d_model: int,
     *,
     learned: bool = False,
@@ -96,12 +96,12 @@ class PositionalEncoding(nnx.Module):
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
-    self.max_length = max_length
+    self.max_positions = max_positions
     self.d_model = d_model
     self.layout = layout  # of the sinusoids (see sinusoidal_table)
     if learned:
       self.table = nnx.Param(
-        nnx.initializers.normal(stddev=0.02)(rngs.params(), (max_length, d_model), param_dtype)
+        nnx.initializers.normal(stddev=0.02)(rngs.params(), (max_positions, d_model), param_dtype)
       )
     else:
       # The sinusoids are a constant of the traced program, not state: no gradient, no checkpoint.
@@ -111,12 +111,12 @@ class PositionalEncoding(nnx.Module):
     """`x` `[batch, length, d_model]`, `positions` `[batch, length]` int (default 0..length-1)."""
     length = x.shape[1]
     if self.table is None:
-      table = jnp.asarray(sinusoidal_table(self.max_length, self.d_model, self.layout))
+      table = jnp.asarray(sinusoidal_table(self.max_positions, self.d_model, self.layout))
     else:
       table = self.table[...]
     if positions is None:
-      if length > self.max_length:
-        raise ValueError(f'sequence length {length} exceeds max_length={self.max_length}')
+      if length > self.max_positions:
+        raise ValueError(f'sequence length {length} exceeds max_positions={self.max_positions}')
       encoding = table[None, :length]
     else:
       encoding = jnp.take(table, positions, axis=0)

@@ -6,6 +6,7 @@
     logits = model.apply(variables, src, decoder_input)                      # no dropout
     logits = model.apply(variables, src, decoder_input, deterministic=False,
                          rngs={'dropout': key})                               # training
+    tokens = model.apply(variables, src, beam_size=4, method='generate')      # translation
 
 The parameters live in the Linen `params` collection under `transformer/...` with the same tree as
 `nnx.state(nnx_model, nnx.Param)`, so weights move between the two with `nnx.update`.
@@ -40,6 +41,12 @@ def _call(module: nnx_model.Transformer, *args, deterministic: bool, method: str
   return getattr(module, method)(*args, **kwargs)
 
 
+def _generate(module: nnx_model.Transformer, src_tokens: jax.Array, **options) -> jax.Array:
+  from transformer import search  # the search runs on the NNX module the bridge rebuilt
+
+  return search.generate(module, src_tokens, **options)
+
+
 class Transformer(linen.Module):
   """Linen front of `transformer.model.Transformer`; see the module docstring for use."""
 
@@ -66,3 +73,8 @@ class Transformer(linen.Module):
     return self.transformer(
       src_tokens, nnx_method=_call, deterministic=deterministic, method='encode', **kwargs
     )
+
+  def generate(self, src_tokens: jax.Array, **options) -> jax.Array:
+    """Greedy or beam search (`transformer.search.generate`; `options` as there, e.g.
+    `beam_size`, `alpha`, `max_new_tokens`): `[batch, src_length]` -> tokens `[batch, length]`."""
+    return self.transformer(src_tokens, nnx_method=_generate, **options)

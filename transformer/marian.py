@@ -21,17 +21,18 @@ appended and no BOS. Nothing here imports torch or transformers.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from flax import nnx
 import numpy as np
 import sentencepiece as spm
 
-from transformer.model import Transformer, TransformerConfig
+from transformer.model import Transformer, TransformerConfig, abstract_model
 
 _ACTIVATIONS = {'swish': 'swish', 'silu': 'swish', 'relu': 'relu', 'gelu': 'gelu'}
 _LANGUAGE_CODE = re.compile(r'^>>.+?<<')
@@ -82,6 +83,11 @@ class MarianTokenizer:
     return len(self.vocab['source'])
 
   @property
+  def loader(self) -> Callable[[], 'MarianTokenizer']:
+    """A picklable function that loads this tokenizer again (in another process)."""
+    return functools.partial(load_tokenizer, self.path)
+
+  @property
   def pad_id(self) -> int:
     return self._ids['pad_id']
 
@@ -128,8 +134,10 @@ def _processor(path: str) -> spm.SentencePieceProcessor:
 
 def config_from_marian(hf: dict[str, Any], dtype: str = 'float32') -> TransformerConfig:
   """The TransformerConfig of a Marian `config.json`."""
-  for encoder_key, decoder_key in (('encoder_attention_heads', 'decoder_attention_heads'),
-                                   ('encoder_ffn_dim', 'decoder_ffn_dim')):  # fmt: skip
+  for encoder_key, decoder_key in (
+    ('encoder_attention_heads', 'decoder_attention_heads'),
+    ('encoder_ffn_dim', 'decoder_ffn_dim'),
+  ):
     if hf[encoder_key] != hf[decoder_key]:
       raise MarianError(
         f'{encoder_key}={hf[encoder_key]} differs from {decoder_key}={hf[decoder_key]}'
@@ -139,18 +147,29 @@ def config_from_marian(hf: dict[str, Any], dtype: str = 'float32') -> Transforme
     raise MarianError(f'activation_function={activation!r} is not one of {sorted(_ACTIVATIONS)}')
   shared = hf.get('share_encoder_decoder_embeddings', True)
   return TransformerConfig(
-    vocab_size=hf['vocab_size'], d_model=hf['d_model'], num_heads=hf['encoder_attention_heads'],
-    d_ff=hf['encoder_ffn_dim'], num_encoder_layers=hf['encoder_layers'],
-    num_decoder_layers=hf['decoder_layers'], dropout_rate=hf.get('dropout', 0.1),
+    vocab_size=hf['vocab_size'],
+    d_model=hf['d_model'],
+    num_heads=hf['encoder_attention_heads'],
+    d_ff=hf['encoder_ffn_dim'],
+    num_encoder_layers=hf['encoder_layers'],
+    num_decoder_layers=hf['decoder_layers'],
+    dropout_rate=hf.get('dropout', 0.1),
     attention_dropout_rate=hf.get('attention_dropout', 0.0),
     relu_dropout_rate=hf.get('activation_dropout', 0.0),
-    max_length=hf.get('max_position_embeddings', 512), norm_position='post', dtype=dtype,
-    pad_id=hf['pad_token_id'], bos_id=hf.get('decoder_start_token_id', hf['pad_token_id']),
-    eos_id=hf['eos_token_id'], activation=_ACTIVATIONS[activation],
-    scale_embedding=hf.get('scale_embedding', True), sinusoid_layout='halves',
-    layer_norm_epsilon=1e-5, logits_bias=True, share_embeddings=shared,
+    max_positions=hf.get('max_position_embeddings', 512),
+    norm_position='post',
+    dtype=dtype,
+    pad_id=hf['pad_token_id'],
+    bos_id=hf.get('decoder_start_token_id', hf['pad_token_id']),
+    eos_id=hf['eos_token_id'],
+    activation=_ACTIVATIONS[activation],
+    scale_embedding=hf.get('scale_embedding', True),
+    sinusoid_layout='halves',
+    layer_norm_epsilon=1e-5,
+    logits_bias=True,
+    share_embeddings=shared,
     target_vocab_size=None if shared else hf.get('decoder_vocab_size') or hf['vocab_size'],
-  )  # fmt: skip
+  )
 
 
 def _read_weights(directory: str) -> dict[str, np.ndarray]:
@@ -186,8 +205,12 @@ def _attention_params(tensors, prefix: str, heads: int, cross: bool) -> dict[str
 
   d_model = wq.shape[0]
   split = lambda w: w.reshape(d_model, heads, d_model // heads)
-  params = {'b_q': bq.reshape(heads, -1), 'b_v': bv.reshape(heads, -1),
-            'w_o': wo.reshape(heads, d_model // heads, d_model), 'b_o': bo}  # fmt: skip
+  params = {
+    'b_q': bq.reshape(heads, -1),
+    'b_v': bv.reshape(heads, -1),
+    'w_o': wo.reshape(heads, d_model // heads, d_model),
+    'b_o': bo,
+  }
   if cross:
     params.update(w_q=split(wq), w_kv=np.stack([split(wk), split(wv)], axis=1))
   else:
@@ -233,12 +256,20 @@ def params_from_marian(tensors: dict[str, np.ndarray], config: TransformerConfig
     )
   params: dict[str, Any] = {
     'embed': {'table': {'embedding': source}},
-    'encoder': {'layers': {i: _layer_params(tensors, f'model.encoder.layers.{i}', heads, False)
-                           for i in range(config.num_encoder_layers)}},
-    'decoder': {'layers': {i: _layer_params(tensors, f'model.decoder.layers.{i}', heads, True)
-                           for i in range(config.num_decoder_layers)}},
+    'encoder': {
+      'layers': {
+        i: _layer_params(tensors, f'model.encoder.layers.{i}', heads, False)
+        for i in range(config.num_encoder_layers)
+      }
+    },
+    'decoder': {
+      'layers': {
+        i: _layer_params(tensors, f'model.decoder.layers.{i}', heads, True)
+        for i in range(config.num_decoder_layers)
+      }
+    },
     'logits_bias': tensors.get('final_logits_bias', np.zeros((1, config.target_vocabulary)))[0],
-  }  # fmt: skip
+  }
   if not config.share_embeddings:
     params['target_embed'] = {'table': {'embedding': target}}
   return params
@@ -246,8 +277,6 @@ def params_from_marian(tensors: dict[str, np.ndarray], config: TransformerConfig
 
 def load(directory: str, *, dtype: str = 'float32') -> tuple[Transformer, MarianTokenizer]:
   """A Marian (opus-mt) directory as this package's Transformer (eval mode) and its tokenizer."""
-  from transformer import workdir
-
   path = os.path.join(directory, 'config.json')
   if not os.path.exists(path):
     raise MarianError(f'{directory}: no config.json (not a Hugging Face model directory)')
@@ -256,7 +285,7 @@ def load(directory: str, *, dtype: str = 'float32') -> tuple[Transformer, Marian
   if hf.get('model_type') not in (None, 'marian'):
     raise MarianError(f"{path}: model_type {hf.get('model_type')!r} is not 'marian'")
   config = config_from_marian(hf, dtype)
-  graphdef, abstract, rest = workdir.abstract_model(config)
+  graphdef, abstract, rest = abstract_model(config)
   values = params_from_marian(_read_weights(directory), config)
   _check_shapes(nnx.to_pure_dict(abstract), values)
   nnx.replace_by_pure_dict(abstract, values)
@@ -292,11 +321,20 @@ def _unexpressible(config: TransformerConfig) -> str | None:
 
 # Where each parameter holds the model's feature axis (d_model), by the last two path names.
 _FEATURE_AXIS = {
-  ('table', 'embedding'): 1, ('norm', 'scale'): 0, ('norm', 'bias'): 0, ('w_1', 'kernel'): 0,
-  ('w_2', 'kernel'): 1, ('w_2', 'bias'): 0, ('self_attention', 'w_qkv'): 0,
-  ('cross_attention', 'w_q'): 0, ('cross_attention', 'w_kv'): 0, ('self_attention', 'w_o'): 2,
-  ('cross_attention', 'w_o'): 2, ('self_attention', 'b_o'): 0, ('cross_attention', 'b_o'): 0,
-}  # fmt: skip
+  ('table', 'embedding'): 1,
+  ('norm', 'scale'): 0,
+  ('norm', 'bias'): 0,
+  ('w_1', 'kernel'): 0,
+  ('w_2', 'kernel'): 1,
+  ('w_2', 'bias'): 0,
+  ('self_attention', 'w_qkv'): 0,
+  ('cross_attention', 'w_q'): 0,
+  ('cross_attention', 'w_kv'): 0,
+  ('self_attention', 'w_o'): 2,
+  ('cross_attention', 'w_o'): 2,
+  ('self_attention', 'b_o'): 0,
+  ('cross_attention', 'b_o'): 0,
+}
 
 
 def _permute_features(tree: dict, order: np.ndarray, parent: str = '') -> dict:
@@ -369,20 +407,32 @@ def marian_tensors(params: dict, config: TransformerConfig) -> dict[str, np.ndar
 def marian_config(config: TransformerConfig) -> dict[str, Any]:
   """The `config.json` of a MarianMTModel computing what `config` computes."""
   return {
-    'model_type': 'marian', 'architectures': ['MarianMTModel'], 'is_encoder_decoder': True,
-    'vocab_size': config.vocab_size, 'decoder_vocab_size': config.target_vocabulary,
-    'share_encoder_decoder_embeddings': config.share_embeddings, 'tie_word_embeddings': True,
-    'd_model': config.d_model, 'encoder_layers': config.num_encoder_layers,
-    'decoder_layers': config.num_decoder_layers, 'encoder_attention_heads': config.num_heads,
-    'decoder_attention_heads': config.num_heads, 'encoder_ffn_dim': config.d_ff,
-    'decoder_ffn_dim': config.d_ff, 'activation_function': config.activation,
-    'max_position_embeddings': config.max_length, 'scale_embedding': config.scale_embedding,
-    'static_position_embeddings': True, 'dropout': config.dropout_rate,
+    'model_type': 'marian',
+    'architectures': ['MarianMTModel'],
+    'is_encoder_decoder': True,
+    'vocab_size': config.vocab_size,
+    'decoder_vocab_size': config.target_vocabulary,
+    'share_encoder_decoder_embeddings': config.share_embeddings,
+    'tie_word_embeddings': True,
+    'd_model': config.d_model,
+    'encoder_layers': config.num_encoder_layers,
+    'decoder_layers': config.num_decoder_layers,
+    'encoder_attention_heads': config.num_heads,
+    'decoder_attention_heads': config.num_heads,
+    'encoder_ffn_dim': config.d_ff,
+    'decoder_ffn_dim': config.d_ff,
+    'activation_function': config.activation,
+    'max_position_embeddings': config.max_positions,
+    'scale_embedding': config.scale_embedding,
+    'static_position_embeddings': True,
+    'dropout': config.dropout_rate,
     'attention_dropout': config.attention_dropout_rate,
-    'activation_dropout': config.relu_dropout_rate, 'pad_token_id': config.pad_id,
-    'eos_token_id': config.eos_id, 'decoder_start_token_id': config.bos_id,
+    'activation_dropout': config.relu_dropout_rate,
+    'pad_token_id': config.pad_id,
+    'eos_token_id': config.eos_id,
+    'decoder_start_token_id': config.bos_id,
     'forced_eos_token_id': config.eos_id,
-  }  # fmt: skip
+  }
 
 
 def save(model: Transformer, tokenizer, directory: str) -> None:
@@ -405,8 +455,9 @@ def save(model: Transformer, tokenizer, directory: str) -> None:
   if (
     config.sinusoid_layout == 'interleaved'
   ):  # halves = the interleaved table's even, then odd columns
-    params = _permute_features(params, np.concatenate([np.arange(0, config.d_model, 2),
-                                                       np.arange(1, config.d_model, 2)]))  # fmt: skip
+    params = _permute_features(
+      params, np.concatenate([np.arange(0, config.d_model, 2), np.arange(1, config.d_model, 2)])
+    )
   os.makedirs(directory, exist_ok=True)
   save_file(
     marian_tensors(params, config),
@@ -419,7 +470,7 @@ def save(model: Transformer, tokenizer, directory: str) -> None:
     key: hf[key]
     for key in ('decoder_start_token_id', 'eos_token_id', 'pad_token_id', 'forced_eos_token_id')
   }
-  generation.update(bad_words_ids=[[config.pad_id]], num_beams=4, max_length=config.max_length)
+  generation.update(bad_words_ids=[[config.pad_id]], num_beams=4, max_length=config.max_positions)
   _write_json(os.path.join(directory, 'generation_config.json'), generation)
   _save_tokenizer(tokenizer, directory, config)
 
@@ -457,7 +508,14 @@ def _save_tokenizer(tokenizer, directory: str, config: TransformerConfig) -> Non
     os.path.join(directory, 'vocab.json'),
     {processor.id_to_piece(i): i for i in range(processor.vocab_size())},
   )
-  _write_json(os.path.join(directory, 'tokenizer_config.json'), {
-    'tokenizer_class': 'MarianTokenizer', 'unk_token': processor.id_to_piece(processor.unk_id()),
-    'eos_token': processor.id_to_piece(config.eos_id), 'pad_token': processor.id_to_piece(config.pad_id),
-    'model_max_length': config.max_length, 'separate_vocabs': False})  # fmt: skip
+  _write_json(
+    os.path.join(directory, 'tokenizer_config.json'),
+    {
+      'tokenizer_class': 'MarianTokenizer',
+      'unk_token': processor.id_to_piece(processor.unk_id()),
+      'eos_token': processor.id_to_piece(config.eos_id),
+      'pad_token': processor.id_to_piece(config.pad_id),
+      'model_max_length': config.max_positions,
+      'separate_vocabs': False,
+    },
+  )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 from flax import nnx
 import jax
@@ -41,8 +41,15 @@ _CHOICES = {
   'dtype': tuple(_DTYPES),
   'param_dtype': tuple(_DTYPES),
 }
-_POSITIVE = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
-             'num_decoder_layers', 'max_length')  # fmt: skip
+_POSITIVE = (
+  'vocab_size',
+  'd_model',
+  'num_heads',
+  'd_ff',
+  'num_encoder_layers',
+  'num_decoder_layers',
+  'max_positions',
+)
 _RATES = ('dropout_rate', 'attention_dropout_rate', 'relu_dropout_rate')
 
 
@@ -67,7 +74,7 @@ class TransformerConfig:
   dropout_rate: float = 0.1  # P_drop: sublayer outputs and embedding sums
   attention_dropout_rate: float = 0.0  # on attention weights (not in the paper)
   relu_dropout_rate: float = 0.0  # on the FFN hidden layer (not in the paper)
-  max_length: int = 256  # longest position the positional encoding covers
+  max_positions: int = 256  # positions the positional encoding covers (per side)
   positional_encoding: str = 'sinusoidal'  # 'sinusoidal' (paper) or 'learned'
   norm_position: str = 'post'  # 'post': LayerNorm(x + Sublayer(x)) (paper); 'pre'
   attention_implementation: str = 'reference'  # 'reference' | 'xla' | 'cudnn'
@@ -175,9 +182,16 @@ class AddNorm(nnx.Module):
   """
 
   def __init__(
-    self, d_model: int, *, pre_norm: bool, dropout_rate: float, dtype, param_dtype,
-    epsilon: float = 1e-6, rngs: nnx.Rngs,
-  ):  # fmt: skip
+    self,
+    d_model: int,
+    *,
+    pre_norm: bool,
+    dropout_rate: float,
+    dtype,
+    param_dtype,
+    epsilon: float = 1e-6,
+    rngs: nnx.Rngs,
+  ):
     self.pre_norm = pre_norm
     self.norm = nnx.LayerNorm(
       d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs
@@ -268,7 +282,7 @@ class DecoderBlock(nnx.Module):
     self_bias: jax.Array | None = None,
     cross_bias: jax.Array | None = None,
     *,
-    decode: bool = False,
+    use_cache: bool = False,
   ) -> jax.Array:
     """Args:
     x: `[batch, tgt_length, d_model]` (`tgt_length` = 1 when decoding token by token).
@@ -276,12 +290,14 @@ class DecoderBlock(nnx.Module):
     self_bias: `[batch, 1, tgt_length, tgt_length]` causal ∧ padding bias (built from the cache
       when decoding).
     cross_bias: `[batch, 1, tgt_length, src_length]` source padding bias.
-    decode: read/extend the KV caches (see `Transformer.init_cache`).
+    use_cache: read/extend the KV caches (see `Transformer.init_cache`).
     """
-    x = self.self_attention_norm(x, lambda y: self.self_attention(y, bias=self_bias, decode=decode))
+    x = self.self_attention_norm(
+      x, lambda y: self.self_attention(y, bias=self_bias, use_cache=use_cache)
+    )
     if self.cross_attention is not None:
       x = self.cross_attention_norm(
-        x, lambda y: self.cross_attention(y, encoded, bias=cross_bias, decode=decode)
+        x, lambda y: self.cross_attention(y, encoded, bias=cross_bias, use_cache=use_cache)
       )
     return self.feed_forward_norm(x, self.feed_forward)
 
@@ -291,7 +307,7 @@ class _Stack(nnx.Module):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.positional_encoding = PositionalEncoding(
-      config.max_length,
+      config.max_positions,
       config.d_model,
       learned=config.positional_encoding == 'learned',
       layout=config.sinusoid_layout,
@@ -353,12 +369,12 @@ class Decoder(_Stack):
     cross_bias: jax.Array | None = None,
     positions: jax.Array | None = None,
     *,
-    decode: bool = False,
+    use_cache: bool = False,
   ) -> jax.Array:
     """`embedded` `[batch, tgt_length, d_model]` -> `[batch, tgt_length, d_model]`."""
     x = self._inputs(embedded, positions)
     for layer in self.layers:
-      x = layer(x, encoded, self_bias, cross_bias, decode=decode)
+      x = layer(x, encoded, self_bias, cross_bias, use_cache=use_cache)
     return self._output(x)
 
 
@@ -366,7 +382,7 @@ class Transformer(nnx.Module):
   """Encoder-decoder Transformer with a shared source/target embedding tied to the output layer.
 
   `__call__` is the teacher-forcing pass used in training: the whole shifted-right target in one
-  masked forward pass. `encode` + `init_cache` + `decode(..., decode=True)` is the token-by-token
+  masked forward pass. `encode` + `init_cache` + `decode(..., use_cache=True)` is the token-by-token
   path used for generation; both give the same logits.
 
   With `share_embeddings=False` the target side has its own table (`target_embed`), which also
@@ -376,9 +392,14 @@ class Transformer(nnx.Module):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
-    embed = lambda vocab: Embed(vocab, config.d_model, scale=config.scale_embedding,
-                                dtype=config.compute_dtype, param_dtype=config.parameter_dtype,
-                                rngs=rngs)  # fmt: skip
+    embed = lambda vocab: Embed(
+      vocab,
+      config.d_model,
+      scale=config.scale_embedding,
+      dtype=config.compute_dtype,
+      param_dtype=config.parameter_dtype,
+      rngs=rngs,
+    )
     self.embed = embed(config.vocab_size)
     self.target_embed = (
       nnx.data(None) if config.share_embeddings else embed(config.target_vocabulary)
@@ -429,7 +450,7 @@ class Transformer(nnx.Module):
     src_segments: jax.Array | None = None,
     tgt_segments: jax.Array | None = None,
     tgt_positions: jax.Array | None = None,
-    decode: bool = False,
+    use_cache: bool = False,
   ) -> jax.Array:
     """Logits for the next token at every target position.
 
@@ -438,16 +459,16 @@ class Transformer(nnx.Module):
       encoded: `[batch, src_length, d_model]` from `encode`.
       src_tokens: `[batch, src_length]` int, for the source padding mask of cross-attention.
       src_segments, tgt_segments: `[batch, length]` segment ids of packed rows, or None.
-      tgt_positions: `[batch, tgt_length]` positions (required when `decode=True`: the step index).
-      decode: token-by-token generation with the KV cache (`init_cache` first).
+      tgt_positions: `[batch, tgt_length]` positions (required when `use_cache=True`: the step index).
+      use_cache: token-by-token generation with the KV cache (`init_cache` first).
 
     Returns:
       `[batch, tgt_length, vocab_size]` float32 logits.
     """
     cross_mask = self._source_mask(src_tokens, decoder_input.shape[1])
-    if decode:
+    if use_cache:
       if tgt_positions is None:
-        raise ValueError('decode=True needs tgt_positions (the index of the token being fed)')
+        raise ValueError('use_cache=True needs tgt_positions (the index of the token being fed)')
       self_mask = None  # the self-attention cache builds its own causal mask
     else:
       # Targets are right-padded, so the causal mask already hides padded keys from every real
@@ -465,7 +486,7 @@ class Transformer(nnx.Module):
       masks.mask_to_bias(self_mask),
       masks.mask_to_bias(cross_mask),
       tgt_positions,
-      decode=decode,
+      use_cache=use_cache,
     )
     logits = self.target_embedding.attend(x)
     return (
@@ -496,14 +517,15 @@ class Transformer(nnx.Module):
   def init_cache(self, encoded: jax.Array, max_decode_length: int) -> None:
     """Prepares token-by-token decoding: empty self-attention caches of `max_decode_length`
     slots and cross-attention keys/values projected once from `encoded` `[batch, src_length, d_model]`."""
-    if max_decode_length > self.config.max_length:
+    if max_decode_length > self.config.max_positions:
       raise ValueError(
         f'max_decode_length={max_decode_length} exceeds the positional encoding '
-        f'length max_length={self.config.max_length}'
+        f'length max_positions={self.config.max_positions}'
       )
     for layer in self.decoder.layers:
       layer.self_attention.init_cache(encoded.shape[0], max_decode_length)
-      layer.cross_attention.init_cache(encoded)
+      if layer.cross_attention is not None:
+        layer.cross_attention.init_cache(encoded)
 
 
 def shift_right(targets: jax.Array, bos_id: int, segment_ids: jax.Array | None = None) -> jax.Array:
@@ -530,3 +552,16 @@ def shift_right(targets: jax.Array, bos_id: int, segment_ids: jax.Array | None =
 def count_params(model: nnx.Module) -> int:
   """Number of trainable parameters (shared embeddings counted once)."""
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def abstract_model(config: TransformerConfig) -> tuple[nnx.GraphDef, Any, Any]:
+  """(graphdef, parameter ShapeDtypeStructs, concrete non-parameter state) of a model, built
+  without initialising any parameter."""
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  concrete = lambda x: (
+    jax.random.key(0)
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+    else jnp.zeros(x.shape, x.dtype)
+  )
+  return graphdef, params, jax.tree.map(concrete, rest)

@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import jax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 AXIS = 'data'

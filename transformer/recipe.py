@@ -1,13 +1,13 @@
 """Defaults that depend on the data: vocabulary size, length of training and dropout.
 
-Left to 'auto' in the run config (`vocab_size=0`, `model.dropout_rate=-1`), they are resolved
+Left to the data in the run config (`vocab_size=None`, `model.dropout_rate=None`), they are resolved
 before the model exists, from the training split's size (measured on a seeded sample of at most
 `SAMPLE` pairs read by index, so the plan is the same on every resume):
 
     vocabulary  6.4·√W SentencePiece pieces, rounded to 1,000, between 2,000 and 32,000, where W
                 is the number of words in the training split (source + target): small corpora
                 get small vocabularies (every piece must be seen often enough to be learned).
-    steps       `num_train_steps`, but at most `max_epochs` passes over the data (0 = no cap).
+    steps       `num_train_steps`, but at most `max_epochs` passes over the data (None = no cap).
     dropout     by E, the passes over the data the run will make: 0 for E <= 4 (the model is
                 still fitting the data, and dropout only slows it), 0.2 for E <= 8, 0.3 beyond.
 
@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 
 SAMPLE = 20_000
-AUTO_DROPOUT = -1.0
 _DROPOUT_BY_EPOCHS = ((4.0, 0.0), (8.0, 0.2))
 PACKING_EFFICIENCY = 0.9  # share of a packed row's slots that hold tokens (measured: 0.93-0.95)
 
@@ -76,26 +75,27 @@ def tokens_per_pair(source, tokenizer, seed: int) -> float:
 
 def vocabulary(config: ml_collections.ConfigDict, words: float) -> tuple[int, str]:
   """(vocabulary size, the report line) for a training split of `words` words."""
-  if config.vocab_size:
+  if config.vocab_size is not None:
     return config.vocab_size, f'vocab {config.vocab_size} (set)'
   size = vocab_size_for(words)
   return size, f'vocab {size} (auto: {words / 1e3:,.0f}k words in the training split)'
 
 
-def length_and_dropout(config: ml_collections.ConfigDict, pairs: int, per_pair: float,
-                       vocab: tuple[int, str]) -> Plan:  # fmt: skip
+def length_and_dropout(
+  config: ml_collections.ConfigDict, pairs: int, per_pair: float, vocab: tuple[int, str]
+) -> Plan:
   """The plan, once the tokenizer can measure the data in tokens."""
   slots = config.batch_size * config.max_length * 2 * (PACKING_EFFICIENCY if config.pack else 0.5)
   steps_per_epoch = max(pairs * per_pair / slots, 1e-9)
   steps, report = config.num_train_steps, [vocab[1]]
-  if config.max_epochs and steps > config.max_epochs * steps_per_epoch:
+  if config.max_epochs is not None and steps > config.max_epochs * steps_per_epoch:
     steps = max(int(math.ceil(config.max_epochs * steps_per_epoch)), 1)
     report.append(f'steps {steps} (auto: at most {config.max_epochs} passes over the data)')
   else:
     report.append(f'steps {steps} (set)')
   epochs = steps / steps_per_epoch
   rate = config.model.dropout_rate
-  if rate == AUTO_DROPOUT:
+  if rate is None:
     rate = dropout_for(epochs)
     report.append(
       f'dropout {rate} (auto: {epochs:.1f} passes over {pairs:,} pairs of ~{per_pair:.0f} tokens)'
@@ -106,7 +106,7 @@ def length_and_dropout(config: ml_collections.ConfigDict, pairs: int, per_pair: 
 
 
 def resolve(config: ml_collections.ConfigDict, plan: Plan) -> ml_collections.ConfigDict:
-  """A copy of the run config with the plan's values in place of 'auto'."""
+  """A copy of the run config with the plan's values in place of those left to the data."""
   resolved = ml_collections.ConfigDict(config.to_dict())
   resolved.vocab_size = plan.vocab_size
   resolved.num_train_steps = plan.num_train_steps

@@ -7,35 +7,84 @@ so nothing runs (and nothing is written) on an invalid config.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
+from typing import Any
 
 import ml_collections
 
 from transformer import parallel
+from transformer.input_pipeline.pipeline import OVERLONG_POLICIES
 from transformer.model import TransformerConfig
-from transformer.recipe import AUTO_DROPOUT
 
-OVERLONG_POLICIES = ('drop', 'truncate')
-_NON_NEGATIVE_INTEGERS = (
-  'vocab_size',
-  'max_epochs',
-  'early_stopping_evals',
-  'average_last',
-)  # 0: auto/off
-_POSITIVE_INTEGERS = (
-  'batch_size',
-  'num_train_steps',
-  'warmup_steps',
-  'log_every',
-  'eval_every',
-  'checkpoint_every',
-  'keep_checkpoints',
-  'eval_batch_size',
-  'max_length',
-  'grad_accum_steps',
-  'decode_batch_size',
-)
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """The values a numeric config field accepts: a number of `kind` with `low <= value` (`<` when
+  `above`) and `value <= high`, or None where `none` says what None means (e.g. 'auto')."""
+
+  kind: type
+  low: float
+  high: float | None = None
+  above: bool = False
+  none: str | None = None
+
+  def problem(self, value: Any) -> str | None:
+    """None if `value` is accepted, else what the field accepts."""
+    if value is None and self.none:
+      return None
+    number = isinstance(value, self.kind) or (self.kind is float and isinstance(value, int))
+    if number and not isinstance(value, bool):
+      low_ok = value > self.low if self.above else value >= self.low
+      if low_ok and (self.high is None or value <= self.high):
+        return None
+    return f'must be {self.describe()}, got {value!r}'
+
+  def describe(self) -> str:
+    what = 'an integer' if self.kind is int else 'a number'
+    bound = f'{">" if self.above else ">="} {self.low}'
+    if self.high is not None:
+      bound += f' and <= {self.high}'
+    return f'{what} {bound}' + (f', or None ({self.none})' if self.none else '')
+
+
+# Every numeric field of a run config, with what it accepts (README: "Config reference").
+RANGES = {
+  'seed': Range(int, 0),
+  'vocab_size': Range(int, 16, none='from the corpus: transformer/recipe.py'),
+  'character_coverage': Range(float, 0.0, 1.0, above=True),
+  'vocab_max_sentences': Range(int, 1),
+  'max_length': Range(int, 2),
+  'data_workers': Range(int, 0, none='auto: none on a CPU backend, half the cores otherwise'),
+  'batch_size': Range(int, 1),
+  'grad_accum_steps': Range(int, 1),
+  'num_train_steps': Range(int, 1),
+  'max_epochs': Range(int, 1, none='no cap on the passes over the data'),
+  'max_train_minutes': Range(float, 0.0, above=True, none='no time budget'),
+  'warmup_steps': Range(int, 1),
+  'learning_rate_scale': Range(float, 0.0, above=True),
+  'label_smoothing': Range(float, 0.0, 0.999),
+  'max_grad_norm': Range(float, 0.0, above=True, none='no clipping'),
+  'log_every': Range(int, 1),
+  'eval_every': Range(int, 1),
+  'checkpoint_every': Range(int, 1),
+  'keep_checkpoints': Range(int, 1),
+  'early_stopping_evals': Range(int, 1, none='never stop early'),
+  'average_last': Range(int, 1, none='no checkpoint averaging'),
+  'eval_batch_size': Range(int, 1),
+  'eval_max_batches': Range(int, 1, none='the whole validation split'),
+  'bleu_sentences': Range(int, 1, none='every validation sentence'),
+  'eval_beam_size': Range(int, 1),
+  'test_max_sentences': Range(int, 1, none='the whole test split'),
+  'length_penalty': Range(float, 0.0),
+  'decode_extra_length': Range(int, 0),
+  'decode_batch_size': Range(int, 1),
+  'num_samples': Range(int, 0),
+  'model.dropout_rate': Range(
+    float, 0.0, 0.999, none='from the passes over the data: transformer/recipe.py'
+  ),
+}
 
 
 class ConfigError(ValueError):
@@ -46,13 +95,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field."""
   from transformer import training  # the schedules' names; optax is needed to train anyway
 
-  for name in _POSITIVE_INTEGERS + _NON_NEGATIVE_INTEGERS:
-    value, least = config[name], 0 if name in _NON_NEGATIVE_INTEGERS else 1
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-      raise ConfigError(f'config.{name} must be an integer >= {least}, got {value!r}')
-  if config.average_last > config.keep_checkpoints:
-    raise ConfigError(f'config.average_last={config.average_last} needs config.keep_checkpoints >= it '
-                      f'(it is {config.keep_checkpoints})')  # fmt: skip
+  for name, accepted in RANGES.items():
+    problem = accepted.problem(_get(config, name))
+    if problem:
+      raise ConfigError(f'config.{name} {problem}')
+  if any(not isinstance(b, int) or b < 1 for b in config.test_beam_sizes):
+    raise ConfigError(f'config.test_beam_sizes must be integers >= 1, got {config.test_beam_sizes}')
+  if config.average_last and config.average_last > config.keep_checkpoints:
+    raise ConfigError(
+      f'config.average_last={config.average_last} needs config.keep_checkpoints >= it '
+      f'(it is {config.keep_checkpoints})'
+    )
   choices = {
     'overlong': OVERLONG_POLICIES,
     'parallelism': parallel.PARALLELISMS,
@@ -61,22 +114,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name, allowed in choices.items():
     if config[name] not in allowed:
       raise ConfigError(f'config.{name} must be one of {allowed}, got {config[name]!r}')
-  if not isinstance(config.data_workers, int) or config.data_workers < -1:
-    raise ConfigError(f'config.data_workers must be -1 (auto) or >= 0, got {config.data_workers!r}')
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise ConfigError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing}')
-  if config.eval_beam_size < 1 or any(b < 1 for b in config.test_beam_sizes):
-    raise ConfigError('config.eval_beam_size and config.test_beam_sizes must be >= 1')
-  if config.model.max_length < config.max_length:
+  if config.source_lang == config.target_lang:
     raise ConfigError(
-      f'config.model.max_length={config.model.max_length} must cover the data '
+      f'config.source_lang and config.target_lang are both {config.source_lang!r}: a model '
+      'translates between two languages'
+    )
+  if config.model.max_positions < config.max_length:
+    raise ConfigError(
+      f'config.model.max_positions={config.model.max_positions} must cover the data '
       f'max_length={config.max_length}'
     )
-  try:  # 'auto' values (vocab 0, dropout -1) are resolved later: check the rest with stand-ins
-    checked = ml_collections.ConfigDict(config.to_dict())
-    if checked.model.dropout_rate == AUTO_DROPOUT:
-      checked.model.dropout_rate = 0.1
-    model_config(checked, vocab_size=config.vocab_size or 32000)
+  try:  # the fields left to the data (None) are checked when they are resolved
+    model_config(config, vocab_size=config.vocab_size or TransformerConfig.vocab_size)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model: {e}') from e
   if config.init_from and not os.path.exists(os.path.join(config.init_from, 'config.json')):
@@ -85,15 +134,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
 def model_config(
   config: ml_collections.ConfigDict, vocab_size: int, **special_ids: int
 ) -> TransformerConfig:
   """The model a run config describes, for a vocabulary of `vocab_size` (and the tokenizer's
-  `pad_id`/`bos_id`/`eos_id`, if given)."""
-  return TransformerConfig(vocab_size=vocab_size, **special_ids, **config.model.to_dict())
+  `pad_id`/`bos_id`/`eos_id`, if given). A model field left to the data (None) takes
+  `TransformerConfig`'s default: resolve the config first (`transformer.recipe`) to get its value."""
+  fields = {k: v for k, v in config.model.to_dict().items() if v is not None}
+  return TransformerConfig(vocab_size=vocab_size, **special_ids, **fields)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, d_model: int):
+def optimizer_for(config: ml_collections.ConfigDict, d_model: int):
   """The optimizer and learning-rate schedule that `config` describes."""
   from transformer import training  # optax: training only
 
@@ -101,7 +158,7 @@ def make_optimizer(config: ml_collections.ConfigDict, d_model: int):
     d_model,
     config.warmup_steps,
     config.learning_rate_scale,
-    max_grad_norm=config.max_grad_norm or None,
+    max_grad_norm=config.max_grad_norm,
     schedule=config.lr_schedule,
     total_steps=config.num_train_steps,
   )
@@ -120,3 +177,14 @@ def nearest_keys(config: ml_collections.ConfigDict, key: str, count: int = 3) ->
 
   walk(config, '')
   return difflib.get_close_matches(key, keys, n=count, cutoff=0.5)
+
+
+def reference_table() -> str:
+  """The README's config reference: each numeric field and what it accepts, from `RANGES`."""
+  rows = ['| field | accepts |', '| --- | --- |']
+  rows += [f'| `{name}` | {accepted.describe()} |' for name, accepted in RANGES.items()]
+  return '\n'.join(rows)
+
+
+if __name__ == '__main__':
+  print(reference_table())

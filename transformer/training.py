@@ -251,8 +251,9 @@ def make_train_step(
   return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, *, label_smoothing: float = 0.0,
-                   axis_name: str | None = None) -> Callable:  # fmt: skip
+def make_eval_step(
+  graphdef: nnx.GraphDef, *, label_smoothing: float = 0.0, axis_name: str | None = None
+) -> Callable:
   """Per-replica eval step `(params, rngs, batch) -> sums` of NLL, correct tokens, tokens and the
   training loss (label-smoothed, `smoothed`), which makes the train/validation gap comparable."""
 

@@ -1,5 +1,4 @@
-"""Translate text with a trained workdir or a pretrained Marian model: one output line per input
-line, in order.
+"""Translating text: `translate(model, tokenizer, sentences)`, and the command line over it.
 
     python -m transformer.translate --workdir=DIR [--beam_size=4] [--input=FILE] [--checkpoint=best]
     python -m transformer.translate --pretrained=DIR [--max_new_tokens=N] [--length_normalization=hf]
@@ -7,36 +6,52 @@ line, in order.
 Reads FILE (or stdin) as UTF-8, one sentence per line (lines end at `\\n`, and a `\\r` before it
 is dropped: nothing else splits a line), batches internally and writes one line per input line to
 stdout. An empty input line gives an empty output line. A line longer than the model's
-max_length tokens is truncated to fit, and stderr says which line. Bad input (no such file,
+max_positions tokens is truncated to fit, and stderr says which line. Bad input (no such file,
 invalid UTF-8, a closed stdin, bad flags) is reported in one line before the model is loaded.
+
+The module imports neither JAX nor the model until there is something to translate, and its
+flags exist only when it runs as the command (`run`), so other programs can import `translate`.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
+import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-  'workdir', None, 'Training workdir (config.json, tokenizer.model, checkpoints/).'
-)
-flags.DEFINE_string(
-  'pretrained', None, 'A Hugging Face Marian (opus-mt) directory, instead of --workdir.'
-)
-flags.DEFINE_string('input', None, 'File to translate, one sentence per line (default: stdin).')
-flags.DEFINE_integer('beam_size', 4, 'Beam size (1 = greedy).')
-flags.DEFINE_float('length_penalty', 0.6, 'Length-penalty exponent alpha.')
-flags.DEFINE_enum('length_normalization', 'gnmt', ['gnmt', 'hf'],
-                  "Beam scores: log P / ((5 + len) / 6)^alpha ('gnmt'), or log P / len^alpha as "
-                  "transformers' generate ('hf').")  # fmt: skip
-flags.DEFINE_integer('max_new_tokens', None, 'Generate at most this many tokens per sentence '
-                     '(instead of source length + --extra_length).')  # fmt: skip
-flags.DEFINE_integer('batch_size', 32, 'Sentences decoded together.')
-flags.DEFINE_integer('extra_length', 50, 'Generate at most source length + this many tokens.')
-flags.DEFINE_enum(
-  'checkpoint', 'latest', ['latest', 'best', 'average'], 'Which checkpoint to load.'
-)
+
+
+def _define_flags() -> None:
+  """The command's flags (defined when it runs, not on import)."""
+  flags.DEFINE_string(
+    'workdir', None, 'Training workdir (config.json, tokenizer.model, checkpoints/).'
+  )
+  flags.DEFINE_string(
+    'pretrained', None, 'A Hugging Face Marian (opus-mt) directory, instead of --workdir.'
+  )
+  flags.DEFINE_string('input', None, 'File to translate, one sentence per line (default: stdin).')
+  flags.DEFINE_integer('beam_size', 4, 'Beam size (1 = greedy).')
+  flags.DEFINE_float('length_penalty', 0.6, 'Length-penalty exponent alpha.')
+  flags.DEFINE_enum(
+    'length_normalization',
+    'gnmt',
+    ['gnmt', 'hf'],
+    "Beam scores: log P / ((5 + len) / 6)^alpha ('gnmt'), or log P / len^alpha as "
+    "transformers' generate ('hf').",
+  )
+  flags.DEFINE_integer(
+    'max_new_tokens',
+    None,
+    'Generate at most this many tokens per sentence (instead of source length + --extra_length).',
+  )
+  flags.DEFINE_integer('batch_size', 32, 'Sentences decoded together.')
+  flags.DEFINE_integer('extra_length', 50, 'Generate at most source length + this many tokens.')
+  flags.DEFINE_enum(
+    'checkpoint', 'latest', ['latest', 'best', 'average'], 'Which checkpoint to load.'
+  )
 
 
 class InputError(ValueError):
@@ -71,6 +86,75 @@ def read_input(path: str | None) -> list[str]:
       return split_lines(f.read(), path)
   except OSError as e:
     raise InputError(f'{path}: {e.strerror}') from None
+
+
+def _encode_sources(
+  tokenizer, sentences: Sequence[str], eos_id: int, max_source: int, warn: Callable[[str], None]
+) -> list[list[int] | None]:
+  """Ids (+EOS) of each sentence, None for an empty one; over-long ones truncated (with a warning)."""
+  encoded: list[list[int] | None] = []
+  for number, sentence in enumerate(sentences, start=1):
+    if not sentence.strip():
+      encoded.append(None)
+      continue
+    ids = list(tokenizer.encode(sentence))
+    if len(ids) > max_source:
+      warn(f"line {number}: {len(ids)} tokens, longer than the model's {max_source}; truncated")
+      ids = ids[:max_source]
+    encoded.append(ids + [eos_id])
+  return encoded
+
+
+def translate(
+  model: Any,
+  tokenizer,
+  sentences: Sequence[str],
+  *,
+  beam_size: int = 4,
+  alpha: float = 0.6,
+  batch_size: int = 32,
+  extra_length: int = 50,
+  max_new_tokens: int | None = None,
+  length_normalization: str = 'gnmt',
+  warn: Callable[[str], None] | None = None,
+) -> list[str]:
+  """Translates `sentences` in order (one output per input; an empty input gives '').
+
+  A sentence's translation does not depend on the others: each may generate at most its own
+  source length + `extra_length` tokens (or `max_new_tokens`, if given). Sentences are sorted by
+  length and decoded `batch_size` at a time, with source lengths padded to a multiple of 16, so
+  only a few shapes compile. A source longer than the model's `max_positions` (EOS included) is
+  truncated to fit, and `warn` (default: stderr) is told which line.
+  """
+  from transformer import search  # jax: loaded once there is something to translate
+
+  config = model.config
+  warn = warn or (lambda message: print(message, file=sys.stderr))
+  encoded = _encode_sources(tokenizer, sentences, config.eos_id, config.max_positions - 1, warn)
+  outputs = [''] * len(sentences)
+  order = sorted(
+    (i for i, ids in enumerate(encoded) if ids is not None), key=lambda i: len(encoded[i])
+  )
+  for start in range(0, len(order), batch_size):
+    chunk = order[start : start + batch_size]
+    length = search.bucket(max(len(encoded[i]) for i in chunk), config.max_positions)
+    src = np.full((batch_size, length), config.pad_id, np.int32)  # fixed rows: one compilation
+    for row, i in enumerate(chunk):
+      src[row, : len(encoded[i])] = encoded[i]
+    tokens = np.asarray(
+      search.generate(
+        model,
+        src,
+        beam_size=beam_size,
+        alpha=alpha,
+        extra_length=extra_length,
+        max_new_tokens=max_new_tokens,
+        length_normalization=length_normalization,
+      )
+    )
+    for row, i in enumerate(chunk):
+      outputs[i] = tokenizer.decode(tokens[row])
+  return outputs
 
 
 def _check_flags() -> None:
@@ -115,19 +199,24 @@ def main(argv: list[str]) -> int:
     print(f'translate: error: {e}', file=sys.stderr)
     return 2
   print(f'translate: {what}', file=sys.stderr)
-  from transformer import evaluation
-
-  outputs = evaluation.translate(
-    model, tokenizer, lines, beam_size=FLAGS.beam_size, alpha=FLAGS.length_penalty,
-    batch_size=FLAGS.batch_size, extra_length=FLAGS.extra_length,
-    max_new_tokens=FLAGS.max_new_tokens, length_normalization=FLAGS.length_normalization,
-  )  # fmt: skip
+  outputs = translate(
+    model,
+    tokenizer,
+    lines,
+    beam_size=FLAGS.beam_size,
+    alpha=FLAGS.length_penalty,
+    batch_size=FLAGS.batch_size,
+    extra_length=FLAGS.extra_length,
+    max_new_tokens=FLAGS.max_new_tokens,
+    length_normalization=FLAGS.length_normalization,
+  )
   # A translation never spans lines: the output keeps one line per input line.
   sys.stdout.write(''.join(line.replace('\r', ' ').replace('\n', ' ') + '\n' for line in outputs))
   return 0
 
 
 def run() -> None:
+  _define_flags()
   app.run(main)
 
 

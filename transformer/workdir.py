@@ -19,13 +19,11 @@ from typing import Any
 
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from transformer import checkpoints
 from transformer.input_pipeline import tokenizer as tokenizer_lib
-from transformer.model import Transformer, TransformerConfig
-from transformer.recipe import AUTO_DROPOUT
+from transformer.model import Transformer, TransformerConfig, abstract_model
 from transformer.run_config import ConfigError, model_config
 
 CONFIG_FILE = 'config.json'
@@ -58,6 +56,30 @@ REPORTED_ON_RESUME = (
 )
 
 
+# Earlier versions wrote "chosen for you" as numbers; they mean what None means now.
+LEGACY_NUMBERS_FOR_NONE = {
+  'vocab_size': 0,
+  'model.dropout_rate': -1.0,
+  'data_workers': -1,
+  'bleu_sentences': 0,
+  'test_max_sentences': 0,
+  'eval_max_batches': 0,
+  'max_epochs': 0,
+  'max_train_minutes': 0.0,
+  'early_stopping_evals': 0,
+  'average_last': 0,
+  'max_grad_norm': 0.0,
+}
+
+
+# Model fields that earlier versions wrote under another name.
+RENAMED_MODEL_FIELDS = {'max_length': 'max_positions'}
+
+
+def _renamed_model_fields(fields: dict[str, Any]) -> dict[str, Any]:
+  return {RENAMED_MODEL_FIELDS.get(name, name): value for name, value in fields.items()}
+
+
 def tokenizer_path(workdir: str, *, pretrained: bool | None = None) -> str:
   """Where the workdir's tokenizer is: a pretrained model's folder or a SentencePiece file
   (`pretrained=None`: whichever the workdir has)."""
@@ -68,7 +90,13 @@ def tokenizer_path(workdir: str, *, pretrained: bool | None = None) -> str:
 
 
 def load_tokenizer(workdir: str):
-  return tokenizer_lib.load(tokenizer_path(workdir))
+  """The workdir's tokenizer: its SentencePiece model, or the pretrained model's tokenizer."""
+  path = tokenizer_path(workdir)
+  if os.path.isdir(path):
+    from transformer import marian
+
+    return marian.load_tokenizer(path)
+  return tokenizer_lib.Tokenizer(path)
 
 
 def save_model_config(config: TransformerConfig, workdir: str) -> None:
@@ -81,9 +109,9 @@ def _model_config(config: ml_collections.ConfigDict, workdir: str, tokenizer) ->
   path = os.path.join(workdir, MODEL_FILE)
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
-      return TransformerConfig(**json.load(f))
-  # An 'auto' dropout (-1) is resolved from the data: only the written model config has the value.
-  if config.model.get('dropout_rate') == AUTO_DROPOUT:
+      return TransformerConfig(**_renamed_model_fields(json.load(f)))
+  # A dropout left to the data is resolved at training: only the written model config has it.
+  if config.model.get('dropout_rate') is None:
     raise FileNotFoundError(f'{workdir} has no {MODEL_FILE} (training writes it with the model)')
   return model_config(config, tokenizer.vocab_size, **tokenizer.special_ids)  # older workdirs
 
@@ -95,9 +123,17 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
     return None
   try:
     with open(path, encoding='utf-8') as f:
-      return ml_collections.ConfigDict(json.load(f))
+      saved = json.load(f)
   except (OSError, ValueError) as e:
     raise ConfigError(f'{path}: cannot be read ({e})') from e
+  if isinstance(saved.get('model'), dict):
+    saved['model'] = _renamed_model_fields(saved['model'])
+  for dotted, legacy in LEGACY_NUMBERS_FOR_NONE.items():
+    node, _, name = dotted.rpartition('.')
+    fields = saved.get(node, {}) if node else saved
+    if fields.get(name) == legacy:
+      fields[name] = None
+  return ml_collections.ConfigDict(saved)
 
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
@@ -148,19 +184,6 @@ def write_json_atomically(path: str, value: Any) -> None:
   with open(temporary, 'w', encoding='utf-8') as f:
     json.dump(value, f, indent=2)
   os.replace(temporary, path)
-
-
-def abstract_model(config) -> tuple[nnx.GraphDef, Any, Any]:
-  """(graphdef, parameter ShapeDtypeStructs, concrete non-parameter state) of a model, built
-  without initialising any parameter."""
-  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
-  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  concrete = lambda x: (
-    jax.random.key(0)
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-    else jnp.zeros(x.shape, x.dtype)
-  )
-  return graphdef, params, jax.tree.map(concrete, rest)
 
 
 def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Any, int]:

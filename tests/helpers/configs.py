@@ -4,6 +4,14 @@ from transformer.model import TransformerConfig
 
 
 def tiny_config(**overrides) -> TransformerConfig:
-  values = dict(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
-                num_decoder_layers=2, dropout_rate=0.0, max_length=64)  # fmt: skip
+  values = dict(
+    vocab_size=40,
+    d_model=32,
+    num_heads=4,
+    d_ff=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    dropout_rate=0.0,
+    max_positions=64,
+  )
   return TransformerConfig(**{**values, **overrides})

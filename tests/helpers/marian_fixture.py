@@ -10,12 +10,18 @@ import os
 
 import sentencepiece as spm
 
-from tests.helpers import tiny_run
+from benchmarks import tiny_run
 
 
 def _train_spm(path_prefix: str, sentences: list[str], vocab_size: int) -> str:
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=path_prefix,
-                                 vocab_size=vocab_size, minloglevel=2, bos_id=-1, pad_id=-1)  # fmt: skip
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(sentences),
+    model_prefix=path_prefix,
+    vocab_size=vocab_size,
+    minloglevel=2,
+    bos_id=-1,
+    pad_id=-1,
+  )
   return path_prefix + '.model'
 
 
@@ -40,13 +46,27 @@ def build(directory: str, *, shared: bool = True, seed: int = 0, eos_bias: float
     json.dump(vocab, f)
   tokenizer = MarianTokenizer(source_spm, target_spm, os.path.join(directory, 'vocab.json'))
   config = MarianConfig(
-    vocab_size=len(vocab), decoder_vocab_size=len(vocab), d_model=16, encoder_layers=2,
-    decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-    decoder_ffn_dim=32, activation_function='swish', max_position_embeddings=64,
-    pad_token_id=vocab['<pad>'], eos_token_id=0, decoder_start_token_id=vocab['<pad>'],
-    forced_eos_token_id=None, share_encoder_decoder_embeddings=shared, scale_embedding=True,
-    dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
-  )  # fmt: skip
+    vocab_size=len(vocab),
+    decoder_vocab_size=len(vocab),
+    d_model=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=32,
+    decoder_ffn_dim=32,
+    activation_function='swish',
+    max_position_embeddings=64,
+    pad_token_id=vocab['<pad>'],
+    eos_token_id=0,
+    decoder_start_token_id=vocab['<pad>'],
+    forced_eos_token_id=None,
+    share_encoder_decoder_embeddings=shared,
+    scale_embedding=True,
+    dropout=0.1,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+  )
   torch.manual_seed(seed)
   model = MarianMTModel(config)
   with torch.no_grad():

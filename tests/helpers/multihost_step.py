@@ -19,10 +19,9 @@ if num_processes > 1:
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks.common import synthetic_batch  # noqa: E402
 from tests.helpers import configs  # noqa: E402
-from tests.test_train_step import synthetic_batch  # noqa: E402
-from transformer import parallel as parallel_lib  # noqa: E402
-from transformer import training  # noqa: E402
+from transformer import parallel as parallel_lib, training  # noqa: E402
 
 config = configs.tiny_config()
 model = training.create_model(config, seed=0)
@@ -32,7 +31,7 @@ parallel = parallel_lib.make('shard_map')
 step = parallel.compile_train_step(
   training.make_train_step(graphdef, optimizer, label_smoothing=0.1, axis_name=parallel.axis_name)
 )
-batch = synthetic_batch(rows=8)
+batch = synthetic_batch(8, 12, 40, min_fraction=0.0, uneven=True)
 rows = 8 // jax.process_count()
 local = {
   k: v[jax.process_index() * rows : (jax.process_index() + 1) * rows] for k, v in batch.items()

@@ -3,8 +3,10 @@ sentence pairs."""
 
 import numpy as np
 
-WORDS = ('the cat dog sat on a mat while le chat chien est sur tapis quick brown fox jumps over '
-         'lazy it is and of to in house maison rouge red blue bleu').split()  # fmt: skip
+WORDS = (
+  'the cat dog sat on a mat while le chat chien est sur tapis quick brown fox jumps over '
+  'lazy it is and of to in house maison rouge red blue bleu'
+).split()
 
 
 class ListSource:

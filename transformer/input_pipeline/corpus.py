@@ -117,7 +117,7 @@ def iter_tsv(
     source_column, target_column: header names of the two sides (e.g. 'en', 'fr').
     report: counts the pairs read and the lines skipped.
     skip_malformed: skip (and count) bad lines instead of raising.
-  """  # fmt: skip
+  """
   lines = _lines(path)
   try:
     number, raw = next(lines)

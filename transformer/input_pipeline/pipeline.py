@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from transformer.input_pipeline import tokenizer as tokenizer_lib
 from transformer.input_pipeline.corpus import DataError
 from transformer.input_pipeline.tokenizer import Tokenizer
-from transformer.run_config import OVERLONG_POLICIES
 
 FEATURES = ('inputs', 'targets')
 FIELDS = tuple(
   f'{name}{suffix}' for name in FEATURES for suffix in ('', '_segment_ids', '_positions')
 )
 CHUNK_PAIRS = 2048  # records tokenized and packed together
+OVERLONG_POLICIES = ('drop', 'truncate')  # what happens to an example longer than max_length
 
 
 @dataclasses.dataclass
@@ -69,8 +68,12 @@ class TokenizedPairs:
     self.flat, self.offsets = flat, offsets
 
   @classmethod
-  def from_lists(cls, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
-                 append: int | None = None) -> 'TokenizedPairs':  # fmt: skip
+  def from_lists(
+    cls,
+    inputs: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    append: int | None = None,
+  ) -> 'TokenizedPairs':
     """From token lists per example (with `append`, that id is added at the end of each)."""
     flat, offsets = {}, {}
     for name, seqs in (('inputs', inputs), ('targets', targets)):
@@ -93,15 +96,18 @@ class TokenizedPairs:
     return len(self.offsets['inputs']) - 1
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return {name: self.flat[name][self.offsets[name][index] : self.offsets[name][index + 1]]
-            for name in FEATURES}  # fmt: skip
+    return {
+      name: self.flat[name][self.offsets[name][index] : self.offsets[name][index + 1]]
+      for name in FEATURES
+    }
 
   def lengths(self, name: str) -> np.ndarray:
     return np.diff(self.offsets[name])
 
 
-def tokenize_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, max_length: int,
-                   overlong: str = 'drop') -> tuple[TokenizedPairs, TokenizeStats]:  # fmt: skip
+def tokenize_pairs(
+  pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, max_length: int, overlong: str = 'drop'
+) -> tuple[TokenizedPairs, TokenizeStats]:
   """Tokenizes `(source, target)` pairs, appends EOS and applies the over-long policy.
 
   Args:
@@ -131,8 +137,9 @@ def tokenize_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, ma
   return tokenized, stats
 
 
-def first_fit(source_lengths: np.ndarray, target_lengths: np.ndarray, max_length: int
-              ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:  # fmt: skip
+def first_fit(
+  source_lengths: np.ndarray, target_lengths: np.ndarray, max_length: int
+) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
   """Places examples in rows of `max_length` tokens per side, longest first, each in the first
   row with room on both sides (first-fit decreasing).
 
@@ -156,8 +163,14 @@ def first_fit(source_lengths: np.ndarray, target_lengths: np.ndarray, max_length
   return row, start, rows
 
 
-def assemble_rows(pairs: TokenizedPairs, row: np.ndarray, start: dict[str, np.ndarray], rows: int,
-                  max_length: int, pad_id: int) -> dict[str, np.ndarray]:  # fmt: skip
+def assemble_rows(
+  pairs: TokenizedPairs,
+  row: np.ndarray,
+  start: dict[str, np.ndarray],
+  rows: int,
+  max_length: int,
+  pad_id: int,
+) -> dict[str, np.ndarray]:
   """Writes each example at its (row, start) into `[rows, max_length]` arrays: tokens, segment
   ids (1, 2, ... within a row, in order of position) and positions (0.. per example)."""
   order = np.lexsort((start['inputs'], row))  # examples by row, then by place in the row
@@ -182,13 +195,22 @@ def assemble_rows(pairs: TokenizedPairs, row: np.ndarray, start: dict[str, np.nd
 class ChunkBuilder:
   """One chunk of records -> packed rows: read, tokenize, drop/truncate, pack, shuffle the rows.
 
-  Runs in grain's worker processes, so it holds paths and plain values and loads the tokenizer
-  where it runs.
+  Runs in grain's worker processes, so it holds plain values and a picklable `load_tokenizer`
+  (e.g. `functools.partial(Tokenizer, path)`), and loads the tokenizer where it runs.
   """
 
-  def __init__(self, source: Any, tokenizer_path: str, *, max_length: int, overlong: str,
-               pack: bool, pad_id: int, seed: int):  # fmt: skip
-    self.source, self.tokenizer_path = source, tokenizer_path
+  def __init__(
+    self,
+    source: Any,
+    load_tokenizer: Callable[[], Tokenizer],
+    *,
+    max_length: int,
+    overlong: str,
+    pack: bool,
+    pad_id: int,
+    seed: int,
+  ):
+    self.source, self.load_tokenizer = source, load_tokenizer
     self.max_length, self.overlong, self.pack, self.pad_id, self.seed = (
       max_length,
       overlong,
@@ -200,10 +222,11 @@ class ChunkBuilder:
 
   def __call__(self, chunk: int, indices: np.ndarray) -> dict[str, Any]:
     if self._tokenizer is None:
-      self._tokenizer = tokenizer_lib.load(self.tokenizer_path)
+      self._tokenizer = self.load_tokenizer()
     pairs = self.source.__getitems__([int(i) for i in indices])
-    tokenized, stats = tokenize_pairs(pairs, self._tokenizer, max_length=self.max_length,
-                                      overlong=self.overlong)  # fmt: skip
+    tokenized, stats = tokenize_pairs(
+      pairs, self._tokenizer, max_length=self.max_length, overlong=self.overlong
+    )
     lengths = tokenized.lengths('inputs'), tokenized.lengths('targets')
     if self.pack:
       row, start, rows = first_fit(*lengths, self.max_length)
@@ -226,10 +249,22 @@ class TrainBatches:
   saved (it resumes at the same fraction of the epoch, the least advanced process's).
   """
 
-  def __init__(self, source: Any, tokenizer_path: str, *, batch_size: int, max_length: int,
-               seed: int, pack: bool = True, overlong: str = 'drop', pad_id: int = 0,
-               shard_index: int = 0, shard_count: int = 1, workers: int = 0,
-               chunk_pairs: int = CHUNK_PAIRS):  # fmt: skip
+  def __init__(
+    self,
+    source: Any,
+    load_tokenizer: Callable[[], Tokenizer],
+    *,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    pack: bool = True,
+    overlong: str = 'drop',
+    pad_id: int = 0,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    workers: int = 0,
+    chunk_pairs: int = CHUNK_PAIRS,
+  ):
     import grain
 
     self.batch_size, self.workers, self.chunk_pairs = batch_size, workers, chunk_pairs
@@ -238,8 +273,15 @@ class TrainBatches:
     self.shard_length = len(indices)
     if self.shard_length == 0:
       raise DataError(f'process {shard_index} of {shard_count} has no training records')
-    builder = ChunkBuilder(source, tokenizer_path, max_length=max_length, overlong=overlong,
-                           pack=pack, pad_id=pad_id, seed=seed)  # fmt: skip
+    builder = ChunkBuilder(
+      source,
+      load_tokenizer,
+      max_length=max_length,
+      overlong=overlong,
+      pack=pack,
+      pad_id=pad_id,
+      seed=seed,
+    )
     self.chunks = indices.shuffle(seed=seed).repeat().batch(chunk_pairs).map_with_index(builder)
     self.stats = TokenizeStats()
     self.chunk, self.row = 0, 0
@@ -299,8 +341,13 @@ class TrainBatches:
     }
 
   def get_state(self) -> dict[str, Any]:
-    return {'chunk': self.chunk, 'row': self.row, 'shard_count': self.shard_count,
-            'shard_length': self.shard_length, 'chunk_pairs': self.chunk_pairs}  # fmt: skip
+    return {
+      'chunk': self.chunk,
+      'row': self.row,
+      'shard_count': self.shard_count,
+      'shard_length': self.shard_length,
+      'chunk_pairs': self.chunk_pairs,
+    }
 
   def set_state(self, state: dict[str, Any]) -> None:
     """Moves to an exact position saved by this process (with the same process count)."""
@@ -321,12 +368,22 @@ class TrainBatches:
       return None
     epochs = min(s['chunk'] * s['chunk_pairs'] / s['shard_length'] for s in states.values())
     self.set_state({'chunk': int(epochs * self.shard_length) // self.chunk_pairs, 'row': 0})
-    return (f"data position: the checkpoint was written by {saved['process_count']} process(es), "
-            f'this run has {self.shard_count}; resuming {epochs:.3f} epochs into the data')  # fmt: skip
+    return (
+      f'data position: the checkpoint was written by {saved["process_count"]} process(es), '
+      f'this run has {self.shard_count}; resuming {epochs:.3f} epochs into the data'
+    )
 
 
-def eval_batches(pairs: TokenizedPairs, *, batch_size: int, max_length: int, pad_id: int = 0,
-                 shard_index: int = 0, shard_count: int = 1, max_batches: int = 0):  # fmt: skip
+def eval_batches(
+  pairs: TokenizedPairs,
+  *,
+  batch_size: int,
+  max_length: int,
+  pad_id: int = 0,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  max_batches: int = 0,
+):
   """One example per row, in order, from this host's shard (`[shard_index::shard_count]`).
 
   Every host yields the same number of batches (collective eval steps must match), filling

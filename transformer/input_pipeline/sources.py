@@ -36,8 +36,9 @@ _LENGTH = struct.Struct('<I')
 class TfdsPairs:
   """A split of a TFDS translation dataset, read by index from its ArrayRecord files."""
 
-  def __init__(self, name: str, split: str, source_lang: str, target_lang: str,
-               data_dir: str | None = None):  # fmt: skip
+  def __init__(
+    self, name: str, split: str, source_lang: str, target_lang: str, data_dir: str | None = None
+  ):
     import tensorflow_datasets as tfds  # only where a TFDS dataset is used
 
     if name == EMBEDDED:
@@ -160,8 +161,9 @@ def _fingerprint(files: Sequence[str], *parts: object) -> str:
   return digest.hexdigest()
 
 
-def prepare_local(spec: str, source_lang: str, target_lang: str, cache_dir: str, *,
-                  skip_malformed: bool = False) -> PreparedPairs:  # fmt: skip
+def prepare_local(
+  spec: str, source_lang: str, target_lang: str, cache_dir: str, *, skip_malformed: bool = False
+) -> PreparedPairs:
   """A local split as an indexed ArrayRecord file, prepared once and reused.
 
   The folder `cache_dir/<name>-<fingerprint>` is keyed by the files' content, the languages and
@@ -189,8 +191,13 @@ def prepare_local(spec: str, source_lang: str, target_lang: str, cache_dir: str,
     ):
       writer.write(encode_pair(*pair))
     writer.close()
-    contents = {'description': report.path, 'summary': str(report), 'pairs': report.pairs,
-                'skipped': report.skipped, 'reasons': report.reasons}  # fmt: skip
+    contents = {
+      'description': report.path,
+      'summary': str(report),
+      'pairs': report.pairs,
+      'skipped': report.skipped,
+      'reasons': report.reasons,
+    }
     with open(os.path.join(temporary, 'report.json'), 'w', encoding='utf-8') as f:
       json.dump(contents, f, indent=2)
     os.replace(temporary, folder) if not os.path.exists(folder) else shutil.rmtree(temporary)
@@ -224,8 +231,13 @@ def open_split(spec: SplitSpec) -> TfdsPairs | PreparedPairs:
       f"dataset='local' needs config.local_files.{spec.split} (a .tsv[.gz] file or a prefix of "
       f'.{spec.source_lang}/.{spec.target_lang} files)'
     )
-  return prepare_local(path, spec.source_lang, spec.target_lang, spec.cache_dir or default_cache_dir(),
-                       skip_malformed=spec.skip_malformed)  # fmt: skip
+  return prepare_local(
+    path,
+    spec.source_lang,
+    spec.target_lang,
+    spec.cache_dir or default_cache_dir(),
+    skip_malformed=spec.skip_malformed,
+  )
 
 
 def default_cache_dir() -> str:

@@ -7,11 +7,12 @@ resume and by `translate`. No TensorFlow or grain here: the `sentencepiece` pack
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import random
 import re
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import sentencepiece as spm
 
@@ -51,6 +52,11 @@ class Tokenizer:
   @property
   def pad_id(self) -> int:
     return PAD_ID
+
+  @property
+  def loader(self) -> Callable[[], 'Tokenizer']:
+    """A picklable function that loads this tokenizer again (in another process)."""
+    return functools.partial(Tokenizer, self.path)
 
   @property
   def special_ids(self) -> dict[str, int]:
@@ -167,13 +173,3 @@ def load_or_train_tokenizer(
       )
     return tokenizer, False
   return train_tokenizer(model_path, sentences_fn(), vocab_size=vocab_size, **kwargs), True
-
-
-def load(path: str):
-  """The tokenizer at `path`: a SentencePiece model file made by `train_tokenizer`, or a folder
-  holding a Marian tokenizer (source.spm, target.spm, vocab.json and the model's config.json)."""
-  if os.path.isdir(path):
-    from transformer import marian
-
-    return marian.load_tokenizer(path)
-  return Tokenizer(path)

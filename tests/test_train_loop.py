@@ -5,9 +5,8 @@ import os
 
 import pytest
 
-from tests.helpers import tiny_run
-from tests.test_run_errors import _config
-from transformer import trainer
+from benchmarks import tiny_run
+from transformer import train_loop
 
 
 @pytest.fixture
@@ -21,12 +20,12 @@ def _evaluated_steps(workdir):
 
 def test_a_sigterm_before_a_due_evaluation_evaluates_on_resume(tmp_path, corpus, monkeypatch):
   workdir = str(tmp_path / 'run')
-  config = _config(corpus, num_train_steps=6, eval_every=3, checkpoint_every=3)
+  config = tiny_run.tiny_config(corpus, num_train_steps=6, eval_every=3, checkpoint_every=3)
   with monkeypatch.context() as patch:  # SIGTERM lands during step 3, which is due to evaluate
-    patch.setattr(trainer.StopSignals, 'preempted', lambda self, step: step == 3)
-    assert trainer.train_and_evaluate(config, workdir) == {'preempted_at_step': 3}
+    patch.setattr(train_loop.StopSignals, 'preempted', lambda self, step: step == 3)
+    assert train_loop.train_and_evaluate(config, workdir) == {'preempted_at_step': 3}
   assert _evaluated_steps(workdir) == []
-  results = trainer.train_and_evaluate(config, workdir)
+  results = train_loop.train_and_evaluate(config, workdir)
   assert _evaluated_steps(workdir) == [3, 6] and results['step'] == 6
   with open(os.path.join(workdir, 'results.json')) as f:
     assert json.load(f)['step'] == 6
@@ -51,14 +50,14 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_reruns_succeed(
   tmp_path, corpus, item, capsys
 ):
   workdir = str(tmp_path / 'run')
-  config = _config(corpus, num_train_steps=6, eval_every=3, checkpoint_every=3)
-  trainer.train_and_evaluate(config, workdir)
+  config = tiny_run.tiny_config(corpus, num_train_steps=6, eval_every=3, checkpoint_every=3)
+  train_loop.train_and_evaluate(config, workdir)
   files = [
     p for p in _files(os.path.join(workdir, 'checkpoints', '6', item)) if 'commit_success' not in p
   ]
   _damage(max(files, key=os.path.getsize))
   for _ in range(2):  # the first rerun falls back to step 3 and redoes 4-6; the second resumes at 6
-    results = trainer.train_and_evaluate(config, workdir)
+    results = train_loop.train_and_evaluate(config, workdir)
     assert results['step'] == 6
   out = capsys.readouterr().out
   assert 'resumed from checkpoint at step 3' in out and 'resumed from checkpoint at step 6' in out
@@ -67,10 +66,10 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_reruns_succeed(
 
 def test_early_stopping_and_testing_with_the_best_checkpoint(tmp_path, corpus, capsys):
   workdir = str(tmp_path / 'run')
-  config = _config(
+  config = tiny_run.tiny_config(
     corpus, num_train_steps=12, eval_every=2, checkpoint_every=2, early_stopping_evals=2
   )
-  results = trainer.train_and_evaluate(config, workdir)
+  results = train_loop.train_and_evaluate(config, workdir)
   evaluated = _evaluated_steps(workdir)
   bleus = [r['eval_bleu'] for r in tiny_run.metrics(workdir) if 'eval_bleu' in r]
   out = capsys.readouterr().out
@@ -83,9 +82,10 @@ def test_early_stopping_and_testing_with_the_best_checkpoint(tmp_path, corpus, c
 
 def test_checkpoint_averaging_is_evaluated_and_saved(tmp_path, corpus):
   workdir = str(tmp_path / 'run')
-  config = _config(corpus, num_train_steps=6, eval_every=3, checkpoint_every=2, average_last=3,
-                   keep_checkpoints=3)  # fmt: skip
-  results = trainer.train_and_evaluate(config, workdir)
+  config = tiny_run.tiny_config(
+    corpus, num_train_steps=6, eval_every=3, checkpoint_every=2, average_last=3, keep_checkpoints=3
+  )
+  results = train_loop.train_and_evaluate(config, workdir)
   assert 'test_parameters' in results
   assert os.listdir(os.path.join(workdir, 'average')) == ['6']
   from transformer import workdir as workdir_lib
@@ -105,10 +105,19 @@ def test_the_loop_overhead_benchmark_runs_with_the_default_recipe():
   import subprocess
   import sys
 
-  command = [sys.executable, '-m', 'benchmarks.loop_overhead', '--corpus=short', '--steps=30',
-             '--batch_size=8', '--max_length=32', '--json']  # fmt: skip
-  result = subprocess.run(command, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+  command = [
+    sys.executable,
+    '-m',
+    'benchmarks.loop_overhead',
+    '--corpus=short',
+    '--steps=30',
+    '--batch_size=8',
+    '--max_length=32',
+    '--json',
+  ]
+  result = subprocess.run(
+    command, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report['corpus'] == 'short' and report['batch'] == '8x32'

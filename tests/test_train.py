@@ -11,9 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_run
-from transformer import trainer
-from transformer import workdir as workdir_lib
+from benchmarks import tiny_run
+from transformer import train_loop, workdir as workdir_lib
 
 ROOT = tiny_run.ROOT
 pytestmark = pytest.mark.slow
@@ -105,7 +104,7 @@ def test_exact_resume_after_sigterm(tmp_path, corpus):
   process.send_signal(signal.SIGTERM)
   process.send_signal(signal.SIGCONT)
   stdout, stderr = process.communicate(timeout=300)
-  assert process.returncode == trainer.PREEMPTED_EXIT_STATUS == 75, stderr[-3000:]
+  assert process.returncode == train_loop.PREEMPTED_EXIT_STATUS == 75, stderr[-3000:]
   assert 'SIGTERM received: saving a checkpoint at step' in stdout, stdout[-2000:]
   saved_step = int(stdout.split('saving a checkpoint at step ')[1].split()[0])
   assert 20 <= saved_step < 200
@@ -213,7 +212,6 @@ def test_default_config_loss_decreases_on_the_embedded_corpus(tmp_path):
       'bleu_sentences': 4,
       'test_beam_sizes': '(1,)',
       'test_max_sentences': 4,
-      'max_train_minutes': 0.0,
       'tfds_data_dir': str(tmp_path / 'tfds'),
       'vocab_max_sentences': 20000,
     }.items()
@@ -252,10 +250,10 @@ def test_translate_round_trip(trained, tmp_path):
   assert outputs[1] == '' and outputs[3] == ''
   assert 'line 5:' in result.stderr and 'truncated' in result.stderr
   # The command prints what the library translates with the same checkpoint.
-  from transformer import evaluation
+  from transformer import translate
 
   model, tokenizer, _ = workdir_lib.load_model(workdir)
-  assert outputs == evaluation.translate(model, tokenizer, lines, beam_size=2, warn=lambda _: None)
+  assert outputs == translate.translate(model, tokenizer, lines, beam_size=2, warn=lambda _: None)
   # From a file, greedy, the best checkpoint: same line count.
   source = tmp_path / 'in.txt'
   source.write_text('\n'.join(lines[:3]) + '\n', encoding='utf-8')
@@ -288,8 +286,9 @@ def test_the_average_command_writes_a_checkpoint_translate_loads(tmp_path, train
   workdir = str(tmp_path / 'run')
   shutil.copytree(trained[0], workdir)
   command = [sys.executable, '-m', 'transformer.average', f'--workdir={workdir}', '--last=2']
-  result = subprocess.run(command, cwd=ROOT, env=tiny_run.env(), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+  result = subprocess.run(
+    command, cwd=ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0 and 'steps [3, 6]' in result.stdout, result.stderr[-3000:]
   averaged, _, step = workdir_lib.load_model(workdir, which='average')
   latest, _, _ = workdir_lib.load_model(workdir)
@@ -298,8 +297,14 @@ def test_the_average_command_writes_a_checkpoint_translate_loads(tmp_path, train
   assert float(abs(a - b).max()) > 0  # the mean of steps 3 and 6, not step 6
   translated = _translate([f'--workdir={workdir}', '--checkpoint=average'], 'And God said\n')
   assert translated.returncode == 0 and len(translated.stdout.split('\n')[:-1]) == 1
-  nowhere = subprocess.run([*command[:3], f'--workdir={tmp_path / "nowhere"}'], cwd=ROOT,
-                           env=tiny_run.env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+  nowhere = subprocess.run(
+    [*command[:3], f'--workdir={tmp_path / "nowhere"}'],
+    cwd=ROOT,
+    env=tiny_run.env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert nowhere.returncode == 2 and nowhere.stderr.startswith('average: error:'), nowhere.stderr
 
 
@@ -311,16 +316,26 @@ def _two_processes(workdir, overrides):
     subprocess.Popen(
       tiny_run.train_command(workdir, overrides)
       + [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      cwd=ROOT,
+      env=environment,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
     )
     for i in range(2)
-  ]  # fmt: skip
+  ]
 
 
 def test_two_processes_with_an_uneven_validation_split_complete(tmp_path):
   corpus = tiny_run.write_tiny_corpus(str(tmp_path / 'corpus'), train=200, eval_=9)
-  overrides = tiny_run.tiny_overrides(corpus, batch_size=4, eval_batch_size=4, decode_batch_size=4,
-                                      test_beam_sizes='(1,)', bleu_sentences=5)  # fmt: skip
+  overrides = tiny_run.tiny_overrides(
+    corpus,
+    batch_size=4,
+    eval_batch_size=4,
+    decode_batch_size=4,
+    test_beam_sizes='(1,)',
+    bleu_sentences=5,
+  )
   workers = _two_processes(str(tmp_path / 'run'), overrides)
   outputs = [worker.communicate(timeout=600) for worker in workers]
   for worker, (_, err) in zip(workers, outputs):
@@ -331,8 +346,15 @@ def test_two_processes_with_an_uneven_validation_split_complete(tmp_path):
 
 def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit(tmp_path):
   corpus = tiny_run.write_tiny_corpus(str(tmp_path / 'corpus'), train=200, eval_=9)
-  overrides = tiny_run.tiny_overrides(corpus, batch_size=4, eval_batch_size=4, num_train_steps=100000,
-                                      log_every=1, eval_every=100000, checkpoint_every=100000)  # fmt: skip
+  overrides = tiny_run.tiny_overrides(
+    corpus,
+    batch_size=4,
+    eval_batch_size=4,
+    num_train_steps=100000,
+    log_every=1,
+    eval_every=100000,
+    checkpoint_every=100000,
+  )
   workdir = str(tmp_path / 'run')
   workers = _two_processes(workdir, overrides)
   metrics_file = os.path.join(workdir, 'metrics.jsonl')
@@ -342,7 +364,7 @@ def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit(tmp_path)
     time.sleep(0.1)
   workers[1].send_signal(signal.SIGTERM)  # the process that does not log
   outputs = [worker.communicate(timeout=300) for worker in workers]
-  assert [w.returncode for w in workers] == [trainer.PREEMPTED_EXIT_STATUS] * 2, outputs[1][1][
+  assert [w.returncode for w in workers] == [train_loop.PREEMPTED_EXIT_STATUS] * 2, outputs[1][1][
     -3000:
   ]
   saved = int(outputs[0][0].split('saving a checkpoint at step ')[1].split()[0])

@@ -4,24 +4,13 @@ import numpy as np
 import optax
 import pytest
 
-from transformer import parallel as parallel_lib
-from transformer import shift_right, training
+from benchmarks import common
+from transformer import parallel as parallel_lib, shift_right, training
 
 
 def synthetic_batch(rows=16, length=12, vocab=40, seed=0):
   """One example per row with very uneven lengths (so devices hold different token counts)."""
-  rng = np.random.default_rng(seed)
-  batch = {}
-  for name in ('inputs', 'targets'):
-    lengths = rng.integers(1, length + 1, size=rows)
-    lengths[: rows // 2] = rng.integers(1, 3, size=rows // 2)  # first devices get mostly padding
-    tokens = rng.integers(3, vocab, size=(rows, length)).astype(np.int32)
-    position = np.arange(length)[None, :]
-    valid = position < lengths[:, None]
-    batch[name] = np.where(valid, tokens, 0).astype(np.int32)
-    batch[f'{name}_segment_ids'] = valid.astype(np.int32)
-    batch[f'{name}_positions'] = np.where(valid, position, 0).astype(np.int32)
-  return batch
+  return common.synthetic_batch(rows, length, vocab, seed=seed, min_fraction=0.0, uneven=True)
 
 
 def run_one_step(config, parallelism, batch, grad_accum_steps=1, devices=None):

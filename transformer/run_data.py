@@ -19,10 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from transformer import recipe
-from transformer import workdir as workdir_lib
-from transformer.input_pipeline import corpus, pipeline, sources
-from transformer.input_pipeline import tokenizer as tokenizer_lib
+from transformer import recipe, workdir as workdir_lib
+from transformer.input_pipeline import corpus, pipeline, sources, tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass
@@ -32,7 +30,7 @@ class RunData:
   `config` is the run config with what it left to the data resolved (`transformer.recipe`)."""
 
   config: ml_collections.ConfigDict
-  tokenizer: tokenizer_lib.Tokenizer
+  tokenizer: Any  # a SentencePiece Tokenizer, or the pretrained model's (MarianTokenizer)
   train_source: Any
   validation: pipeline.TokenizedPairs
   validation_pairs: list[tuple[str, str]]
@@ -43,26 +41,37 @@ class RunData:
     """This process's training batches (`[batch_size / processes, max_length]`), with a position."""
     config = self.config
     return pipeline.TrainBatches(
-      self.train_source, self.tokenizer.path, batch_size=config.batch_size // jax.process_count(),
-      max_length=config.max_length, seed=config.seed, pack=config.pack, overlong=config.overlong,
-      pad_id=self.tokenizer.pad_id, shard_index=jax.process_index(),
-      shard_count=jax.process_count(), workers=data_workers(config),
-    )  # fmt: skip
+      self.train_source,
+      self.tokenizer.loader,
+      batch_size=config.batch_size // jax.process_count(),
+      max_length=config.max_length,
+      seed=config.seed,
+      pack=config.pack,
+      overlong=config.overlong,
+      pad_id=self.tokenizer.pad_id,
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+      workers=data_workers(config),
+    )
 
   def eval_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """This process's validation batches; every process yields the same number of them."""
     return pipeline.eval_batches(
-      self.validation, batch_size=batch_size, max_length=self.config.max_length,
-      pad_id=self.tokenizer.pad_id, shard_index=jax.process_index(),
-      shard_count=jax.process_count(), max_batches=max_batches,
-    )  # fmt: skip
+      self.validation,
+      batch_size=batch_size,
+      max_length=self.config.max_length,
+      pad_id=self.tokenizer.pad_id,
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+      max_batches=max_batches,
+    )
 
 
 def data_workers(config: ml_collections.ConfigDict) -> int:
-  """Worker processes for the training batches: `config.data_workers`, or with -1 (auto) none on
+  """Worker processes for the training batches: `config.data_workers`, or with None (auto) none on
   a CPU backend (the CPU runs the model; the loader needs a fraction of a core there) and half the
   host's cores, at most 16, on an accelerator."""
-  if config.data_workers >= 0:
+  if config.data_workers is not None:
     return config.data_workers
   if jax.default_backend() == 'cpu':
     return 0
@@ -71,10 +80,15 @@ def data_workers(config: ml_collections.ConfigDict) -> int:
 
 def _open(config: ml_collections.ConfigDict, role: str):
   spec = sources.SplitSpec(
-    config.dataset, config[f'{role}_split'], config.source_lang, config.target_lang,
-    data_dir=config.tfds_data_dir or None, local_files=config.local_files.to_dict(),
-    cache_dir=config.data_cache_dir, skip_malformed=config.skip_malformed,
-  )  # fmt: skip
+    config.dataset,
+    config[f'{role}_split'],
+    config.source_lang,
+    config.target_lang,
+    data_dir=config.tfds_data_dir or None,
+    local_files=config.local_files.to_dict(),
+    cache_dir=config.data_cache_dir,
+    skip_malformed=config.skip_malformed,
+  )
   source = sources.open_split(spec)
   if len(source) == 0:
     raise corpus.DataError(f'{role} split: {source.description}: no sentence pairs')
@@ -103,13 +117,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
   )
   config = recipe.resolve(config, plan)
   validation_pairs, test_pairs = sources.read_all(validation), sources.read_all(test)
-  tokenized, stats = pipeline.tokenize_pairs(validation_pairs, tokenizer, max_length=config.max_length,
-                                             overlong=config.overlong)  # fmt: skip
+  tokenized, stats = pipeline.tokenize_pairs(
+    validation_pairs, tokenizer, max_length=config.max_length, overlong=config.overlong
+  )
   report = plan.report + [
     f'tokenizer: {"trained" if trained else "reused"} {tokenizer.path} ({tokenizer.vocab_size} pieces)',
-    f'train: {_describe(train)}', f'validation: {_describe(validation)}; {stats}',
+    f'train: {_describe(train)}',
+    f'validation: {_describe(validation)}; {stats}',
     f'test: {_describe(test)}',
-  ]  # fmt: skip
+  ]
   return RunData(config, tokenizer, train, tokenized, validation_pairs, test_pairs, report)
 
 
@@ -140,7 +156,7 @@ def _pretrained_tokenizer(directory: str, workdir: str):
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices('tokenizer ready')
-  return tokenizer_lib.load(folder)
+  return workdir_lib.load_tokenizer(workdir)
 
 
 def _tokenizer(
@@ -152,10 +168,13 @@ def _tokenizer(
   if jax.process_index() == 0:
     try:
       _, trained = tokenizer_lib.load_or_train_tokenizer(
-        path, lambda: sample_training_sentences(train, config.vocab_max_sentences, config.seed),
-        vocab_size=vocab_size, character_coverage=config.character_coverage,
-        max_sentences=config.vocab_max_sentences, seed=config.seed,
-      )  # fmt: skip
+        path,
+        lambda: sample_training_sentences(train, config.vocab_max_sentences, config.seed),
+        vocab_size=vocab_size,
+        character_coverage=config.character_coverage,
+        max_sentences=config.vocab_max_sentences,
+        seed=config.seed,
+      )
     except tokenizer_lib.TokenizerError as e:
       raise corpus.DataError(str(e)) from None
   if jax.process_count() > 1:

@@ -27,12 +27,9 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from transformer.attention import Cache
+from transformer.attention import CrossCache, SelfCache
 from transformer.model import Transformer, shift_right
 
-# The self-attention caches change every step (and are reordered with the beams); the
-# cross-attention keys/values are fixed per sentence.
-SELF_CACHE = nnx.All(Cache, nnx.Not(nnx.PathContains('cross_attention')))
 StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 # The score of an empty or excluded hypothesis slot: below any real log probability, yet finite
 # so that sums and comparisons with it stay well defined.
@@ -61,11 +58,11 @@ def argmax_last(logits: jax.Array) -> jax.Array:
   return jnp.minimum(index, vocab - 1)  # all-NaN rows: no element equals the max
 
 
-def _limits(limits: jax.Array | None, batch_size: int, max_length: int) -> jax.Array:
-  """`[batch]` int32 per-sentence token limits, at most `max_length`."""
+def _limits(limits: jax.Array | None, batch_size: int, buffer_length: int) -> jax.Array:
+  """`[batch]` int32 per-sentence token limits, at most `buffer_length`."""
   if limits is None:
-    return jnp.full((batch_size,), max_length, jnp.int32)
-  return jnp.minimum(jnp.asarray(limits, jnp.int32), max_length)
+    return jnp.full((batch_size,), buffer_length, jnp.int32)
+  return jnp.minimum(jnp.asarray(limits, jnp.int32), buffer_length)
 
 
 def greedy_search(
@@ -73,7 +70,7 @@ def greedy_search(
   cache: Any,
   batch_size: int,
   *,
-  max_length: int,
+  buffer_length: int,
   bos_id: int,
   eos_id: int,
   pad_id: int = 0,
@@ -83,17 +80,17 @@ def greedy_search(
   """Picks the most likely token at each step.
 
   Args:
-    limits: `[batch]` tokens each sentence may generate (EOS included); default `max_length`.
+    limits: `[batch]` tokens each sentence may generate (EOS included); default `buffer_length`.
     suppress: `[vocab]` bool, tokens never generated (e.g. a pad token that is a real id).
 
   Returns:
-    `[batch, max_length]` int32 generated tokens (EOS included), `pad_id` after the end.
+    `[batch, buffer_length]` int32 generated tokens (EOS included), `pad_id` after the end.
   """
-  limits = _limits(limits, batch_size, max_length)
+  limits = _limits(limits, batch_size, buffer_length)
 
   def cond(carry):
     i, _, _, finished = carry
-    return (i < max_length) & ~finished.all()
+    return (i < buffer_length) & ~finished.all()
 
   def body(carry):
     i, tokens, cache, finished = carry
@@ -105,14 +102,14 @@ def greedy_search(
     tokens = tokens.at[:, i].set(token)
     return i + 1, tokens, cache, finished | (token == eos_id) | (i + 1 >= limits)
 
-  tokens = jnp.full((batch_size, max_length), pad_id, jnp.int32)
+  tokens = jnp.full((batch_size, buffer_length), pad_id, jnp.int32)
   init = (jnp.array(0), tokens, cache, limits <= 0)
   return jax.lax.while_loop(cond, body, init)[1]
 
 
 @flax.struct.dataclass
 class BeamState:
-  """The beam search's loop state (`k` beams per sentence, `L` = the loop's `max_length`).
+  """The beam search's loop state (`k` beams per sentence, `L` = the loop's `buffer_length`).
 
   alive_*: the k best hypotheses that have not ended; finished_*: the k best that have (ranked
   by length-penalised score); `cache` holds the decoder state of the alive beams, rows
@@ -129,8 +126,10 @@ class BeamState:
   cache: Any
 
 
-def _initial_beams(cache: Any, batch_size: int, k: int, max_length: int, pad_id: int) -> BeamState:
-  seqs = jnp.full((batch_size, k, max_length), pad_id, jnp.int32)
+def _initial_beams(
+  cache: Any, batch_size: int, k: int, buffer_length: int, pad_id: int
+) -> BeamState:
+  seqs = jnp.full((batch_size, k, buffer_length), pad_id, jnp.int32)
   # Only the first beam is live at the start; the others are copies that must not be chosen.
   alive_log_probs = jnp.tile(jnp.array([0.0] + [EXCLUDED_SCORE] * (k - 1)), (batch_size, 1))
   return BeamState(
@@ -191,79 +190,13 @@ def _merge_finished(
   }
 
 
-def _beam_step(
-  state: BeamState,
-  *,
-  call: StepFn,
-  limits: jax.Array,
-  alpha: float,
-  bos_id: int,
-  eos_id: int,
-  normalization: str,
-  suppress: jax.Array | None,
-) -> BeamState:
-  """Extends every alive beam by every token; keeps the k best alive candidates and merges the
-  ones that end into the k best finished. A hypothesis ends only if its EOS extension ranks among
-  the top k (as in fairseq), so beam size 1 is exactly greedy decoding; with 'hf' normalisation
-  the top k also end at the sentence's last allowed step, as transformers' beam search ends them.
-  A sentence that is done keeps its state, exactly as if it were searched alone."""
-  batch_size, k = state.alive_log_probs.shape
-  i = state.step
-  searching = _searching_rows(state, limits, alpha, normalization)
-  previous = jnp.where(i == 0, bos_id, state.alive_seqs[:, :, jnp.maximum(i - 1, 0)])
-  logits, cache = call(previous.reshape(-1, 1), i, state.cache)
-  if suppress is not None:
-    logits = jnp.where(suppress, -jnp.inf, logits)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, k, -1)
-  vocab = log_probs.shape[-1]
-  candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(batch_size, k * vocab)
-  # 2k candidates: enough that k of them do not end in EOS.
-  top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * k)
-  top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
-  top_seqs = jnp.take_along_axis(state.alive_seqs, top_beams[:, :, None], axis=1)
-  top_seqs = top_seqs.at[:, :, i].set(top_tokens)
-  is_eos = top_tokens == eos_id
-  stops = is_eos | ((i + 1 >= limits)[:, None] if normalization == 'hf' else False)
-  ends = stops & (jnp.arange(2 * k) < k)[None, :]
-  penalty = length_penalty(i + 1, alpha, normalization)
-  alive = _keep_alive(top_seqs, top_log_probs, top_beams, stops, cache, k)
-  finished = _merge_finished(state, top_seqs, top_log_probs / penalty, ends)
-  per_sentence = {
-    name: jnp.where(searching.reshape((-1,) + (1,) * (value.ndim - 1)), value, getattr(state, name))
-    for name, value in {**alive, **finished}.items()
-    if name != 'cache'
-  }
-  return state.replace(step=i + 1, cache=alive['cache'], done=~searching, **per_sentence)
-
-
-def _searching_rows(
-  state: BeamState, limits: jax.Array, alpha: float, normalization: str
-) -> jax.Array:
-  """`[batch]` bool: the sentence is not done, is below its limit and may still improve: it has
-  fewer than k finished hypotheses, or its best alive one beats the worst finished one at the
-  length penalty it can best reach (GNMT: at its limit; 'hf': at the current length, the
-  heuristic of transformers' beam search). Once false, it stays false."""
-  bound = limits if normalization == 'gnmt' else jnp.maximum(state.step, 1)
-  best_alive = state.alive_log_probs[:, 0] / length_penalty(bound, alpha, normalization)
-  improvable = ~state.finished_flags.all(-1) | (best_alive > state.finished_scores.min(-1))
-  return ~state.done & improvable & (state.step < limits)
-
-
-def _still_searching(
-  state: BeamState, limits: jax.Array, alpha: float, normalization: str
-) -> jax.Array:
-  return (state.step < state.alive_seqs.shape[2]) & _searching_rows(
-    state, limits, alpha, normalization
-  ).any()
-
-
 def beam_search(
   step_fn: StepFn,
   cache: Any,
   batch_size: int,
   *,
   beam_size: int,
-  max_length: int,
+  buffer_length: int,
   alpha: float = 0.6,
   bos_id: int,
   eos_id: int,
@@ -281,12 +214,12 @@ def beam_search(
     cache: per-row state with leading axis `batch * beam` (rows of one sentence are adjacent).
     beam_invariant_cache: state that is the same for every beam of a sentence (e.g. the encoder's
       keys/values): passed along but never reordered.
-    limits: `[batch]` tokens each sentence may generate (EOS included); default `max_length`.
+    limits: `[batch]` tokens each sentence may generate (EOS included); default `buffer_length`.
     length_normalization: 'gnmt' or 'hf'.
     suppress: `[vocab]` bool, tokens never generated.
 
   Returns:
-    sequences `[batch, beam, max_length]` (best first; `pad_id` after EOS) and their scores
+    sequences `[batch, beam, buffer_length]` (best first; `pad_id` after EOS) and their scores
     `[batch, beam]` (`EXCLUDED_SCORE` for empty slots). A sentence with no finished hypothesis
     returns its alive beams, scored at its limit's length penalty.
   """
@@ -294,24 +227,63 @@ def beam_search(
     raise ValueError(
       f'length_normalization must be one of {LENGTH_NORMALIZATIONS}, got {length_normalization!r}'
     )
-  limits = _limits(limits, batch_size, max_length)
-  step = functools.partial(
-    _beam_step,
-    call=_with_invariant(step_fn, beam_invariant_cache),
-    limits=limits,
-    alpha=alpha,
-    bos_id=bos_id,
-    eos_id=eos_id,
-    normalization=length_normalization,
-    suppress=suppress,
-  )
-  searching = functools.partial(
-    _still_searching, limits=limits, alpha=alpha, normalization=length_normalization
-  )
+  limits = _limits(limits, batch_size, buffer_length)
+  call = _with_invariant(step_fn, beam_invariant_cache)
+  penalty = lambda length: length_penalty(length, alpha, length_normalization)
+  k = beam_size
+
+  def searching(state: BeamState) -> jax.Array:
+    """`[batch]` bool: the sentence is not done, is below its limit and may still improve: it has
+    fewer than k finished hypotheses, or its best alive one beats the worst finished one at the
+    length penalty it can best reach (GNMT: at its limit; 'hf': at the current length, the
+    heuristic of transformers' beam search). Once false, it stays false."""
+    bound = limits if length_normalization == 'gnmt' else jnp.maximum(state.step, 1)
+    best_alive = state.alive_log_probs[:, 0] / penalty(bound)
+    improvable = ~state.finished_flags.all(-1) | (best_alive > state.finished_scores.min(-1))
+    return ~state.done & improvable & (state.step < limits)
+
+  def step(state: BeamState) -> BeamState:
+    """Extends every alive beam by every token; keeps the k best alive candidates and merges the
+    ones that end into the k best finished. A hypothesis ends only if its EOS extension ranks
+    among the top k (as in fairseq), so beam size 1 is exactly greedy decoding; with 'hf'
+    normalisation the top k also end at the sentence's last allowed step, as transformers' beam
+    search ends them. A sentence that is done keeps its state, as if it were searched alone."""
+    i, rows = state.step, searching(state)
+    previous = jnp.where(i == 0, bos_id, state.alive_seqs[:, :, jnp.maximum(i - 1, 0)])
+    logits, cache = call(previous.reshape(-1, 1), i, state.cache)
+    if suppress is not None:
+      logits = jnp.where(suppress, -jnp.inf, logits)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, k, -1)
+    vocab = log_probs.shape[-1]
+    candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(batch_size, k * vocab)
+    # 2k candidates: enough that k of them do not end in EOS.
+    top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * k)
+    top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
+    top_seqs = jnp.take_along_axis(state.alive_seqs, top_beams[:, :, None], axis=1)
+    top_seqs = top_seqs.at[:, :, i].set(top_tokens)
+    at_limit = (i + 1 >= limits)[:, None] if length_normalization == 'hf' else False
+    stops = (top_tokens == eos_id) | at_limit
+    ends = stops & (jnp.arange(2 * k) < k)[None, :]
+    alive = _keep_alive(top_seqs, top_log_probs, top_beams, stops, cache, k)
+    finished = _merge_finished(state, top_seqs, top_log_probs / penalty(i + 1), ends)
+    kept = {
+      name: jnp.where(rows.reshape((-1,) + (1,) * (value.ndim - 1)), value, getattr(state, name))
+      for name, value in {**alive, **finished}.items()
+      if name != 'cache'
+    }
+    return state.replace(step=i + 1, cache=alive['cache'], done=~rows, **kept)
+
   state = jax.lax.while_loop(
-    searching, step, _initial_beams(cache, batch_size, beam_size, max_length, pad_id)
+    lambda state: (state.step < buffer_length) & searching(state).any(),
+    step,
+    _initial_beams(cache, batch_size, k, buffer_length, pad_id),
   )
-  return _results(state, limits, alpha, length_normalization)
+  # The finished hypotheses, or the alive ones (scored at the limit's length penalty) for a
+  # sentence where none finished.
+  none_finished = ~state.finished_flags.any(-1)
+  alive_scores = state.alive_log_probs / penalty(limits)[:, None]
+  sequences = jnp.where(none_finished[:, None, None], state.alive_seqs, state.finished_seqs)
+  return sequences, jnp.where(none_finished[:, None], alive_scores, state.finished_scores)
 
 
 def _with_invariant(step_fn: StepFn, invariant: Any) -> StepFn:
@@ -326,35 +298,23 @@ def _with_invariant(step_fn: StepFn, invariant: Any) -> StepFn:
   return call
 
 
-def _results(
-  state: BeamState, limits: jax.Array, alpha: float, normalization: str
-) -> tuple[jax.Array, jax.Array]:
-  """The finished hypotheses, or the alive ones (scored at the limit's length penalty) for a
-  sentence where none finished."""
-  none_finished = ~state.finished_flags.any(-1)
-  alive_scores = state.alive_log_probs / length_penalty(limits, alpha, normalization)[:, None]
-  sequences = jnp.where(none_finished[:, None, None], state.alive_seqs, state.finished_seqs)
-  scores = jnp.where(none_finished[:, None], alive_scores, state.finished_scores)
-  return sequences, scores
-
-
 def _decoder_step_fn(
-  model: Transformer, encoded: jax.Array, src_tokens: jax.Array, max_length: int
+  model: Transformer, encoded: jax.Array, src_tokens: jax.Array, buffer_length: int
 ) -> tuple[StepFn, Any, Any]:
-  """Fills `model`'s caches for decoding `max_length` tokens from `encoded` and returns
+  """Fills `model`'s caches for decoding `buffer_length` tokens from `encoded` and returns
   (step_fn, self-attention caches, cross-attention caches). The step function feeds one token
   per row through the decoder; only the self-attention caches change from step to step."""
-  model.init_cache(encoded, max_length)
-  graphdef, self_cache, cross_cache, rest = nnx.split(model, SELF_CACHE, Cache, ...)
+  model.init_cache(encoded, buffer_length)
+  graphdef, self_cache, cross_cache, rest = nnx.split(model, SelfCache, CrossCache, ...)
   rows = src_tokens.shape[0]
 
   def step_fn(tokens, position, caches):
     self_cache, cross_cache = caches
     m = nnx.merge(graphdef, self_cache, cross_cache, rest)
     logits = m.decode(
-      tokens, encoded, src_tokens, tgt_positions=jnp.full((rows, 1), position), decode=True
+      tokens, encoded, src_tokens, tgt_positions=jnp.full((rows, 1), position), use_cache=True
     )
-    return logits[:, 0], (nnx.state(m, SELF_CACHE), cross_cache)
+    return logits[:, 0], (nnx.state(m, SelfCache), cross_cache)
 
   return step_fn, self_cache, cross_cache
 
@@ -365,7 +325,8 @@ def _suppressed(config) -> jax.Array:
 
 
 @functools.partial(
-  jax.jit, static_argnames=('graphdef', 'beam_size', 'max_length', 'alpha', 'length_normalization')
+  jax.jit,
+  static_argnames=('graphdef', 'beam_size', 'buffer_length', 'alpha', 'length_normalization'),
 )
 def _generate(
   graphdef: nnx.GraphDef,
@@ -374,7 +335,7 @@ def _generate(
   limits: jax.Array,
   *,
   beam_size: int,
-  max_length: int,
+  buffer_length: int,
   alpha: float,
   length_normalization: str,
 ) -> tuple[jax.Array, jax.Array]:
@@ -385,12 +346,12 @@ def _generate(
   encoded = model.encode(src_tokens)  # once per sentence, not per step or per beam
   ids = dict(bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id)
   if beam_size == 1:
-    step_fn, self_cache, cross_cache = _decoder_step_fn(model, encoded, src_tokens, max_length)
+    step_fn, self_cache, cross_cache = _decoder_step_fn(model, encoded, src_tokens, buffer_length)
     tokens = greedy_search(
       step_fn,
       (self_cache, cross_cache),
       batch_size,
-      max_length=max_length,
+      buffer_length=buffer_length,
       limits=limits,
       suppress=_suppressed(config),
       **ids,
@@ -398,13 +359,13 @@ def _generate(
     return tokens, jnp.zeros((batch_size,))
   encoded = jnp.repeat(encoded, beam_size, axis=0)
   src_tokens = jnp.repeat(src_tokens, beam_size, axis=0)
-  step_fn, self_cache, cross_cache = _decoder_step_fn(model, encoded, src_tokens, max_length)
+  step_fn, self_cache, cross_cache = _decoder_step_fn(model, encoded, src_tokens, buffer_length)
   sequences, scores = beam_search(
     step_fn,
     self_cache,
     batch_size,
     beam_size=beam_size,
-    max_length=max_length,
+    buffer_length=buffer_length,
     alpha=alpha,
     beam_invariant_cache=cross_cache,
     limits=limits,
@@ -426,7 +387,7 @@ def generate(
   *,
   beam_size: int = 4,
   alpha: float = 0.6,
-  max_length: int | None = None,
+  max_new_tokens: int | None = None,
   extra_length: int = 50,
   length_normalization: str = 'gnmt',
 ) -> jax.Array:
@@ -435,9 +396,10 @@ def generate(
   Args:
     beam_size: 1 is greedy decoding.
     alpha: length-penalty exponent.
-    max_length: tokens every sentence may generate (EOS included). Default: each sentence's own
-      source length (non-padding tokens) + `extra_length`, capped at the model's `max_length`;
-      the output is then as long as the longest limit, rounded up to a multiple of 16.
+    max_new_tokens: tokens every sentence may generate (EOS included). Default: each sentence's
+      own source length (non-padding tokens) + `extra_length`, capped at the model's
+      `max_positions`; the output is then as long as the longest limit, rounded up to a
+      multiple of 16.
     length_normalization: 'gnmt' (default) or 'hf' (see the module docstring).
 
   Returns:
@@ -446,13 +408,14 @@ def generate(
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}')
   src_tokens = jnp.asarray(src_tokens)
-  cap = model.config.max_length
-  if max_length is None:
+  cap = model.config.max_positions
+  if max_new_tokens is None:
     source_lengths = (src_tokens != model.config.pad_id).sum(-1)
     limits = jnp.minimum(source_lengths + extra_length, cap)
-    max_length = bucket(src_tokens.shape[1] + extra_length, cap)
+    buffer_length = bucket(src_tokens.shape[1] + extra_length, cap)
   else:
-    limits = jnp.full((src_tokens.shape[0],), max_length)
+    limits = jnp.full((src_tokens.shape[0],), max_new_tokens)
+    buffer_length = max_new_tokens
   graphdef, state = nnx.split(model)
   tokens, _ = _generate(
     graphdef,
@@ -460,14 +423,16 @@ def generate(
     src_tokens,
     limits.astype(jnp.int32),
     beam_size=beam_size,
-    max_length=max_length,
+    buffer_length=buffer_length,
     alpha=alpha,
     length_normalization=length_normalization,
   )
   return tokens
 
 
-def generate_recompute(model: Transformer, src_tokens: jax.Array, *, max_length: int) -> jax.Array:
+def generate_recompute(
+  model: Transformer, src_tokens: jax.Array, *, max_new_tokens: int
+) -> jax.Array:
   """Greedy decoding without a cache: re-runs the decoder over the whole prefix at every step.
 
   Slow on purpose (the reference the cached path is checked and benchmarked against).
@@ -489,7 +454,7 @@ def generate_recompute(model: Transformer, src_tokens: jax.Array, *, max_length:
       token = jnp.where(finished, config.pad_id, argmax_last(logits))
       return tokens.at[:, i].set(token), finished | (token == config.eos_id)
 
-    tokens = jnp.full((batch, max_length), config.pad_id, jnp.int32)
-    return jax.lax.fori_loop(0, max_length, body, (tokens, jnp.zeros((batch,), bool)))[0]
+    tokens = jnp.full((batch, max_new_tokens), config.pad_id, jnp.int32)
+    return jax.lax.fori_loop(0, max_new_tokens, body, (tokens, jnp.zeros((batch,), bool)))[0]
 
   return run(state, jnp.asarray(src_tokens))

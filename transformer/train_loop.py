@@ -26,21 +26,18 @@ import ml_collections
 import numpy as np
 
 from transformer import (
+  average as average_lib,
   checkpoints,
   evaluation,
   flops,
-  training,
-)
-from transformer import (
   parallel as parallel_lib,
-)
-from transformer import (
+  training,
   workdir as workdir_lib,
 )
 from transformer.input_pipeline.corpus import DataError
 from transformer.metrics_writer import MetricWriter
 from transformer.model import Transformer, TransformerConfig, count_params
-from transformer.run_config import ConfigError, make_optimizer, model_config, validate_config
+from transformer.run_config import ConfigError, model_config, optimizer_for, validate_config
 
 # Errors a user causes (config, data, workdir); train.py reports them in one line.
 USER_ERRORS = (ConfigError, DataError, checkpoints.CheckpointError)
@@ -57,7 +54,7 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: str
   writer: MetricWriter
-  data: Any  # transformer.input_pipeline.data.RunData
+  data: Any  # transformer.run_data.RunData
   model_config: TransformerConfig
   parallel: parallel_lib.DataParallel
   graphdef: nnx.GraphDef
@@ -107,45 +104,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 # Set-up.
 
 
-def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Checks the config, the workdir and every data split, then builds the run (and restores it)."""
-  from transformer.input_pipeline import data as data_lib  # grain and TFDS: training only
+def set_up(asked: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Checks the config as asked, the workdir and every data split, then builds the run (and
+  restores it) with the resolved config: `asked` with what it left to the data chosen."""
+  from transformer import run_data  # grain and TFDS: training only
 
-  validate_config(config)
-  parallel = parallel_lib.make(config.parallelism)
-  _check_batch_sizes(config, parallel.num_replicas)
-  warnings = workdir_lib.check_resume(config, workdir)
-  data = data_lib.prepare(config, workdir)  # every split read and checked; tokenizer ready
-  workdir_lib.save_config(config, workdir)  # as asked ('auto' values stay 'auto')
-  config = data.config  # with what it left to the data resolved
+  validate_config(asked)
+  parallel = parallel_lib.make(asked.parallelism)
+  _check_batch_sizes(asked, parallel.num_replicas)
+  warnings = workdir_lib.check_resume(asked, workdir)
+  data = run_data.prepare(asked, workdir)  # every split read and checked; tokenizer ready
+  workdir_lib.save_config(asked, workdir)  # as asked (None where the data chooses)
+  resolved = data.config
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
   for line in warnings + data.report:
     writer.say(line)
-  mconfig, model = _build_model(config, data.tokenizer, workdir)
-  optimizer, schedule = make_optimizer(config, mconfig.d_model)
-  graphdef, host_state, rngs = training.init_train_state(model, optimizer, config.seed)
+  mconfig, model = _build_model(resolved, data.tokenizer, workdir)
+  optimizer, schedule = optimizer_for(resolved, mconfig.d_model)
+  graphdef, host_state, rngs = training.init_train_state(model, optimizer, resolved.seed)
   writer.say(
     f'model: {count_params(model):,} parameters; {parallel.num_replicas} replica(s) '
     f'({parallel.name}) on {jax.device_count()} device(s), {jax.process_count()} process(es)'
   )
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  checkpointer = checkpoints.Checkpointer(workdir, keep=resolved.keep_checkpoints)
   batches = data.train_batches()
   host_state, start_step, evaluation_due = _restore(checkpointer, host_state, batches, writer.say)
-  train_step, eval_step = _compile_steps(config, parallel, graphdef, optimizer)
+  train_step, eval_step = _compile_steps(resolved, parallel, graphdef, optimizer)
   evaluator = evaluation.Evaluator(
     data.tokenizer,
-    alpha=config.length_penalty,
-    batch_size=config.decode_batch_size,
-    extra_length=config.decode_extra_length,
+    alpha=resolved.length_penalty,
+    batch_size=resolved.decode_batch_size,
+    extra_length=resolved.decode_extra_length,
     warn=writer.say,
   )
   return Run(
-    config, workdir, writer, data, mconfig, parallel, graphdef, rngs,
-    state=parallel.device_state(host_state), start_step=start_step, schedule=schedule,
-    train_step=train_step, eval_step=eval_step,
-    batches=Prefetcher(batches, parallel.device_batch), checkpointer=checkpointer,
-    evaluator=evaluator, evaluation_due=evaluation_due,
-  )  # fmt: skip
+    resolved,
+    workdir,
+    writer,
+    data,
+    mconfig,
+    parallel,
+    graphdef,
+    rngs,
+    state=parallel.device_state(host_state),
+    start_step=start_step,
+    schedule=schedule,
+    train_step=train_step,
+    eval_step=eval_step,
+    batches=Prefetcher(batches, parallel.device_batch),
+    checkpointer=checkpointer,
+    evaluator=evaluator,
+    evaluation_due=evaluation_due,
+  )
 
 
 def _build_model(
@@ -224,8 +234,9 @@ def _restore(
 
 @dataclasses.dataclass
 class Progress:
-  """Where the loop stands: the step, the last logged and validated metrics, and how many
-  validations in a row have not beaten the best BLEU (for early stopping)."""
+  """Where the loop stands: the step, the last logged and validated metrics, the best validation
+  BLEU (the one place that decides which checkpoint is the best) and how many validations in a
+  row have not beaten it (for early stopping)."""
 
   step: int
   best_bleu: float | None = None
@@ -233,12 +244,14 @@ class Progress:
   logged: dict = dataclasses.field(default_factory=dict)
   validation: dict = dataclasses.field(default_factory=dict)
 
-  def validated(self, metrics: dict[str, float]) -> None:
+  def validated(self, metrics: dict[str, float]) -> bool:
+    """Records a validation; returns whether its BLEU is the best so far."""
     self.validation = metrics
     if self.best_bleu is None or metrics['eval_bleu'] > self.best_bleu:
       self.best_bleu, self.stale = metrics['eval_bleu'], 0
-    else:
-      self.stale += 1
+      return True
+    self.stale += 1
+    return False
 
 
 def train(run: Run) -> dict[str, Any]:
@@ -250,9 +263,10 @@ def train(run: Run) -> dict[str, Any]:
   config = run.config
   meter = _meter(run)
   stop = StopSignals(config.max_train_minutes)
-  progress = Progress(run.start_step, best_bleu=run.checkpointer.best_bleu)
+  progress = Progress(run.start_step, best_bleu=run.checkpointer.best_bleu())
   if run.evaluation_due:  # a SIGTERM came before this step's evaluation
-    progress.validated(validate(run, progress.step))
+    if progress.validated(validate(run, progress.step)):
+      _save(run, progress.step, bleu=progress.best_bleu, best=True, force=True)
   try:
     while progress.step < config.num_train_steps:
       local_batch, batch = run.batches.next()
@@ -270,22 +284,32 @@ def train(run: Run) -> dict[str, Any]:
         _save(run, step, force=True, evaluation_due=due)
         run.checkpointer.wait()
         return {'preempted_at_step': step}
+      best = due and progress.validated(validate(run, step, progress.logged.get('loss')))
       if due:
-        progress.validated(validate(run, step, progress.logged.get('loss')))
         meter.restart()  # evaluation time is not training throughput
       if due or step % config.checkpoint_every == 0:
-        _save(run, step, bleu=progress.validation.get('eval_bleu') if due else None)
+        _save(run, step, bleu=progress.validation.get('eval_bleu') if due else None, best=best)
       if out_of_time or (
-        config.early_stopping_evals and progress.stale >= config.early_stopping_evals
+        config.early_stopping_evals is not None and progress.stale >= config.early_stopping_evals
       ):
-        run.say(f'stopping at step {step}: ' + (f'the time budget of {config.max_train_minutes} minutes'
-                if out_of_time else f'{progress.stale} validations without a better BLEU'))  # fmt: skip
+        run.say(
+          f'stopping at step {step}: '
+          + (
+            f'the time budget of {config.max_train_minutes} minutes'
+            if out_of_time
+            else f'{progress.stale} validations without a better BLEU'
+          )
+        )
         break
   finally:
     stop.close()
   run.checkpointer.wait()
-  return {'step': progress.step, 'loop_minutes': meter.minutes(), **progress.validation,
-          'train_loss': progress.logged.get('loss')}  # fmt: skip
+  return {
+    'step': progress.step,
+    'loop_minutes': meter.minutes(),
+    **progress.validation,
+    'train_loss': progress.logged.get('loss'),
+  }
 
 
 def _meter(run: Run) -> 'Meter':
@@ -293,8 +317,12 @@ def _meter(run: Run) -> 'Meter':
   step_flops = flops.train_step_flops(
     run.model_config, config.batch_size, config.max_length, config.max_length
   )
-  meter = Meter(step_flops, *flops.device_peak(run.model_config.dtype, run.parallel.num_replicas),
-                total_steps=config.num_train_steps, budget_minutes=config.max_train_minutes)  # fmt: skip
+  meter = Meter(
+    step_flops,
+    *flops.device_peak(run.model_config.dtype, run.parallel.num_replicas),
+    total_steps=config.num_train_steps,
+    budget_minutes=config.max_train_minutes,
+  )
   run.say(f'MFU reference: {meter.peak / 1e9:,.1f} GFLOP/s ({meter.peak_source})')
   return meter
 
@@ -453,7 +481,7 @@ def _eval_losses(run: Run) -> dict[str, float]:
   """Validation NLL per token, accuracy and perplexity (teacher forcing, no dropout)."""
   sums = {'nll': 0.0, 'correct': 0.0, 'tokens': 0.0, 'smoothed': 0.0}
   for batch in run.data.eval_batches(
-    run.config.eval_batch_size // jax.process_count(), run.config.eval_max_batches
+    run.config.eval_batch_size // jax.process_count(), run.config.eval_max_batches or 0
   ):
     # state.params is already in the step's replicated layout: no round trip through the host.
     out = run.parallel.metrics(
@@ -475,7 +503,7 @@ def validate(run: Run, step: int, train_loss: float | None = None) -> dict[str, 
   them with the train/validation gap (both label-smoothed losses) so over-fitting shows."""
   config = run.config
   metrics = _eval_losses(run)
-  pairs = run.data.validation_pairs[: config.bleu_sentences or None]
+  pairs = run.data.validation_pairs[: config.bleu_sentences]
   model = run.eval_model(run.parallel.host_state(run.state.params))
   bleu, signature, hypotheses = run.evaluator.bleu(model, pairs, config.eval_beam_size)
   metrics['eval_bleu'] = bleu
@@ -486,8 +514,10 @@ def validate(run: Run, step: int, train_loss: float | None = None) -> dict[str, 
   )
   if train_loss is not None:
     gap = metrics['eval_smoothed_loss'] - train_loss
-    run.say(f'  train/validation gap: training loss {train_loss:.4f}, validation loss '
-            f"{metrics['eval_smoothed_loss']:.4f} (label-smoothed both): {gap:+.4f}")  # fmt: skip
+    run.say(
+      f'  train/validation gap: training loss {train_loss:.4f}, validation loss '
+      f'{metrics["eval_smoothed_loss"]:.4f} (label-smoothed both): {gap:+.4f}'
+    )
   run.say(f'  training data read so far: {run.batches.iterator.stats}')
   for (source, reference), hypothesis in list(zip(pairs, hypotheses))[: config.num_samples]:
     run.say(f'  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}')
@@ -501,7 +531,7 @@ def test(run: Run) -> dict[str, Any]:
   config = run.config
   params, description = _test_parameters(run)
   model = run.eval_model(params)
-  pairs = run.data.test_pairs[: config.test_max_sentences or None]
+  pairs = run.data.test_pairs[: config.test_max_sentences]
   results: dict[str, Any] = {'test_parameters': description}
   run.say(f'testing the {description}')
   for beam in config.test_beam_sizes:
@@ -524,10 +554,12 @@ def _test_parameters(run: Run) -> tuple[Any, str]:
       (bleu, best.state, f'best checkpoint (step {best.step}, validation BLEU {bleu:.2f})')
     ]
   if run.config.average_last:
-    average, steps = run.checkpointer.average(final, run.config.average_last)
-    pairs = run.data.validation_pairs[: run.config.bleu_sentences or None]
+    average, steps = average_lib.average_checkpoints(
+      run.checkpointer, final, run.config.average_last
+    )
+    pairs = run.data.validation_pairs[: run.config.bleu_sentences]
     bleu, _, _ = run.evaluator.bleu(run.eval_model(average), pairs, run.config.eval_beam_size)
-    run.checkpointer.save_average(steps[-1], average, steps=steps, bleu=bleu)
+    average_lib.save_average(run.checkpointer, average, steps, bleu)
     run.say(f'average of steps {steps}: validation BLEU {bleu:.2f}')
     candidates.append((bleu, average, f'average of steps {steps} (validation BLEU {bleu:.2f})'))
   _, params, description = max(candidates, key=lambda c: c[0])

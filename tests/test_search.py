@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import Transformer, decode, evaluation
+from transformer import Transformer, evaluation, search
 
 PAD, BOS, EOS, A, B = 0, 1, 2, 3, 4
 
@@ -36,10 +36,12 @@ TABLE[PAD] = [0, 0, 1.0, 0, 0]
 
 def test_beam_search_finds_the_better_sequence_greedy_misses():
   step_fn = markov_step_fn(TABLE)
-  greedy = decode.greedy_search(step_fn, jnp.zeros((1,)), 1, max_length=6, bos_id=BOS, eos_id=EOS)
+  greedy = search.greedy_search(
+    step_fn, jnp.zeros((1,)), 1, buffer_length=6, bos_id=BOS, eos_id=EOS
+  )
   np.testing.assert_array_equal(greedy[0], [A, EOS, PAD, PAD, PAD, PAD])
-  seqs, scores = decode.beam_search(
-    step_fn, jnp.zeros((2,)), 1, beam_size=2, max_length=6, alpha=0.0, bos_id=BOS, eos_id=EOS
+  seqs, scores = search.beam_search(
+    step_fn, jnp.zeros((2,)), 1, beam_size=2, buffer_length=6, alpha=0.0, bos_id=BOS, eos_id=EOS
   )
   np.testing.assert_array_equal(seqs[0, 0], [B, EOS, PAD, PAD, PAD, PAD])
   np.testing.assert_allclose(scores[0, 0], math.log(0.38), rtol=1e-5)
@@ -50,8 +52,8 @@ def test_beam_search_finds_the_better_sequence_greedy_misses():
 def test_length_penalty_scores_and_finished_hypotheses_stop_growing():
   step_fn = markov_step_fn(TABLE)
   alpha = 0.6
-  seqs, scores = decode.beam_search(
-    step_fn, jnp.zeros((3,)), 1, beam_size=3, max_length=8, alpha=alpha, bos_id=BOS, eos_id=EOS
+  seqs, scores = search.beam_search(
+    step_fn, jnp.zeros((3,)), 1, beam_size=3, buffer_length=8, alpha=alpha, bos_id=BOS, eos_id=EOS
   )
   for beam in range(3):
     tokens = np.asarray(seqs[0, beam]).tolist()
@@ -81,15 +83,15 @@ def random_step_fn(vocab=12, seed=0):
 def test_beam_size_one_equals_greedy(seed):
   step_fn = random_step_fn(seed=seed)
   batch = 3
-  greedy = decode.greedy_search(
-    step_fn, jnp.zeros((batch,)), batch, max_length=10, bos_id=BOS, eos_id=EOS
+  greedy = search.greedy_search(
+    step_fn, jnp.zeros((batch,)), batch, buffer_length=10, bos_id=BOS, eos_id=EOS
   )
-  seqs, _ = decode.beam_search(
+  seqs, _ = search.beam_search(
     step_fn,
     jnp.zeros((batch,)),
     batch,
     beam_size=1,
-    max_length=10,
+    buffer_length=10,
     alpha=0.0,
     bos_id=BOS,
     eos_id=EOS,
@@ -110,13 +112,13 @@ SRC = np.array([[5, 6, 7, 8, 2, 0], [9, 10, 2, 0, 0, 0], [11, 12, 13, 14, 15, 2]
 
 
 def test_cached_decoding_equals_recomputing_the_prefix(model):
-  cached = decode.generate(model, SRC, beam_size=1, max_length=12)
-  recomputed = decode.generate_recompute(model, SRC, max_length=12)
+  cached = search.generate(model, SRC, beam_size=1, max_new_tokens=12)
+  recomputed = search.generate_recompute(model, SRC, max_new_tokens=12)
   np.testing.assert_array_equal(cached, recomputed)
 
 
 def test_transformer_beam_search_outputs_are_well_formed(model):
-  tokens = np.asarray(decode.generate(model, SRC, beam_size=3, max_length=12))
+  tokens = np.asarray(search.generate(model, SRC, beam_size=3, max_new_tokens=12))
   assert tokens.shape == (3, 12)
   for row in tokens.tolist():
     if model.config.eos_id in row:
@@ -124,22 +126,22 @@ def test_transformer_beam_search_outputs_are_well_formed(model):
       assert all(t == model.config.pad_id for t in row[end + 1 :])
   # Beam 1 through generate is the greedy path.
   np.testing.assert_array_equal(
-    decode.generate(model, SRC, beam_size=1, max_length=12),
-    decode.generate_recompute(model, SRC, max_length=12),
+    search.generate(model, SRC, beam_size=1, max_new_tokens=12),
+    search.generate_recompute(model, SRC, max_new_tokens=12),
   )
 
 
 @pytest.mark.parametrize('beam_size', [1, 3])
 def test_each_sentence_generates_at_most_its_own_source_length_plus_extra(model, beam_size):
-  tokens = np.asarray(decode.generate(model, SRC, beam_size=beam_size, extra_length=3))
+  tokens = np.asarray(search.generate(model, SRC, beam_size=beam_size, extra_length=3))
   source_lengths = (SRC != model.config.pad_id).sum(-1)  # 5, 2, 6
   assert tokens.shape[1] == 16  # the longest limit (9), rounded up to a multiple of 16
   for row, limit in enumerate(source_lengths + 3):
     assert (tokens[row, limit:] == model.config.pad_id).all(), (row, tokens[row])
-  # The default extra length is 50, capped at the model's max_length (64 here).
-  assert decode.generate(model, SRC, beam_size=1).shape[1] == 64
+  # The default extra length is 50, capped at the model's max_positions (64 here).
+  assert search.generate(model, SRC, beam_size=1).shape[1] == 64
   with pytest.raises(ValueError, match='beam_size'):
-    decode.generate(model, SRC, beam_size=0)
+    search.generate(model, SRC, beam_size=0)
 
 
 @pytest.mark.parametrize('beam_size', [1, 3])
@@ -149,8 +151,8 @@ def test_a_translation_does_not_depend_on_the_rest_of_its_batch(model, beam_size
   batch = np.zeros((2, 48), np.int32)
   batch[0, :6] = SRC[2]
   batch[1, :40] = long_source
-  together = np.asarray(decode.generate(model, batch, beam_size=beam_size, extra_length=4))
-  alone = np.asarray(decode.generate(model, SRC[2:3], beam_size=beam_size, extra_length=4))
+  together = np.asarray(search.generate(model, batch, beam_size=beam_size, extra_length=4))
+  alone = np.asarray(search.generate(model, SRC[2:3], beam_size=beam_size, extra_length=4))
   width = min(together.shape[1], alone.shape[1])
   np.testing.assert_array_equal(together[0, :width], alone[0, :width])
   assert (together[0, width:] == model.config.pad_id).all()
@@ -182,26 +184,34 @@ def test_argmax_last_matches_argmax_with_ties_and_nan():
       [jnp.nan, jnp.nan, jnp.nan, jnp.nan],
     ]
   )
-  out = np.asarray(decode.argmax_last(logits))
+  out = np.asarray(search.argmax_last(logits))
   np.testing.assert_array_equal(out[:3], np.asarray(logits[:3].argmax(-1)))  # first maximum on ties
   assert 0 <= out[3] < 4  # an all-NaN row still gives a token inside the vocabulary
   random = jax.random.normal(jax.random.key(0), (32, 8000))
-  np.testing.assert_array_equal(decode.argmax_last(random), random.argmax(-1))
+  np.testing.assert_array_equal(search.argmax_last(random), random.argmax(-1))
 
 
 def _reference_beam_search(model, src_row, beam_size, max_length, alpha):
   """Beam search written plainly: every hypothesis re-runs the whole decoder (no cache, no
-  reordering), with the same rules as `decode.beam_search` (2k candidates, an EOS extension
+  reordering), with the same rules as `search.beam_search` (2k candidates, an EOS extension
   finishes only within the top k, GNMT length penalty, alive beams returned if none finished)."""
   config = model.config
   src = jnp.asarray(src_row)[None]
-  encoded = model.encode(src)
+  # One compiled decoder pass over a fixed-length input: the causal mask makes what follows
+  # the hypothesis irrelevant to the logits at its last position.
+  graphdef, state = nnx.split(model)
+  last_logits = jax.jit(
+    lambda state, decoder_input, position: nnx.merge(graphdef, state).decode(
+      decoder_input, nnx.merge(graphdef, state).encode(src), src
+    )[0, position]
+  )
   alive, finished = [((), 0.0)], []
   for i in range(max_length):
     candidates = []
     for beam, (tokens, log_p) in enumerate(alive):
-      decoder_input = jnp.asarray([(config.bos_id,) + tokens])
-      logits = np.asarray(model.decode(decoder_input, encoded, src)[0, -1], np.float64)
+      decoder_input = np.full((1, max_length), config.pad_id, np.int32)
+      decoder_input[0, : len(tokens) + 1] = (config.bos_id,) + tokens
+      logits = np.asarray(last_logits(state, decoder_input, len(tokens)), np.float64)
       logits[config.pad_id] = -np.inf
       log_probs = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
       for token in range(config.vocab_size):
@@ -211,8 +221,11 @@ def _reference_beam_search(model, src_row, beam_size, max_length, alpha):
     candidates.sort(key=lambda c: (-c[0], c[1]))
     top = candidates[: 2 * beam_size]
     penalty = ((5 + i + 1) / 6) ** alpha
-    finished += [(tokens, score / penalty) for rank, (score, _, tokens) in enumerate(top)
-                 if tokens[-1] == config.eos_id and rank < beam_size]  # fmt: skip
+    finished += [
+      (tokens, score / penalty)
+      for rank, (score, _, tokens) in enumerate(top)
+      if tokens[-1] == config.eos_id and rank < beam_size
+    ]
     finished = sorted(finished, key=lambda f: -f[1])[:beam_size]
     alive = [(tokens, score) for score, _, tokens in top if tokens[-1] != config.eos_id][:beam_size]
   return finished[0][0] if finished else alive[0][0]
@@ -228,7 +241,7 @@ def test_beam_search_on_the_kv_cache_equals_a_plain_recomputing_beam_search(tiny
   params = nnx.state(model, nnx.Param)
   nnx.update(model, jax.tree.map(lambda p: 3.0 * p, params))
   src = np.array([[5, 6, 7, 8, 2, 0], [9, 10, 2, 0, 0, 0], [11, 12, 13, 14, 15, 2]], np.int32)
-  tokens = np.asarray(decode.generate(model, src, beam_size=3, alpha=0.6, max_length=10))
+  tokens = np.asarray(search.generate(model, src, beam_size=3, alpha=0.6, max_new_tokens=10))
   for row in range(3):
     expected = list(_reference_beam_search(model, src[row], 3, 10, 0.6))
     assert tokens[row, : len(expected)].tolist() == expected, row

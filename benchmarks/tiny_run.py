@@ -1,4 +1,5 @@
-"""Shared set-up for end-to-end tests: a tiny local corpus cut from the embedded one, tiny configs."""
+"""Tiny training runs, shared by the end-to-end tests and `benchmarks.faults`: a local corpus cut
+from the embedded one, tiny configs, the train.py command and what a run leaves in its workdir."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBEDDED = os.path.join(ROOT, 'transformer', 'input_pipeline', 'data', 'bible_en_fr')
 
 
@@ -27,10 +28,28 @@ def write_tiny_corpus(folder: str, train: int = 400, eval_: int = 24) -> dict[st
 
 
 def tiny_overrides(files: dict[str, str], **extra) -> list[str]:
-  """--config.* flags for a tiny model on the tiny corpus."""
+  """--config.* flags for a tiny model on the tiny corpus (a None value cannot be written as a
+  flag: the config file's default stays)."""
   values = tiny_values(files)
   values.update(extra)
-  return [f'--config.{k}={v}' for k, v in values.items()]
+  return [f'--config.{k}={v}' for k, v in values.items() if v is not None]
+
+
+def tiny_config(files: dict[str, str], **overrides):
+  """configs/default.py with the tiny values (and `overrides`, dotted keys) set, as train.py
+  would parse them."""
+  from configs import default
+
+  config = default.get_config()
+  values = tiny_values(files)
+  values.update(overrides)
+  for key, value in values.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = eval(value) if isinstance(value, str) and value.startswith('(') else value
+  return config
 
 
 def tiny_values(files: dict[str, str]) -> dict:
@@ -43,7 +62,7 @@ def tiny_values(files: dict[str, str]) -> dict:
     'local_files.test': files['test'],
     'vocab_size': 500,
     'max_length': 80,
-    'model.max_length': 160,
+    'model.max_positions': 160,
     'model.d_model': 32,
     'model.num_heads': 2,
     'model.d_ff': 64,
@@ -60,7 +79,7 @@ def tiny_values(files: dict[str, str]) -> dict:
     'decode_batch_size': 8,
     'test_beam_sizes': '(1,2)',
     'decode_extra_length': 8,
-    'max_train_minutes': 0.0,
+    'max_train_minutes': None,
     'num_samples': 1,
   }
 

@@ -2,10 +2,12 @@
 
     python train.py --workdir=DIR [--config=configs/default.py] [--config.key=value ...]
 
-The workdir is created if needed; if it holds checkpoints the run resumes from the newest one.
-Exit status: 0 when the run finished, 75 when SIGTERM stopped it after saving a checkpoint (run
-the same command again to resume), 2 for a usage, config or data error (one line on stderr,
-`--verbose` adds the traceback), 1 for anything else (a bug: the traceback is printed).
+The workdir is created if needed; if it holds checkpoints the run resumes from the newest one;
+if it holds a finished run, that is said and nothing changes. One run at a time per workdir.
+Exit status: 0 when the run finished, 75 when SIGTERM stopped it after saving a checkpoint and 130
+when Ctrl-C did (run the same command again to resume; a second Ctrl-C aborts without saving),
+2 for a usage, config, data or system error such as a full disk (one line on stderr, `--verbose`
+adds the traceback), 1 for anything else (a bug: the traceback is printed).
 """
 
 import os
@@ -88,8 +90,37 @@ def main(argv: list[str]) -> int:
     if FLAGS.verbose:
       raise
     _fail(str(e))
-  return train_loop.PREEMPTED_EXIT_STATUS if 'preempted_at_step' in results else 0
+  except OSError as e:  # the system's: a full disk, a file that went away, a read-only mount
+    if FLAGS.verbose:
+      raise
+    _fail(_os_error(e))
+  except KeyboardInterrupt:
+    print(
+      'train.py: aborted (a second Ctrl-C): nothing saved since the last checkpoint',
+      file=sys.stderr,
+    )
+    return 130
+  if 'preempted_at_step' in results:
+    return train_loop.EXIT_STATUS[results['signal']]
+  return 0
+
+
+def _quiet_after_failed_writes(unraisable) -> None:
+  """After a failed checkpoint write, the callbacks of Orbax's other writes find their event
+  loops closed and report it; that says nothing the one-line error does not. Anything else is
+  reported as usual."""
+  value = unraisable.exc_value
+  if not (isinstance(value, RuntimeError) and 'Event loop is closed' in str(value)):
+    sys.__unraisablehook__(unraisable)
+
+
+def _os_error(error: OSError) -> str:
+  """One line: the path (else the workdir) and the system's reason, e.g. '/w/checkpoints: No space
+  left on device'."""
+  reason = error.strerror or str(error)
+  return f'{error.filename or FLAGS.workdir}: {reason}'
 
 
 if __name__ == '__main__':
+  sys.unraisablehook = _quiet_after_failed_writes
   app.run(main, flags_parser=_parse_flags)

@@ -72,7 +72,7 @@ def train_numbers(name: str, steps: int) -> dict:
   holder = {'state': state}
 
   def one_step():
-    holder['state'], metrics = step(holder['state'], rngs, batch)
+    holder['state'], metrics = step(holder['state'], rngs, batch, common.LEARNING_RATE)
     return metrics
 
   median, _ = common.timed(one_step, steps, warmup=2)

@@ -20,6 +20,8 @@ from transformer import parallel as parallel_lib, training
 from transformer.input_pipeline import pipeline
 from transformer.model import Transformer, TransformerConfig
 
+# The learning rate the benchmarks' train steps take (their speed does not depend on it).
+LEARNING_RATE = 1e-4
 # Compute dtypes the benchmarks offer (float32 parameters either way).
 DTYPES = ('float32', 'bfloat16')
 
@@ -131,7 +133,8 @@ def build_train_step(
   device), on a synthetic batch of config `name`'s shape per device (packed rows with `packed`).
 
   Returns (model config, parallel, device state, rngs, compiled step, device batch, host batch);
-  `timings` (if given) receives the seconds spent creating the model and optimizer state.
+  the step takes `(state, rngs, batch, LEARNING_RATE)`. `timings` (if given) receives the seconds
+  spent creating the model and optimizer state.
   """
   start = time.perf_counter()
   spec = CONFIGS[name]

@@ -37,7 +37,14 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import CONFIGS, DTYPES, build_train_step, decoding_setup, synthetic_batch
+from benchmarks.common import (
+  CONFIGS,
+  DTYPES,
+  LEARNING_RATE,
+  build_train_step,
+  decoding_setup,
+  synthetic_batch,
+)
 
 
 def torch_model(spec: dict):
@@ -224,7 +231,7 @@ def compare_train(args) -> dict:
     holder = {'state': state}
 
     def ours():
-      holder['state'], metrics = step(holder['state'], rngs, batch)
+      holder['state'], metrics = step(holder['state'], rngs, batch, LEARNING_RATE)
       jax.block_until_ready(metrics)
 
     variants['ours (JAX)'] = ours

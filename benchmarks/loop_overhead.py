@@ -67,7 +67,7 @@ def bare_step_seconds(config, workdir: str, steps: int) -> float:
   config = data.config  # 'auto' values resolved from the data, as the loop resolves them
   mconfig = model_config(config, data.tokenizer.vocab_size, **data.tokenizer.special_ids)
   parallel = parallel_lib.make(config.parallelism)
-  optimizer, _ = optimizer_for(config, mconfig.d_model)
+  optimizer, schedule = optimizer_for(config, mconfig.d_model)
   graphdef, state, rngs = training.init_train_state(
     training.create_model(mconfig, config.seed), optimizer, config.seed
   )
@@ -79,11 +79,11 @@ def bare_step_seconds(config, workdir: str, steps: int) -> float:
   batch = parallel.device_batch(next(data.train_batches()))
   state = parallel.device_state(state)
   for _ in range(5):
-    state, metrics = step(state, rngs, batch)
+    state, metrics = step(state, rngs, batch, schedule(0))
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = step(state, rngs, batch)
+    state, metrics = step(state, rngs, batch, schedule(0))
   jax.block_until_ready(metrics)
   return (time.perf_counter() - start) / steps
 

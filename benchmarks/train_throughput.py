@@ -31,16 +31,18 @@ def measure(
     name, dtype, attention, timings=timings
   )
   start = time.perf_counter()
-  compiled = step.lower(state, rngs, batch).compile()  # trace + XLA compile of the first step
+  compiled = step.lower(
+    state, rngs, batch, common.LEARNING_RATE
+  ).compile()  # trace + XLA compile of the first step
   timings['compile_seconds'] = time.perf_counter() - start
   start = time.perf_counter()
-  state, metrics = compiled(state, rngs, batch)
+  state, metrics = compiled(state, rngs, batch, common.LEARNING_RATE)
   jax.block_until_ready(metrics)
   timings['first_run_seconds'] = time.perf_counter() - start
   holder = {'state': state}
 
   def one_step():
-    holder['state'], metrics = compiled(holder['state'], rngs, batch)
+    holder['state'], metrics = compiled(holder['state'], rngs, batch, common.LEARNING_RATE)
     return metrics
 
   median, times = common.timed(one_step, steps, warmup=max(warmup - 1, 0))

@@ -1,5 +1,6 @@
 """Run configs and workdirs: validation, resume compatibility."""
 
+import os
 import pathlib
 
 import pytest
@@ -91,3 +92,20 @@ def test_translating_a_language_into_itself_is_refused():
   config.target_lang = config.source_lang
   with pytest.raises(run_config.ConfigError, match='source_lang and config.target_lang are both'):
     run_config.validate_config(config)
+
+
+def test_a_failed_json_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+  import errno
+  import json as json_lib
+
+  path = tmp_path / 'config.json'
+  workdir_lib.write_json_atomically(str(path), {'a': 1})
+
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(json_lib, 'dump', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    workdir_lib.write_json_atomically(str(path), {'a': 2})
+  assert os.listdir(tmp_path) == ['config.json']
+  assert path.read_text() == '{\n  "a": 1\n}'

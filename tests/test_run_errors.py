@@ -10,7 +10,9 @@ import subprocess
 import pytest
 
 from benchmarks import tiny_run
-from transformer import train_loop
+from tests.helpers import text
+from transformer import recipe, train_loop, workdir as workdir_lib, workdir_lock
+from transformer.input_pipeline import tokenizer as tokenizer_lib
 
 
 @pytest.fixture
@@ -126,3 +128,159 @@ def test_train_py_reports_user_errors_in_one_line(tmp_path, corpus):
     tmp_path,
   )
   assert 'Traceback' in verbose.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdirs that must keep working: one run at a time, failed starts, finished runs, edited data.
+
+
+def test_a_second_run_on_a_held_workdir_stops_at_once_naming_the_holder(tmp_path, corpus):
+  workdir = str(tmp_path / 'run')
+  with workdir_lock.WorkdirLock(workdir):
+    with pytest.raises(workdir_lock.WorkdirBusy, match=r'is in use by another run \(host .*, pid'):
+      train_loop.train_and_evaluate(tiny_run.tiny_config(corpus), workdir)
+    assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]  # nothing of the second run
+  assert os.listdir(workdir) == []
+
+
+def test_init_from_a_workdir_of_this_package_is_refused_before_anything_is_written(
+  tmp_path, corpus
+):
+  trained = str(tmp_path / 'trained')
+  train_loop.train_and_evaluate(tiny_run.tiny_config(corpus, num_train_steps=1), trained)
+  _expect_error(
+    tiny_run.tiny_config(corpus, init_from=trained),
+    str(tmp_path / 'run'),
+    'is a training workdir of this package, not a pretrained model',
+  )
+
+
+def test_a_start_killed_before_its_first_checkpoint_accepts_a_corrected_config(tmp_path, corpus):
+  workdir = str(tmp_path / 'run')
+  first = tiny_run.tiny_config(corpus, num_train_steps=1)
+  os.makedirs(workdir)
+  workdir_lib.save_config(first, workdir)
+  with open(os.path.join(workdir, 'tokenizer.model'), 'w') as f:
+    f.write('left by a killed start')  # no checkpoint: the run protected nothing
+  corrected = tiny_run.tiny_config(corpus, num_train_steps=2, eval_every=2, **{'model.d_model': 16})
+  results = train_loop.train_and_evaluate(corrected, workdir)
+  assert results['step'] == 2
+  assert sorted(os.listdir(os.path.join(workdir, 'abandoned', '1'))) == [
+    'config.json',
+    'tokenizer.model',
+  ]
+
+
+def test_rerunning_a_finished_run_keeps_its_results(tmp_path, corpus, capsys):
+  workdir = str(tmp_path / 'run')
+  config = tiny_run.tiny_config(corpus, num_train_steps=3, eval_every=3)
+  results = train_loop.train_and_evaluate(config, workdir)
+  path = os.path.join(workdir, 'results.json')
+  written = open(path, 'rb').read()
+  capsys.readouterr()
+  for rerun in (config, tiny_run.tiny_config(corpus, num_train_steps=2, eval_every=3)):
+    assert train_loop.train_and_evaluate(rerun, workdir) == results
+    assert open(path, 'rb').read() == written
+    assert 'this run finished at step 3' in capsys.readouterr().out
+  assert results['ended'] == 'finished the 3 planned steps' and results['train_loss'] is not None
+
+
+def test_data_edited_in_place_is_refused_on_resume_naming_the_split(tmp_path, corpus):
+  workdir = str(tmp_path / 'run')
+  train_loop.train_and_evaluate(tiny_run.tiny_config(corpus, num_train_steps=2), workdir)
+  lines = open(corpus['train'], encoding='utf-8').read().splitlines()
+  rows = [line.split('\t') for line in lines[1:]]
+  swapped = [lines[0]] + ['\t'.join([row[0], row[2], row[1]]) for row in rows]  # en <-> fr
+  with open(corpus['train'], 'w', encoding='utf-8') as f:
+    f.write('\n'.join(swapped) + '\n')  # same path, other contents
+  with pytest.raises(train_loop.ConfigError, match='was trained on other data: the train split'):
+    train_loop.train_and_evaluate(tiny_run.tiny_config(corpus, num_train_steps=4), workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and values that make no sense.
+
+
+def test_a_validation_split_with_no_usable_example_is_an_error(tmp_path, corpus):
+  long_pairs = b'id\ten\tfr\n' + b''.join(
+    b'%d\t%s\t%s\n' % (i, b' '.join([b'word'] * 200), b'mot') for i in range(4)
+  )
+  _expect_error(
+    tiny_run.tiny_config(_replace(corpus, 'validation', long_pairs)),
+    str(tmp_path / 'run'),
+    r'eval split: .* none of its 4 pairs fits max_length=80',
+  )
+
+
+def test_one_huge_line_does_not_change_the_plan(tmp_path, corpus, small_tokenizer):
+  config = tiny_run.tiny_config(corpus)
+  pairs = tiny_run.embedded_pairs('train', 300)
+  plans = []
+  for extra in ([], [(' '.join(['word'] * 100_000), 'mot')]):
+    source = text.ListSource(pairs + extra)
+    kept, per_pair = recipe.kept_pairs_and_tokens(source, small_tokenizer, config)
+    plans.append(
+      (
+        kept,
+        round(per_pair),
+        recipe.length_and_dropout(config, kept, per_pair, (500, '')).num_train_steps,
+      )
+    )
+  assert plans[0] == plans[1], plans
+
+
+@pytest.fixture
+def small_tokenizer(tmp_path):
+  sentences = [s for pair in tiny_run.embedded_pairs('train', 400) for s in pair]
+  return tokenizer_lib.train_tokenizer(str(tmp_path / 'spm.model'), sentences, vocab_size=300)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths that are not what they should be, and what killed processes leave behind.
+
+
+def test_a_named_pipe_as_a_data_file_is_refused_without_reading_it(tmp_path, corpus):
+  pipe = str(tmp_path / 'train.tsv')
+  os.mkfifo(pipe)
+  _expect_error(
+    tiny_run.tiny_config({**corpus, 'train': pipe}),
+    str(tmp_path / 'run'),
+    r'train\.tsv: not a regular file \(a named pipe',
+  )
+
+
+@pytest.mark.parametrize('where', ['data file', 'workdir', 'cache directory'])
+def test_a_path_of_the_wrong_kind_is_one_line(tmp_path, corpus, where):
+  a_file = str(tmp_path / 'a-file')
+  open(a_file, 'w').close()
+  workdir, files, extra = str(tmp_path / 'run'), dict(corpus), {}
+  if where == 'data file':
+    os.makedirs(tmp_path / 'folder.tsv')
+    files['train'] = str(tmp_path / 'folder.tsv')
+    match = 'a directory, not a data file'
+  elif where == 'workdir':
+    workdir, match = a_file, 'is a file, not a directory'
+  else:
+    extra, match = {'data_cache_dir': a_file}, 'data_cache_dir .* is a file, not a directory'
+  with pytest.raises(train_loop.ConfigError, match=match) as error:
+    train_loop.train_and_evaluate(tiny_run.tiny_config(files, **extra), workdir)
+  assert '\n' not in str(error.value)
+
+
+def test_temporary_files_of_killed_processes_are_removed_at_the_next_start(tmp_path, corpus):
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  dead = _finished_pid()
+  left = os.path.join(workdir, f'config.json.tmp{dead}')
+  open(left, 'w').close()
+  cache = os.path.join(os.path.dirname(corpus['train']), 'prepared')
+  half_prepared = os.path.join(cache, f'train-0123.tmp-{dead}')
+  os.makedirs(half_prepared)
+  train_loop.train_and_evaluate(tiny_run.tiny_config(corpus, num_train_steps=1), workdir)
+  assert not os.path.exists(left) and not os.path.exists(half_prepared)
+
+
+def _finished_pid() -> int:
+  process = subprocess.Popen(['true'])
+  process.wait()
+  return process.pid

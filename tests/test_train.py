@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,9 +47,16 @@ def test_train_py_end_to_end_writes_everything(trained, corpus):
   results = json.load(open(os.path.join(workdir, 'results.json')))
   assert {'test_bleu_greedy', 'test_bleu_beam2', 'eval_loss', 'step'} <= set(results)
 
-  # A second run resumes (nothing left to train), reuses the tokenizer, and refuses a changed model.
+  # A second run says the run finished and changes nothing; one asking for more steps resumes and
+  # reuses the tokenizer (in a copy: the module's other tests use this workdir); a changed model
+  # is refused.
   again = tiny_run.run_train(workdir, tiny_run.tiny_overrides(corpus))
-  assert 'resumed from checkpoint at step 6' in again.stdout and 'tokenizer: reused' in again.stdout
+  assert 'this run finished at step 6' in again.stdout
+  assert json.load(open(os.path.join(workdir, 'results.json'))) == results
+  longer = os.path.join(os.path.dirname(workdir), 'longer')
+  shutil.copytree(workdir, longer)
+  more = tiny_run.run_train(longer, tiny_run.tiny_overrides(corpus, num_train_steps=8))
+  assert 'resumed from checkpoint at step 6' in more.stdout and 'tokenizer: reused' in more.stdout
   changed = tiny_run.run_train(
     workdir, tiny_run.tiny_overrides(corpus, **{'model.d_model': 64}), check=False
   )
@@ -67,6 +75,28 @@ def test_invalid_config_is_refused_before_anything_runs(tmp_path, corpus):
   assert result.returncode != 0 and 'config.batch_size must be an integer >= 1' in result.stderr
 
 
+def _started_until_step(workdir: str, overrides: list[str], step: int) -> subprocess.Popen:
+  """A train.py process, returned once its metrics.jsonl has logged `step`."""
+  process = subprocess.Popen(
+    tiny_run.train_command(workdir, overrides),
+    cwd=ROOT,
+    env=tiny_run.env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  metrics_file = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if os.path.exists(metrics_file) and any(
+      json.loads(line)['step'] >= step for line in open(metrics_file) if line.endswith('\n')
+    ):
+      return process
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.02)
+  raise AssertionError(f'train.py did not reach step {step} in 300 s')
+
+
 def test_exact_resume_after_sigterm(tmp_path, corpus):
   overrides = tiny_run.tiny_overrides(
     corpus,
@@ -80,23 +110,7 @@ def test_exact_resume_after_sigterm(tmp_path, corpus):
   tiny_run.run_train(straight, overrides)
 
   interrupted = str(tmp_path / 'interrupted')
-  process = subprocess.Popen(
-    tiny_run.train_command(interrupted, overrides),
-    cwd=ROOT,
-    env=tiny_run.env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-  metrics_file = os.path.join(interrupted, 'metrics.jsonl')
-  deadline = time.time() + 300
-  while time.time() < deadline:  # SIGTERM once at least N=20 steps are done
-    if os.path.exists(metrics_file) and any(
-      json.loads(line)['step'] >= 20 for line in open(metrics_file) if line.strip()
-    ):
-      break
-    assert process.poll() is None, process.communicate()
-    time.sleep(0.02)
+  process = _started_until_step(interrupted, overrides, 20)  # SIGTERM once 20 steps are done
   # Stopped, the run cannot finish before the signal is delivered, however fast its steps are:
   # SIGTERM waits, pending, until SIGCONT, and is then handled at the next step.
   process.send_signal(signal.SIGSTOP)
@@ -278,11 +292,74 @@ def test_translate_errors_are_clear(tmp_path, trained):
   assert no_checkpoint.returncode == 2 and 'no latest checkpoint' in no_checkpoint.stderr
   bad_beam = _translate([f'--workdir={workdir}', '--beam_size=0'], 'hello\n')
   assert bad_beam.returncode != 0 and 'beam_size' in bad_beam.stderr
+  too_long = _translate([f'--workdir={workdir}', '--max_new_tokens=100000'], 'hello\n')
+  assert too_long.returncode == 2 and 'Traceback' not in too_long.stderr
+  assert 'is more than the model can generate (160 positions)' in too_long.stderr
+  a_workdir = _translate([f'--pretrained={workdir}'], 'hello\n')
+  assert a_workdir.returncode == 2 and 'Traceback' not in a_workdir.stderr
+  assert 'is a training workdir of this package, not a Marian model' in a_workdir.stderr
+
+
+def test_translate_into_a_closed_pipe_ends_quietly(trained):
+  workdir, _ = trained
+  command = f'{sys.executable} -m transformer.translate --workdir={workdir} --beam_size=1 | true'
+  lines = ''.join(f'In the beginning {i}.\n' for i in range(2000))
+  result = subprocess.run(
+    command,
+    shell=True,
+    cwd=ROOT,
+    env=tiny_run.env(),
+    input=lines,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert 'Traceback' not in result.stderr and 'BrokenPipeError' not in result.stderr, result.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_and_the_run_resumes(tmp_path, corpus):
+  overrides = tiny_run.tiny_overrides(
+    corpus, num_train_steps=200, log_every=1, eval_every=1000, checkpoint_every=1000
+  )
+  workdir = str(tmp_path / 'run')
+  process = _started_until_step(workdir, overrides, 1)
+  process.send_signal(signal.SIGSTOP)  # as for SIGTERM: the signal waits for the next step
+  process.send_signal(signal.SIGINT)
+  process.send_signal(signal.SIGCONT)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 130, stderr[-3000:]
+  assert 'Traceback' not in stderr and 'SIGINT received: saving a checkpoint at step' in stdout
+  saved_step = int(stdout.split('saving a checkpoint at step ')[1].split()[0])
+  resumed = tiny_run.run_train(workdir, overrides)
+  assert f'resumed from checkpoint at step {saved_step}' in resumed.stdout
+
+
+def test_the_fault_injection_benchmark_survives_kills_and_refuses_a_second_run(tmp_path):
+  command = [
+    sys.executable,
+    '-m',
+    'benchmarks.faults',
+    '--kills=3',
+    '--steps=12',
+    '--checkpoint_every=3',
+    f'--workdir={tmp_path}',
+    '--json',
+  ]
+  result = subprocess.run(
+    command, cwd=ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=900
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['kills'] == 3 and report['identical'], report['differences']
+  assert report['max_steps_lost'] <= 3, report['steps_lost']
+  assert report['concurrent_run']['refused_in_one_line'], report['concurrent_run']
+  assert report['concurrent_run']['first_finished']
+  if 'skipped' not in report['full_disk']:
+    assert report['full_disk']['one_line'], report['full_disk']
+    assert report['full_disk']['rerun_with_room_finished'], report['full_disk']
 
 
 def test_the_average_command_writes_a_checkpoint_translate_loads(tmp_path, trained):
-  import shutil
-
   workdir = str(tmp_path / 'run')
   shutil.copytree(trained[0], workdir)
   command = [sys.executable, '-m', 'transformer.average', f'--workdir={workdir}', '--last=2']

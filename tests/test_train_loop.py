@@ -22,8 +22,13 @@ def test_a_sigterm_before_a_due_evaluation_evaluates_on_resume(tmp_path, corpus,
   workdir = str(tmp_path / 'run')
   config = tiny_run.tiny_config(corpus, num_train_steps=6, eval_every=3, checkpoint_every=3)
   with monkeypatch.context() as patch:  # SIGTERM lands during step 3, which is due to evaluate
-    patch.setattr(train_loop.StopSignals, 'preempted', lambda self, step: step == 3)
-    assert train_loop.train_and_evaluate(config, workdir) == {'preempted_at_step': 3}
+    patch.setattr(
+      train_loop.StopSignals, 'preempted', lambda self, step: 'SIGTERM' if step == 3 else None
+    )
+    assert train_loop.train_and_evaluate(config, workdir) == {
+      'preempted_at_step': 3,
+      'signal': 'SIGTERM',
+    }
   assert _evaluated_steps(workdir) == []
   results = train_loop.train_and_evaluate(config, workdir)
   assert _evaluated_steps(workdir) == [3, 6] and results['step'] == 6
@@ -56,11 +61,12 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_reruns_succeed(
     p for p in _files(os.path.join(workdir, 'checkpoints', '6', item)) if 'commit_success' not in p
   ]
   _damage(max(files, key=os.path.getsize))
-  for _ in range(2):  # the first rerun falls back to step 3 and redoes 4-6; the second resumes at 6
-    results = train_loop.train_and_evaluate(config, workdir)
-    assert results['step'] == 6
+  os.remove(os.path.join(workdir, 'results.json'))  # as if killed after its last checkpoint
+  # The first rerun falls back to step 3 and redoes 4-6; the second finds the run finished.
+  results = [train_loop.train_and_evaluate(config, workdir) for _ in range(2)]
+  assert results[0]['step'] == 6 and results[1] == results[0]
   out = capsys.readouterr().out
-  assert 'resumed from checkpoint at step 3' in out and 'resumed from checkpoint at step 6' in out
+  assert 'resumed from checkpoint at step 3' in out and 'this run finished at step 6' in out
   assert os.listdir(os.path.join(workdir, 'damaged')) == ['checkpoints-6']
 
 

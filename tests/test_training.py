@@ -30,7 +30,7 @@ def run_one_step(config, parallelism, batch, grad_accum_steps=1, devices=None):
       axis_name=parallel.axis_name,
     )
   )
-  state, metrics = step(parallel.device_state(state), rngs, parallel.device_batch(batch))
+  state, metrics = step(parallel.device_state(state), rngs, parallel.device_batch(batch), 1.0)
   return parallel.host_state(state), parallel.metrics(metrics)
 
 
@@ -78,7 +78,7 @@ def test_non_finite_loss_skips_the_update(tiny_config):
   leaf[...] = leaf[...].at[5, 0].set(jnp.nan)
   state = state.replace(params=params)
   step = jax.jit(training.make_train_step(graphdef, optimizer, label_smoothing=0.1))
-  new_state, metrics = step(state, rngs, synthetic_batch(rows=4))
+  new_state, metrics = step(state, rngs, synthetic_batch(rows=4), 1e-3)
   assert int(metrics['skipped']) == 1 and int(new_state.step) == 1
   for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -197,7 +197,7 @@ def test_gradient_clipping_bounds_the_update_when_max_grad_norm_is_set(tiny_conf
     graphdef, state, rngs = training.init_train_state(model, optimizer, seed=0)
     new_state, metrics = jax.jit(
       training.make_train_step(graphdef, optimizer, label_smoothing=0.1)
-    )(state, rngs, batch)
+    )(state, rngs, batch, 1.0)
     update = jax.tree.map(lambda a, b: a - b, new_state.params, state.params)
     norms[clip] = float(optax.tree.norm(update))
   assert norms[None] > 0.1  # the raw gradient is large ...

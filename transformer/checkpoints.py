@@ -20,7 +20,9 @@ Inference restores the parameters alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -36,19 +38,64 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
-class _HideReadOnlyNotice(logging.Filter):
-  """Orbax warns that a manager opened read-only is read-only: inference opens it so on purpose."""
+class _HideOrbaxNotices(logging.Filter):
+  """Orbax warns that a manager opened read-only is read-only (inference opens it so on purpose),
+  and its writer threads log the traceback of a failed write, which `Checkpointer` reports in one
+  line (`CheckpointWriteError`) where the run waits for the write."""
+
+  HIDDEN = (
+    'Given directory is read only',
+    '_SignalingThread.run() raised',  # the writer threads' tracebacks of a failed write ...
+    'in background save thread',
+    'Save Finalize thread',
+  )
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith('Given directory is read only')
+    message = str(record.msg)
+    return not any(fragment in message for fragment in self.HIDDEN)
 
 
-logging.getLogger('absl').addFilter(_HideReadOnlyNotice())
+class _HideOrbaxWritersLeftovers(logging.Filter):
+  """After a failed write, asyncio reports each of Orbax's other writer tasks that failed the same
+  way ('... exception was never retrieved'); the run has reported the failure in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ('exception was never retrieved' in message and 'orbax' in message)
+
+
+logging.getLogger('absl').addFilter(_HideOrbaxNotices())
+logging.getLogger('asyncio').addFilter(_HideOrbaxWritersLeftovers())
 ITEMS = ('params', 'train', 'manifest', 'data')
 
 
 class CheckpointError(RuntimeError):
   """There are checkpoints, but none of them can be read."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (a full disk, a read-only or vanished filesystem)."""
+
+
+@contextlib.contextmanager
+def _writing(directory: Any, step: int | None):
+  """Turns a failed (possibly asynchronous) checkpoint write into one CheckpointWriteError that
+  names the directory and the system's reason."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001  Orbax raises the writer's error as ValueError and others
+    text = str(e)
+    reason = next(
+      (
+        r
+        for r in ('No space left on device', 'Read-only file system', 'Permission denied')
+        if r in text
+      ),
+      text.splitlines()[0] if text else type(e).__name__,
+    )
+    what = f'checkpoint {step}' if step is not None else 'a checkpoint'
+    code = errno.ENOSPC if reason == 'No space left on device' else errno.EIO
+    raise CheckpointWriteError(code, f'cannot write {what}: {reason}', str(directory)) from e
 
 
 class CheckpointMismatch(ValueError):
@@ -248,18 +295,26 @@ class Checkpointer:
     best: bool = False,
     force: bool = False,
     evaluation_due: bool = False,
+    minutes: float | None = None,
+    train_loss: float | None = None,
   ) -> None:
     """Saves asynchronously (returns once the arrays are copied). `bleu` is recorded with the
     checkpoint; `best` also keeps it as the best one (replacing the previous best). A step
     that is already saved is not saved again.
     `evaluation_due` records that this step's evaluation has not run yet (a preempted run), for
-    the resumed run to do it."""
+    the resumed run to do it; `minutes`, the training loop's time so far (a time budget counts
+    the runs it resumes); `train_loss`, the last one logged (for the results of a run resumed at
+    its last step)."""
     train = _train_part(host_state)
     contents = {'params': manifest(host_state.params), 'train': manifest(train)}
     if bleu is not None:
       contents['metrics'] = {'bleu': float(bleu)}
     if evaluation_due:
       contents['evaluation_due'] = True
+    if minutes is not None:
+      contents['loop_minutes'] = float(minutes)
+    if train_loss is not None:
+      contents['train_loss'] = float(train_loss)
     items = {
       'params': ocp.args.StandardSave(host_state.params),
       'train': ocp.args.StandardSave(train),
@@ -268,9 +323,11 @@ class Checkpointer:
     if data_iterator is not None:
       items['data'] = DataSave(data_iterator)
     if step not in self.latest.all_steps():  # a resumed run may mark its restored step best
-      self.latest.save(step, args=ocp.args.Composite(**items), force=force)
+      with _writing(self.latest.directory, step):
+        self.latest.save(step, args=ocp.args.Composite(**items), force=force)
     if best and self.best is not None and step not in self.best.all_steps():
-      self.best.save(step, args=ocp.args.Composite(**items), force=True)
+      with _writing(self.best.directory, step):
+        self.best.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(
     self, target: Any, *, which: str = 'latest', params_only: bool = False, with_data: bool = False
@@ -405,18 +462,23 @@ class Checkpointer:
       'params': ocp.args.StandardSave(params),
       'manifest': ocp.args.JsonSave({'params': manifest(params), **contents}),
     }
-    manager.save(step, args=ocp.args.Composite(**items), force=True)
-    manager.wait_until_finished()
+    with _writing(manager.directory, step):
+      manager.save(step, args=ocp.args.Composite(**items), force=True)
+      manager.wait_until_finished()
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
+    """Returns once every save has been written (CheckpointWriteError if one could not be)."""
+    with _writing(self.latest.directory, None):
+      self.latest.wait_until_finished()
     if self.best is not None:
-      self.best.wait_until_finished()
+      with _writing(self.best.directory, None):
+        self.best.wait_until_finished()
 
   def close(self) -> None:
     for manager in (self.latest, self.best, self._average):
       if manager is not None:
-        manager.close()
+        with _writing(manager.directory, None):
+          manager.close()
 
 
 def _item_names(manager: ocp.CheckpointManager, step: int) -> set[str]:

@@ -118,10 +118,30 @@ class MarianTokenizer:
     return self.spm['target'].decode_pieces(pieces).replace('\u2581', ' ').strip()
 
 
+def read_config(directory: str) -> dict[str, Any]:
+  """A Marian directory's config.json; MarianError, naming the file, for anything else."""
+  path = os.path.join(directory, 'config.json')
+  if not os.path.isfile(path):
+    raise MarianError(f'{directory}: no config.json (not a Hugging Face model directory)')
+  try:
+    with open(path, encoding='utf-8') as f:
+      hf = json.load(f)
+  except (OSError, ValueError) as e:
+    raise MarianError(f'{path}: cannot be read as JSON ({e})') from None
+  if not isinstance(hf, dict):
+    raise MarianError(f'{path}: not a model configuration (a JSON object)')
+  if hf.get('model_type') is None and os.path.exists(os.path.join(directory, 'model.json')):
+    raise MarianError(
+      f'{directory} is a training workdir of this package, not a Marian model: give it as --workdir'
+    )
+  if hf.get('model_type') not in (None, 'marian') or 'pad_token_id' not in hf:
+    raise MarianError(f"{path}: model_type {hf.get('model_type')!r} is not 'marian'")
+  return hf
+
+
 def load_tokenizer(directory: str) -> MarianTokenizer:
   """The Marian tokenizer of a model directory (its ids come from the directory's config.json)."""
-  with open(os.path.join(directory, 'config.json'), encoding='utf-8') as f:
-    hf = json.load(f)
+  hf = read_config(directory)
   bos = hf.get('decoder_start_token_id', hf['pad_token_id'])
   return MarianTokenizer(
     directory, pad_id=hf['pad_token_id'], eos_id=hf['eos_token_id'], bos_id=bos
@@ -277,14 +297,7 @@ def params_from_marian(tensors: dict[str, np.ndarray], config: TransformerConfig
 
 def load(directory: str, *, dtype: str = 'float32') -> tuple[Transformer, MarianTokenizer]:
   """A Marian (opus-mt) directory as this package's Transformer (eval mode) and its tokenizer."""
-  path = os.path.join(directory, 'config.json')
-  if not os.path.exists(path):
-    raise MarianError(f'{directory}: no config.json (not a Hugging Face model directory)')
-  with open(path, encoding='utf-8') as f:
-    hf = json.load(f)
-  if hf.get('model_type') not in (None, 'marian'):
-    raise MarianError(f"{path}: model_type {hf.get('model_type')!r} is not 'marian'")
-  config = config_from_marian(hf, dtype)
+  config = config_from_marian(read_config(directory), dtype)
   graphdef, abstract, rest = abstract_model(config)
   values = params_from_marian(_read_weights(directory), config)
   _check_shapes(nnx.to_pure_dict(abstract), values)

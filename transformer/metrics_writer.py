@@ -10,6 +10,18 @@ import time
 log = logging.getLogger(__name__)
 
 
+def _drop_partial_line(path: str) -> None:
+  """Cuts the last line of `path` if a killed run left it half written (no newline at its end),
+  so that the lines appended next stay one JSON record each."""
+  try:
+    with open(path, 'rb+') as f:
+      data = f.read()
+      if data and not data.endswith(b'\n'):
+        f.truncate(data.rfind(b'\n') + 1)
+  except FileNotFoundError:
+    pass
+
+
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard event files; prints messages.
 
@@ -23,7 +35,9 @@ class MetricWriter:
     self._tensorboard = None
     if not enabled:
       return
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    _drop_partial_line(path)
+    self._jsonl = open(path, 'a')
     try:
       import tensorflow as tf  # only for the event files
 

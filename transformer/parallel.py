@@ -47,7 +47,7 @@ class DataParallel:
     raise NotImplementedError
 
   def compile_train_step(self, step: Callable) -> Callable:
-    """`step(state, rngs, batch)` -> the compiled step; `state` is donated."""
+    """`step(state, rngs, batch, learning_rate)` -> the compiled step; `state` is donated."""
     raise NotImplementedError
 
   def compile_eval_step(self, step: Callable) -> Callable:
@@ -111,21 +111,22 @@ class ShardMap(DataParallel):
   def device_batch(self, local_batch: dict[str, np.ndarray]) -> Batch:
     return {k: jax.make_array_from_process_local_data(self.rows, v) for k, v in local_batch.items()}
 
-  def _shard_map(self, step: Callable, out_specs) -> Callable:
+  def _shard_map(self, step: Callable, in_specs, out_specs) -> Callable:
     # check_vma=False: the replicated parameters then enter the step untyped, their gradients are
     # per-replica partial sums, and the step's one explicit psum reduces them, as under pmap. With
     # check_vma=True, autodiff's transpose of the implicit pvary of the parameters would already
     # sum the gradients over the axis, and the explicit psum would multiply every gradient by the
     # number of devices.
     return jax.shard_map(
-      step, mesh=self.mesh, in_specs=(P(), P(), P(AXIS)), out_specs=out_specs, check_vma=False
+      step, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
     )
 
   def compile_train_step(self, step: Callable) -> Callable:
-    return jax.jit(self._shard_map(step, (P(), P())), donate_argnums=(0,))
+    sharded = self._shard_map(step, (P(), P(), P(AXIS), P()), (P(), P()))
+    return jax.jit(sharded, donate_argnums=(0,))
 
   def compile_eval_step(self, step: Callable) -> Callable:
-    return jax.jit(self._shard_map(step, P()))
+    return jax.jit(self._shard_map(step, (P(), P(), P(AXIS)), P()))
 
 
 class Pmap(DataParallel):
@@ -154,7 +155,11 @@ class Pmap(DataParallel):
 
   def compile_train_step(self, step: Callable) -> Callable:
     return jax.pmap(
-      step, axis_name=AXIS, in_axes=(0, None, 0), donate_argnums=(0,), devices=self._pmap_devices
+      step,
+      axis_name=AXIS,
+      in_axes=(0, None, 0, None),
+      donate_argnums=(0,),
+      devices=self._pmap_devices,
     )
 
   def compile_eval_step(self, step: Callable) -> Callable:

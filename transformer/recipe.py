@@ -65,12 +65,24 @@ def count_words(source, seed: int) -> float:
   return per_pair * len(source)
 
 
-def tokens_per_pair(source, tokenizer, seed: int) -> float:
-  """Estimated source + target tokens (EOS included) of an average pair."""
-  pairs = source.__getitems__(sample_indices(len(source), seed, size=min(SAMPLE, 5000)))
-  sources = tokenizer.encode_batch([s for s, _ in pairs], side='source')
-  targets = tokenizer.encode_batch([t for _, t in pairs], side='target')
-  return (sum(map(len, sources)) + sum(map(len, targets))) / max(len(pairs), 1) + 2
+def kept_pairs_and_tokens(
+  source, tokenizer, config: ml_collections.ConfigDict
+) -> tuple[int, float]:
+  """(pairs the pipeline keeps, their mean source + target tokens with EOS), estimated from a
+  sample after the over-long policy: a pair the pipeline drops or truncates counts as it will be
+  trained on, so that a few huge lines do not change the plan."""
+  from transformer.input_pipeline import pipeline
+
+  pairs = source.__getitems__(sample_indices(len(source), config.seed, size=min(SAMPLE, 5000)))
+  _, stats = pipeline.tokenize_pairs(
+    pairs, tokenizer, max_length=config.max_length, overlong=config.overlong
+  )
+  if not stats.kept:
+    raise ValueError(
+      f'no training pair of a sample of {stats.examples} fits max_length={config.max_length} '
+      '(use a larger config.max_length or config.overlong=truncate)'
+    )
+  return round(len(source) * stats.kept / stats.examples), stats.tokens / stats.kept
 
 
 def vocabulary(config: ml_collections.ConfigDict, words: float) -> tuple[int, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 from typing import Any
 
@@ -128,10 +129,67 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     model_config(config, vocab_size=config.vocab_size or TransformerConfig.vocab_size)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model: {e}') from e
-  if config.init_from and not os.path.exists(os.path.join(config.init_from, 'config.json')):
+  if config.init_from:
+    _check_pretrained(config.init_from)
+
+
+def _check_pretrained(directory: str) -> None:
+  """Raises ConfigError unless `directory` is a Marian model directory this package loads."""
+  where = f'config.init_from={directory!r}'
+  path = os.path.join(directory, 'config.json')
+  if not os.path.isfile(path):
+    raise ConfigError(f'{where} is not a Hugging Face model directory (no config.json)')
+  try:
+    with open(path, encoding='utf-8') as f:
+      model_type = json.load(f).get('model_type')
+  except (OSError, ValueError, AttributeError) as e:
+    raise ConfigError(f'{where}: {path} cannot be read as JSON ({e})') from None
+  if model_type is None and os.path.exists(os.path.join(directory, 'model.json')):
     raise ConfigError(
-      f'config.init_from={config.init_from!r} is not a Hugging Face model directory (no config.json)'
+      f'{where} is a training workdir of this package, not a pretrained model: resume it with '
+      '--workdir, or translate with it'
     )
+  if model_type != 'marian':
+    raise ConfigError(f"{where} holds a {model_type!r} model; init_from loads Marian ('marian')")
+  for name in ('source.spm', 'target.spm', 'vocab.json'):
+    if not os.path.isfile(os.path.join(directory, name)):
+      raise ConfigError(f'{where} has no {name} (a Marian tokenizer needs it)')
+
+
+def check_paths(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ConfigError, one line, for a path of the run that is not what it must be: the
+  workdir and the cache directory (directories this process can write, or creatable), the data
+  files (regular, readable files) and the TFDS directory."""
+  _check_writable_directory(workdir, 'the workdir')
+  if config.dataset == 'local':
+    from transformer.input_pipeline import corpus
+
+    if config.data_cache_dir:
+      _check_writable_directory(config.data_cache_dir, 'config.data_cache_dir')
+    for split in (config.train_split, config.eval_split, config.test_split):
+      spec = config.local_files.get(split)
+      if spec:
+        try:
+          for path in corpus.local_files(spec, config.source_lang, config.target_lang):
+            corpus.check_regular_file(path)
+        except corpus.DataError as e:
+          raise ConfigError(f'config.local_files.{split}: {e}') from None
+  if config.tfds_data_dir and os.path.exists(config.tfds_data_dir):
+    if not os.path.isdir(config.tfds_data_dir):
+      raise ConfigError(f'config.tfds_data_dir={config.tfds_data_dir!r} is not a directory')
+
+
+def _check_writable_directory(path: str, what: str) -> None:
+  existing = path
+  while not os.path.exists(existing):  # the nearest ancestor that exists must take the new one
+    parent = os.path.dirname(os.path.abspath(existing))
+    if parent == os.path.abspath(existing):
+      break
+    existing = parent
+  if not os.path.isdir(existing):
+    raise ConfigError(f'{what} {path}: {existing} is a file, not a directory')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f'{what} {path}: {existing} is not writable (permission denied)')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:

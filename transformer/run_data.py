@@ -104,21 +104,39 @@ def _describe(source) -> str:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
-  """Opens and checks every split, loads or trains the tokenizer; see the module docstring."""
+  """Opens and checks every split, loads or trains the tokenizer; see the module docstring. A
+  tokenizer trained here is removed again if a check after it fails (a failed start leaves the
+  workdir as it found it)."""
   train, validation, test = (_open_everywhere(config, role) for role in ('train', 'eval', 'test'))
+  workdir_lib.check_data(
+    {
+      role: split.identity
+      for role, split in zip(('train', 'eval', 'test'), (train, validation, test))
+    },
+    workdir,
+    write=False,
+  )
   if config.init_from:
     tokenizer, trained = _pretrained_tokenizer(config.init_from, workdir), False
     vocab = (tokenizer.vocab_size, f"vocab {tokenizer.vocab_size} (the pretrained model's)")
   else:
     vocab = recipe.vocabulary(config, recipe.count_words(train, config.seed))
     tokenizer, trained = _tokenizer(config, workdir, train, vocab[0])
-  plan = recipe.length_and_dropout(
-    config, len(train), recipe.tokens_per_pair(train, tokenizer, config.seed), vocab
-  )
-  config = recipe.resolve(config, plan)
-  validation_pairs, test_pairs = sources.read_all(validation), sources.read_all(test)
-  tokenized, stats = pipeline.tokenize_pairs(
-    validation_pairs, tokenizer, max_length=config.max_length, overlong=config.overlong
+  try:
+    validation_pairs = sources.read_all(validation)
+    config, plan, tokenized, stats = _plan_and_check(
+      config, tokenizer, train, validation, validation_pairs, vocab
+    )
+  except corpus.DataError:
+    if trained and jax.process_index() == 0:
+      os.remove(tokenizer.path)
+    raise
+  workdir_lib.check_data(
+    {
+      role: split.identity
+      for role, split in zip(('train', 'eval', 'test'), (train, validation, test))
+    },
+    workdir,
   )
   report = plan.report + [
     f'tokenizer: {"trained" if trained else "reused"} {tokenizer.path} ({tokenizer.vocab_size} pieces)',
@@ -126,7 +144,35 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
     f'validation: {_describe(validation)}; {stats}',
     f'test: {_describe(test)}',
   ]
+  test_pairs = sources.read_all(test)
   return RunData(config, tokenizer, train, tokenized, validation_pairs, test_pairs, report)
+
+
+def _plan_and_check(
+  config: ml_collections.ConfigDict,
+  tokenizer: Any,
+  train: Any,
+  validation: Any,
+  validation_pairs: list[tuple[str, str]],
+  vocab: tuple[int, str],
+) -> tuple[ml_collections.ConfigDict, recipe.Plan, pipeline.TokenizedPairs, Any]:
+  """(resolved config, plan, tokenized validation pairs, their stats); DataError for a split
+  that has no example the pipeline would keep."""
+  try:
+    kept, per_pair = recipe.kept_pairs_and_tokens(train, tokenizer, config)
+  except ValueError as e:
+    raise corpus.DataError(f'train split: {train.description}: {e}') from None
+  plan = recipe.length_and_dropout(config, kept, per_pair, vocab)
+  config = recipe.resolve(config, plan)
+  tokenized, stats = pipeline.tokenize_pairs(
+    validation_pairs, tokenizer, max_length=config.max_length, overlong=config.overlong
+  )
+  if not stats.kept:
+    raise corpus.DataError(
+      f'eval split: {validation.description}: none of its {stats.examples} pairs fits '
+      f'max_length={config.max_length} (use a larger config.max_length or config.overlong=truncate)'
+    )
+  return config, plan, tokenized, stats
 
 
 def _open_everywhere(config: ml_collections.ConfigDict, role: str):

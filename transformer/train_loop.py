@@ -13,10 +13,10 @@ The workdir holds everything a run needs to resume or to translate (see `transfo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
-import signal
 import time
 from typing import Any, Callable
 
@@ -37,14 +37,23 @@ from transformer import (
 from transformer.input_pipeline.corpus import DataError
 from transformer.metrics_writer import MetricWriter
 from transformer.model import Transformer, TransformerConfig, count_params
-from transformer.run_config import ConfigError, model_config, optimizer_for, validate_config
+from transformer.run_config import (
+  ConfigError,
+  check_paths,
+  model_config,
+  optimizer_for,
+  validate_config,
+)
+from transformer.stop_signals import EXIT_STATUS, StopSignals
+from transformer.time_budget import BudgetedSchedule
+from transformer.workdir_lock import WorkdirBusy, WorkdirLock
 
 # Errors a user causes (config, data, workdir); train.py reports them in one line.
-USER_ERRORS = (ConfigError, DataError, checkpoints.CheckpointError)
+USER_ERRORS = (ConfigError, DataError, checkpoints.CheckpointError, WorkdirBusy)
 
 # The exit status of a run stopped by SIGTERM after saving its checkpoint (EX_TEMPFAIL: "try
-# again"), so that a scheduler can tell a preempted run from a finished one.
-PREEMPTED_EXIT_STATUS = 75
+# again"), so that a scheduler can tell a preempted run from a finished one; Ctrl-C gives 130.
+PREEMPTED_EXIT_STATUS = EXIT_STATUS['SIGTERM']
 
 
 @dataclasses.dataclass
@@ -61,13 +70,15 @@ class Run:
   rngs: Any  # the model's non-parameter state (dropout streams)
   state: Any  # TrainState in the parallel layout
   start_step: int
-  schedule: Callable
+  learning_rate: BudgetedSchedule
   train_step: Callable
   eval_step: Callable
   batches: Any  # the prefetching training iterator (saved in checkpoints)
   checkpointer: checkpoints.Checkpointer
   evaluator: evaluation.Evaluator
   evaluation_due: bool = False  # the restored step was due to evaluate but was preempted first
+  minutes_before: float = 0.0  # the loop's minutes in the runs this one resumes
+  restored_train_loss: float | None = None  # the last training loss the resumed run logged
 
   def say(self, message: str) -> None:
     self.writer.say(message)
@@ -81,30 +92,75 @@ class Run:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the workdir if it has checkpoints), evaluates, tests.
 
-  Returns the results written to results.json, or `{'preempted_at_step': N}` after a SIGTERM.
-  Raises ConfigError (or a data error) before anything is written if the config, the data or
-  the workdir cannot be used.
+  Returns the results written to results.json (a finished run's, unchanged, if the workdir holds
+  one that `config` does not train further), or `{'preempted_at_step': N, 'signal': name}` after
+  SIGTERM or Ctrl-C. Raises ConfigError (or a data error) before anything is written if the
+  config, the data or the workdir cannot be used, and WorkdirBusy if another run holds it.
   """
-  run = set_up(config, workdir)
-  try:
-    outcome = train(run)
-    if 'preempted_at_step' in outcome:
-      return outcome
-    results = {**test(run), **outcome}
+  validate_config(config)
+  check_paths(config, workdir)
+  with _workdir_lock(workdir):
+    resume_warnings = workdir_lib.check_resume(config, workdir)  # a changed config is refused first
+    finished = workdir_lib.finished_results(config, workdir)
+    if finished is not None:
+      if jax.process_index() == 0:
+        print(
+          f'{workdir}: this run finished at step {finished.get("step")} '
+          f'({finished.get("ended", "its planned steps")}); its results are in '
+          f'{os.path.join(workdir, workdir_lib.RESULTS_FILE)} (give more num_train_steps to '
+          'train on)'
+        )
+      return finished
     if jax.process_index() == 0:
-      workdir_lib.write_json_atomically(os.path.join(workdir, 'results.json'), results)
-    run.say(f'results: {results}')
-    return results
+      workdir_lib.remove_abandoned_temporaries(workdir)
+    run = set_up(config, workdir, resume_warnings)
+    try:
+      outcome = train(run)
+      if 'preempted_at_step' in outcome:
+        return outcome
+      results = {**test(run), **outcome}
+      if jax.process_index() == 0:
+        workdir_lib.write_json_atomically(os.path.join(workdir, workdir_lib.RESULTS_FILE), results)
+      run.say(f'results: {results}')
+      return results
+    finally:
+      run.checkpointer.close()
+      run.writer.close()
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+  """The workdir's lock for the run's life: process 0 holds it; the others learn whether it could
+  be taken (and stop with it if not)."""
+  lock, problem = None, ''
+  if jax.process_index() == 0:
+    lock = WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except WorkdirBusy as e:
+      problem = str(e)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    busy = bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(problem))))
+    if busy and not problem:
+      problem = f'{workdir}: process 0 could not lock the workdir (another run holds it)'
+  if problem:
+    raise WorkdirBusy(problem)
+  try:
+    yield
   finally:
-    run.checkpointer.close()
-    run.writer.close()
+    if lock is not None:
+      lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
 # Set-up.
 
 
-def set_up(asked: ml_collections.ConfigDict, workdir: str) -> Run:
+def set_up(
+  asked: ml_collections.ConfigDict, workdir: str, resume_warnings: list[str] | None = None
+) -> Run:
   """Checks the config as asked, the workdir and every data split, then builds the run (and
   restores it) with the resolved config: `asked` with what it left to the data chosen."""
   from transformer import run_data  # grain and TFDS: training only
@@ -112,7 +168,9 @@ def set_up(asked: ml_collections.ConfigDict, workdir: str) -> Run:
   validate_config(asked)
   parallel = parallel_lib.make(asked.parallelism)
   _check_batch_sizes(asked, parallel.num_replicas)
-  warnings = workdir_lib.check_resume(asked, workdir)
+  warnings = (
+    workdir_lib.check_resume(asked, workdir) if resume_warnings is None else resume_warnings
+  )
   data = run_data.prepare(asked, workdir)  # every split read and checked; tokenizer ready
   workdir_lib.save_config(asked, workdir)  # as asked (None where the data chooses)
   resolved = data.config
@@ -128,7 +186,7 @@ def set_up(asked: ml_collections.ConfigDict, workdir: str) -> Run:
   )
   checkpointer = checkpoints.Checkpointer(workdir, keep=resolved.keep_checkpoints)
   batches = data.train_batches()
-  host_state, start_step, evaluation_due = _restore(checkpointer, host_state, batches, writer.say)
+  host_state, start_step, metadata = _restore(checkpointer, host_state, batches, writer.say)
   train_step, eval_step = _compile_steps(resolved, parallel, graphdef, optimizer)
   evaluator = evaluation.Evaluator(
     data.tokenizer,
@@ -148,13 +206,15 @@ def set_up(asked: ml_collections.ConfigDict, workdir: str) -> Run:
     rngs,
     state=parallel.device_state(host_state),
     start_step=start_step,
-    schedule=schedule,
+    learning_rate=_learning_rate(resolved, schedule),
     train_step=train_step,
     eval_step=eval_step,
     batches=Prefetcher(batches, parallel.device_batch),
     checkpointer=checkpointer,
     evaluator=evaluator,
-    evaluation_due=evaluation_due,
+    evaluation_due=bool(metadata.get('evaluation_due')),
+    minutes_before=float(metadata.get('loop_minutes', 0.0)),
+    restored_train_loss=metadata.get('train_loss'),
   )
 
 
@@ -210,22 +270,32 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, replicas: int) -> None
     )
 
 
+def _learning_rate(config: ml_collections.ConfigDict, schedule: Callable) -> BudgetedSchedule:
+  return BudgetedSchedule(
+    schedule,
+    config.num_train_steps,
+    budget_minutes=config.max_train_minutes,
+    follows_budget=config.lr_schedule == 'linear' and config.max_train_minutes is not None,
+  )
+
+
 def _restore(
   checkpointer: checkpoints.Checkpointer, host_state: Any, batches: Any, say: Callable[[str], None]
-) -> tuple[Any, int, bool]:
-  """(state, step, whether that step's evaluation is still due) from the newest readable
-  checkpoint, with the data iterator moved to its saved position; the fresh state if none."""
+) -> tuple[Any, int, dict[str, Any]]:
+  """(state, step, what the checkpoint recorded: `evaluation_due`, `loop_minutes`) from the
+  newest readable checkpoint, with the data iterator moved to its saved position; the fresh
+  state if none."""
   try:
     restored = checkpointer.restore(host_state, with_data=True)
   except checkpoints.CheckpointMismatch as e:
     raise ConfigError(str(e)) from None
   if restored is None:
-    return host_state, 0, False
+    return host_state, 0, {}
   note = batches.restore(restored.data)
   say(f'resumed from checkpoint at step {restored.step}')
   if note:
     say(note)
-  return restored.state, restored.step, bool(restored.metadata.get('evaluation_due'))
+  return restored.state, restored.step, restored.metadata
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,58 +325,63 @@ class Progress:
 
 
 def train(run: Run) -> dict[str, Any]:
-  """Steps from the restored step to `num_train_steps`, validating and checkpointing on the way.
+  """Steps from the restored step until the schedule says the run is over (the planned steps,
+  or the time budget), validating and checkpointing on the way.
 
-  Returns the last validation metrics, the step, the loop's minutes and the last training loss;
-  or `{'preempted_at_step': step}` when SIGTERM stopped the run (after saving a checkpoint).
+  Returns the last validation metrics, the step, the loop's minutes, the last training loss and
+  why the run ended; or `{'preempted_at_step': step, 'signal': name}` when SIGTERM or Ctrl-C
+  stopped the run (after saving a checkpoint).
   """
-  config = run.config
-  meter = _meter(run)
-  stop = StopSignals(config.max_train_minutes)
+  config, learning_rate = run.config, run.learning_rate
+  meter, stop = _meter(run), StopSignals()
   progress = Progress(run.start_step, best_bleu=run.checkpointer.best_bleu())
+  progress.logged = {'loss': run.restored_train_loss}
   if run.evaluation_due:  # a SIGTERM came before this step's evaluation
     if progress.validated(validate(run, progress.step)):
-      _save(run, progress.step, bleu=progress.best_bleu, best=True, force=True)
+      _save(run, progress.step, meter, bleu=progress.best_bleu, best=True, force=True)
+  ended = None
   try:
-    while progress.step < config.num_train_steps:
+    while ended is None and not learning_rate.finished(progress.step):
       local_batch, batch = run.batches.next()
-      run.state, metrics = run.train_step(run.state, run.rngs, batch)
+      rate = learning_rate(progress.step)
+      run.state, metrics = run.train_step(run.state, run.rngs, batch, rate)
       run.batches.prefetch()  # the next batch is read and sent while the step runs
       progress.step = step = progress.step + 1
       meter.count(local_batch)
-      out_of_time = False
-      if step % config.log_every == 0 or step == config.num_train_steps:
-        progress.logged = _log(run, step, metrics, meter)
-        out_of_time = stop.out_of_time(meter.minutes())
-      due = step % config.eval_every == 0 or step == config.num_train_steps or out_of_time
-      if stop.preempted(step):
-        run.say(f'SIGTERM received: saving a checkpoint at step {step} before exiting')
-        _save(run, step, force=True, evaluation_due=due)
+      if step % config.log_every == 0 or learning_rate.finished(step):
+        progress.logged = _log(run, step, metrics, meter, rate)
+        minutes = stop.agreed_minutes(run.minutes_before + meter.minutes())
+        learning_rate.observe(step, minutes)
+        if step == run.start_step + config.log_every and learning_rate.estimate(step, minutes):
+          run.say(learning_rate.estimate(step, minutes))
+      last = learning_rate.finished(step)
+      due = step % config.eval_every == 0 or last
+      signal_name = stop.preempted(step)
+      if signal_name:
+        run.say(f'{signal_name} received: saving a checkpoint at step {step} before exiting')
+        _save(run, step, meter, progress.logged.get('loss'), force=True, evaluation_due=due)
         run.checkpointer.wait()
-        return {'preempted_at_step': step}
+        return {'preempted_at_step': step, 'signal': signal_name}
       best = due and progress.validated(validate(run, step, progress.logged.get('loss')))
       if due:
         meter.restart()  # evaluation time is not training throughput
       if due or step % config.checkpoint_every == 0:
-        _save(run, step, bleu=progress.validation.get('eval_bleu') if due else None, best=best)
-      if out_of_time or (
-        config.early_stopping_evals is not None and progress.stale >= config.early_stopping_evals
-      ):
-        run.say(
-          f'stopping at step {step}: '
-          + (
-            f'the time budget of {config.max_train_minutes} minutes'
-            if out_of_time
-            else f'{progress.stale} validations without a better BLEU'
-          )
-        )
-        break
+        bleu = progress.validation.get('eval_bleu') if due else None
+        _save(run, step, meter, progress.logged.get('loss'), bleu=bleu, best=best)
+      if config.early_stopping_evals is not None and progress.stale >= config.early_stopping_evals:
+        ended = f'early stopping: {progress.stale} validations without a better BLEU'
   finally:
     stop.close()
   run.checkpointer.wait()
+  if not progress.validation:  # resumed at its last step: the results are computed again
+    progress.validated(validate(run, progress.step))
+  ended = ended or learning_rate.ended(progress.step)
+  run.say(f'stopping at step {progress.step}: {ended}')
   return {
     'step': progress.step,
-    'loop_minutes': meter.minutes(),
+    'planned_steps': learning_rate.total_steps,
+    'ended': ended,
+    'loop_minutes': run.minutes_before + meter.minutes(),
     **progress.validation,
     'train_loss': progress.logged.get('loss'),
   }
@@ -321,25 +396,26 @@ def _meter(run: Run) -> 'Meter':
     step_flops,
     *flops.device_peak(run.model_config.dtype, run.parallel.num_replicas),
     total_steps=config.num_train_steps,
-    budget_minutes=config.max_train_minutes,
+    budget_minutes=(config.max_train_minutes or 0) - run.minutes_before,
   )
   run.say(f'MFU reference: {meter.peak / 1e9:,.1f} GFLOP/s ({meter.peak_source})')
   return meter
 
 
-def _save(run: Run, step: int, **kwargs) -> None:
-  run.checkpointer.save(step, run.parallel.host_state(run.state), run.batches, **kwargs)
+def _save(run: Run, step: int, meter: 'Meter', train_loss: float | None = None, **kwargs) -> None:
+  minutes = run.minutes_before + meter.minutes()
+  state = run.parallel.host_state(run.state)
+  run.checkpointer.save(step, state, run.batches, minutes=minutes, train_loss=train_loss, **kwargs)
 
 
-def _log(run: Run, step: int, metrics: Any, meter: 'Meter') -> dict[str, float]:
+def _log(run: Run, step: int, metrics: Any, meter: 'Meter', lr: float) -> dict[str, float]:
   """Reads the step's metrics (the loop's only synchronisation) and prints the progress line."""
   values = run.parallel.metrics(metrics)
   rate = meter.report(step)
-  lr = float(run.schedule(step - 1))
   if values['skipped']:
     run.say(f'step {step}: non-finite loss or gradient; the update was skipped')
   run.say(
-    f'step {step:>6}/{run.config.num_train_steps} | loss {values["loss"]:.4f} | '
+    f'step {step:>6}/{run.learning_rate.total_steps} | loss {values["loss"]:.4f} | '
     f'lr {lr:.2e} | {rate["tokens_per_second"]:,.0f} tok/s | MFU {_percent(rate["mfu"])} | '
     f'ETA {_duration(rate["eta_seconds"])}'
   )
@@ -406,45 +482,6 @@ class Meter:
     return rate
 
 
-class StopSignals:
-  """When to stop early, decided the same way on every host.
-
-  SIGTERM: one process turns it into a flag; several processes use jax's preemption service
-  (`reached_preemption_sync_point`), which agrees on the step at which all of them save. The time
-  budget is read at log steps, where process 0's decision is broadcast to the others.
-  """
-
-  def __init__(self, budget_minutes: float):
-    self.budget_minutes = budget_minutes
-    self.multihost = jax.process_count() > 1
-    self.requested = False
-    # Several processes: jax's runtime owns SIGTERM (a Python handler would hide it from it).
-    self._previous = None if self.multihost else signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame) -> None:
-    del signum, frame
-    self.requested = True
-
-  def preempted(self, step: int) -> bool:
-    if self.multihost:
-      from jax.experimental import multihost_utils
-
-      return bool(multihost_utils.reached_preemption_sync_point(step))
-    return self.requested
-
-  def out_of_time(self, minutes: float) -> bool:
-    late = bool(self.budget_minutes) and minutes >= self.budget_minutes
-    if self.multihost:
-      from jax.experimental import multihost_utils
-
-      late = bool(multihost_utils.broadcast_one_to_all(np.asarray(late)))
-    return late
-
-  def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 class Prefetcher:
   """Keeps the next training batch on the devices while the current step runs.
 
@@ -488,7 +525,9 @@ def _eval_losses(run: Run) -> dict[str, float]:
       run.eval_step(run.state.params, run.rngs, run.parallel.device_batch(batch))
     )
     sums = {k: sums[k] + out[k] for k in sums}
-  tokens = max(sums['tokens'], 1.0)
+  if not sums['tokens']:  # prepare() refuses such a split; a loss over no token is no number
+    raise DataError('the validation batches hold no target token')
+  tokens = sums['tokens']
   loss = sums['nll'] / tokens
   return {
     'eval_loss': loss,

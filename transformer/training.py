@@ -41,38 +41,54 @@ class TrainState:
 SCHEDULES = ('rsqrt', 'linear')
 
 
-def rsqrt_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> optax.Schedule:
-  """The paper's lr = scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5) (step from 1)."""
+Schedule = Callable[[int], float]
 
-  def schedule(count):
-    step = jnp.asarray(count, jnp.float32) + 1.0
-    return scale * d_model**-0.5 * jnp.minimum(step**-0.5, step * warmup_steps**-1.5)
+
+def rsqrt_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> Schedule:
+  """The paper's lr = scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5) (step from 1).
+
+  Schedules are plain functions of the update count (0 for the first update), evaluated on the
+  host: the loop passes each step's learning rate to the train step."""
+
+  def schedule(count: int) -> float:
+    step = float(count) + 1.0
+    return scale * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
 
   return schedule
 
 
 def linear_decay_schedule(
   d_model: int, warmup_steps: int, total_steps: int, scale: float = 1.0
-) -> optax.Schedule:
+) -> Callable[..., float]:
   """The paper's warm-up line, then a straight line to 0 at `total_steps`.
 
-  lr(count) = min(peak · step / warmup, top · (total - count) / (total - top_step + 1)), where
-  step = count + 1, the warm-up ends at top_step = min(warmup, total) with rate top, and
-  peak = scale · d_model^-0.5 · warmup^-0.5 (rsqrt's peak). A run shorter than its warm-up
-  therefore still ends at 0. For budgeted runs: the rsqrt schedule is still at half its peak
-  after 4·warmup steps, so a run that stops early never anneals; decaying to zero does.
+  lr(count) = min(peak · step / warmup, top · (total - position) / (total - top_step + 1)), where
+  step = count + 1, position = count (or, for a run that follows a time budget, how far the
+  budget says the run is: `schedule(count, position)`), the warm-up ends at
+  top_step = min(warmup, total) with rate top, and peak = scale · d_model^-0.5 · warmup^-0.5
+  (rsqrt's peak). A run shorter than its warm-up therefore still ends at 0. For budgeted runs:
+  the rsqrt schedule is still at half its peak after 4·warmup steps, so a run that stops early
+  never anneals; decaying to zero does.
   """
   peak = scale * d_model**-0.5 * warmup_steps**-0.5
   top_step = min(warmup_steps, total_steps)
   top = peak * top_step / warmup_steps
 
-  def schedule(count):
-    count = jnp.asarray(count, jnp.float32)
-    warm = peak * (count + 1.0) / warmup_steps
-    decay = top * (total_steps - count) / (total_steps - top_step + 1)
-    return jnp.maximum(jnp.minimum(warm, decay), 0.0)
+  def schedule(count: int, position: float | None = None) -> float:
+    position = float(count) if position is None else float(position)
+    warm = peak * (float(count) + 1.0) / warmup_steps
+    decay = top * (total_steps - position) / (total_steps - top_step + 1)
+    return max(min(warm, decay), 0.0)
 
   return schedule
+
+
+def _unit_rate(count: jax.Array) -> float:
+  """Adam's learning rate inside the optimizer: 1 (the train step scales the update by the rate
+  it is given). As a schedule, it keeps the step count in the optimizer state that checkpoints
+  have always held."""
+  del count
+  return 1.0
 
 
 def make_optimizer(
@@ -85,9 +101,10 @@ def make_optimizer(
   max_grad_norm: float | None = None,
   schedule: str = 'rsqrt',
   total_steps: int | None = None,
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Adam(β₁ 0.9, β₂ 0.98, ε 1e-9) with the paper's rsqrt warm-up schedule (§5.3) or, with
-  `schedule='linear'`, the same warm-up and a linear decay to 0 at `total_steps`."""
+) -> tuple[optax.GradientTransformation, Schedule]:
+  """Adam(β₁ 0.9, β₂ 0.98, ε 1e-9) and the paper's rsqrt warm-up schedule (§5.3) or, with
+  `schedule='linear'`, the same warm-up and a linear decay to 0 at `total_steps`. The train step
+  takes the learning rate as an input: pass it `schedule(state.step)`."""
   if schedule == 'rsqrt':
     lr = rsqrt_schedule(d_model, warmup_steps, learning_rate_scale)
   elif schedule == 'linear':
@@ -96,7 +113,7 @@ def make_optimizer(
     lr = linear_decay_schedule(d_model, warmup_steps, total_steps, learning_rate_scale)
   else:
     raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule!r}')
-  adam = optax.adam(lr, b1=b1, b2=b2, eps=eps)
+  adam = optax.adam(_unit_rate, b1=b1, b2=b2, eps=eps)
   if max_grad_norm:
     adam = optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)
   return adam, lr
@@ -189,12 +206,14 @@ def _apply_update(
   grads: Any,
   loss_sum: jax.Array,
   weight_sum: jax.Array,
+  learning_rate: jax.Array,
 ) -> tuple[TrainState, dict]:
-  """One optimizer update with the token-normalised gradients; a non-finite loss or gradient
-  leaves parameters and optimizer state as they were."""
+  """One optimizer update with the token-normalised gradients, scaled by `learning_rate`; a
+  non-finite loss or gradient leaves parameters and optimizer state as they were."""
   denominator = jnp.maximum(weight_sum, 1.0)
   grads = jax.tree.map(lambda g: g / denominator, grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda u: (learning_rate * u).astype(u.dtype), updates)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
@@ -221,7 +240,7 @@ def make_train_step(
   grad_accum_steps: int = 1,
   axis_name: str | None = None,
 ) -> Callable:
-  """The per-replica train step `(state, rngs, batch) -> (state, metrics)`.
+  """The per-replica train step `(state, rngs, batch, learning_rate) -> (state, metrics)`.
 
   `rngs` is the model's non-parameter state (its dropout streams), reseeded every step. With
   `grad_accum_steps > 1` the replica's batch is split into that many micro-batches whose summed
@@ -240,13 +259,13 @@ def make_train_step(
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def step(state: TrainState, rngs, batch: Batch):
+  def step(state: TrainState, rngs, batch: Batch, learning_rate: jax.Array):
     replica = 0 if axis_name is None else jax.lax.axis_index(axis_name)
     base = jax.random.wrap_key_data(state.rng)
     key = jax.random.fold_in(jax.random.fold_in(base, state.step), replica)
     totals = _summed_gradients(grad_fn, state.params, rngs, batch, key, grad_accum_steps)
     grads, loss_sum, weight_sum = _psum(totals, axis_name)
-    return _apply_update(optimizer, state, grads, loss_sum, weight_sum)
+    return _apply_update(optimizer, state, grads, loss_sum, weight_sum, learning_rate)
 
   return step
 

@@ -15,6 +15,7 @@ flags exist only when it runs as the command (`run`), so other programs can impo
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -199,6 +200,13 @@ def main(argv: list[str]) -> int:
     print(f'translate: error: {e}', file=sys.stderr)
     return 2
   print(f'translate: {what}', file=sys.stderr)
+  if FLAGS.max_new_tokens is not None and FLAGS.max_new_tokens > model.config.max_positions:
+    print(
+      f'translate: error: --max_new_tokens={FLAGS.max_new_tokens} is more than the model '
+      f'can generate ({model.config.max_positions} positions)',
+      file=sys.stderr,
+    )
+    return 2
   outputs = translate(
     model,
     tokenizer,
@@ -211,7 +219,13 @@ def main(argv: list[str]) -> int:
     length_normalization=FLAGS.length_normalization,
   )
   # A translation never spans lines: the output keeps one line per input line.
-  sys.stdout.write(''.join(line.replace('\r', ' ').replace('\n', ' ') + '\n' for line in outputs))
+  text = ''.join(line.replace('\r', ' ').replace('\n', ' ') + '\n' for line in outputs)
+  try:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+  except BrokenPipeError:  # the reader went away (`| head`): no traceback, as other tools do
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE
   return 0
 
 

@@ -21,12 +21,13 @@ from flax import nnx
 import jax
 import ml_collections
 
-from transformer import checkpoints
+from transformer import checkpoints, workdir_lock
 from transformer.input_pipeline import tokenizer as tokenizer_lib
 from transformer.model import Transformer, TransformerConfig, abstract_model
 from transformer.run_config import ConfigError, model_config
 
 CONFIG_FILE = 'config.json'
+RESULTS_FILE = 'results.json'
 MODEL_FILE = 'model.json'
 TOKENIZER_FILE = 'tokenizer.model'
 PRETRAINED_TOKENIZER = 'tokenizer'  # a folder: the tokenizer of the model a run started from
@@ -108,8 +109,11 @@ def save_model_config(config: TransformerConfig, workdir: str) -> None:
 def _model_config(config: ml_collections.ConfigDict, workdir: str, tokenizer) -> TransformerConfig:
   path = os.path.join(workdir, MODEL_FILE)
   if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      return TransformerConfig(**_renamed_model_fields(json.load(f)))
+    try:
+      with open(path, encoding='utf-8') as f:
+        return TransformerConfig(**_renamed_model_fields(json.load(f)))
+    except (OSError, ValueError, TypeError) as e:
+      raise ConfigError(f'{path}: cannot be read as a model configuration ({e})') from None
   # A dropout left to the data is resolved at training: only the written model config has it.
   if config.model.get('dropout_rate') is None:
     raise FileNotFoundError(f'{workdir} has no {MODEL_FILE} (training writes it with the model)')
@@ -136,14 +140,31 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
   return ml_collections.ConfigDict(saved)
 
 
+def has_checkpoints(workdir: str) -> bool:
+  reader = checkpoints.Checkpointer(workdir, keep_best=False, read_only=True)
+  try:
+    return bool(reader.all_steps())
+  finally:
+    reader.close()
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Refuses a config that changes what the workdir's checkpoints mean; returns warnings about
-  allowed changes that alter the run. Writes nothing."""
+  allowed changes that alter the run. A workdir whose run stopped before its first checkpoint
+  holds nothing a new config must respect: its files are moved aside (`set_aside`) instead."""
   saved = saved_config(workdir)
   if saved is None:
     return []
   saved, current = saved.to_dict(), json.loads(config.to_json_best_effort())
   changed = [k for k in INCOMPATIBLE_ON_RESUME if saved.get(k) != current.get(k)]
+  if changed and not has_checkpoints(workdir):
+    _everyone_here('an abandoned start found')  # every process has read the saved config
+    folder = set_aside(workdir) if jax.process_index() == 0 else os.path.join(workdir, 'abandoned')
+    _everyone_here('an abandoned start set aside')
+    return [
+      f'warning: {workdir} held a run that stopped before its first checkpoint, with another '
+      f'config ({", ".join(changed)}); its files are moved to {folder} and the run starts afresh'
+    ]
   if changed:
     details = '; '.join(
       f'{k}: {saved.get(k)!r} in the workdir, {current.get(k)!r} now' for k in changed
@@ -168,6 +189,84 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   return warnings
 
 
+def _everyone_here(name: str) -> None:
+  """A barrier of every process of a multi-host run (nothing on one host)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def set_aside(workdir: str) -> str:
+  """Moves everything in the workdir but its lock into `workdir/abandoned/<n>`; returns it."""
+  number = 1
+  while os.path.exists(os.path.join(workdir, 'abandoned', str(number))):
+    number += 1
+  folder = os.path.join(workdir, 'abandoned', str(number))
+  os.makedirs(folder)
+  for name in os.listdir(workdir):
+    if name not in ('abandoned', workdir_lock.LOCK_FILE):
+      os.replace(os.path.join(workdir, name), os.path.join(folder, name))
+  return folder
+
+
+def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+  """The results of a run that finished in this workdir and that `config` does not ask to train
+  further (None: there is none, it was trained since, or the config asks for more steps)."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  reader = checkpoints.Checkpointer(workdir, keep_best=False, read_only=True)
+  try:
+    steps = reader.all_steps()
+  finally:
+    reader.close()
+  if not steps or steps[-1] != results.get('step'):
+    return None
+  planned = results.get('planned_steps', results.get('step'))
+  if config.num_train_steps is not None and config.num_train_steps > planned:
+    return None
+  return results
+
+
+def remove_abandoned_temporaries(workdir: str) -> list[str]:
+  """Deletes the temporary files (`NAME.tmp<pid>`) that a killed process left in the workdir;
+  returns their names."""
+  removed = []
+  for name in os.listdir(workdir) if os.path.isdir(workdir) else ():
+    stem, _, pid = name.rpartition('.tmp')
+    if stem and pid.isdigit() and not workdir_lock.process_runs(int(pid)):
+      path = os.path.join(workdir, name)
+      if os.path.isfile(path):
+        os.remove(path)
+        removed.append(name)
+  return removed
+
+
+DATA_FILE = 'data.json'
+
+
+def check_data(identity: dict[str, str], workdir: str, *, write: bool = True) -> None:
+  """Refuses to resume on data other than the run's (the splits' content identities, written
+  to data.json by the first run); with `write`, writes them if the workdir has none."""
+  path = os.path.join(workdir, DATA_FILE)
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+    for split, value in saved.items():
+      if split in identity and identity[split] != value:
+        raise ConfigError(
+          f'{workdir} was trained on other data: the {split} split is {identity[split]} now, '
+          f'{value} when the run started (a file changed in place?). Use a new --workdir, or '
+          'the original data'
+        )
+  elif write and jax.process_index() == 0:
+    write_json_atomically(path, identity)
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes config.json atomically (process 0 only)."""
   if jax.process_index() != 0:
@@ -179,11 +278,16 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def write_json_atomically(path: str, value: Any) -> None:
   """Writes `value` as JSON to `path` through a temporary file and a rename: readers never see
-  half a file."""
+  half a file, and a failed write leaves the old file as it was."""
   temporary = f'{path}.tmp{os.getpid()}'
-  with open(temporary, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2)
-  os.replace(temporary, path)
+  try:
+    with open(temporary, 'w', encoding='utf-8') as f:
+      json.dump(value, f, indent=2)
+    os.replace(temporary, path)
+  except BaseException:  # a full disk, an interrupt: no temporary file outlives the attempt
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
 
 
 def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Any, int]:

@@ -36,7 +36,7 @@ rows = 8 // jax.process_count()
 local = {
   k: v[jax.process_index() * rows : (jax.process_index() + 1) * rows] for k, v in batch.items()
 }
-state, metrics = step(parallel.device_state(state), rngs, parallel.device_batch(local))
+state, metrics = step(parallel.device_state(state), rngs, parallel.device_batch(local), 1.0)
 host = parallel.host_state(state)
 if jax.process_index() == 0:
   leaves = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(host.params))}

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import gzip
 import os
+import stat
 from typing import Callable, Iterator, Sequence
 
 
@@ -49,9 +50,21 @@ class ReadReport:
     return text
 
 
-def _open_binary(path: str):
+def check_regular_file(path: str) -> None:
+  """Raises CorpusError, one line, unless `path` is a regular file this process can read (a named
+  pipe would block the reader forever, a directory cannot be read as lines)."""
   if not os.path.exists(path):
     raise CorpusError(f'{path}: file not found')
+  if os.path.isdir(path):
+    raise CorpusError(f'{path}: a directory, not a data file')
+  if not stat.S_ISREG(os.stat(path).st_mode):
+    raise CorpusError(f'{path}: not a regular file (a named pipe or device cannot be read twice)')
+  if not os.access(path, os.R_OK):
+    raise CorpusError(f'{path}: not readable (permission denied)')
+
+
+def _open_binary(path: str):
+  check_regular_file(path)
   return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
 
 

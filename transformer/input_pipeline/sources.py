@@ -67,6 +67,8 @@ class TfdsPairs:
     self.records = tfds.data_source(name, split=split, data_dir=data_dir)
     self.languages = (source_lang, target_lang)
     self.description = f'tfds {name}[{split}]'
+    # What the data is, for a resume to compare: the dataset's name, version and split.
+    self.identity = f'tfds {name}:{builder.info.version}[{split}] {source_lang}-{target_lang}'
 
   def __len__(self) -> int:
     return len(self.records)
@@ -127,6 +129,8 @@ class PreparedPairs:
     with open(os.path.join(folder, 'report.json'), encoding='utf-8') as f:
       self.report = json.load(f)
     self.description = self.report['description']
+    # What the data is, for a resume to compare: the files' content fingerprint (in the name).
+    self.identity = f'{self.description} (contents {os.path.basename(folder).rsplit("-", 1)[-1]})'
     self._reader = None
     self._length = self._records().num_records()
 
@@ -161,6 +165,24 @@ def _fingerprint(files: Sequence[str], *parts: object) -> str:
   return digest.hexdigest()
 
 
+def _remove_abandoned_folders(cache_dir: str) -> None:
+  """Deletes the half-prepared folders (`NAME.tmp-<pid>`) of processes that no longer run."""
+  for name in os.listdir(cache_dir) if os.path.isdir(cache_dir) else ():
+    stem, _, pid = name.rpartition('.tmp-')
+    if stem and pid.isdigit() and not _process_runs(int(pid)):
+      shutil.rmtree(os.path.join(cache_dir, name), ignore_errors=True)
+
+
+def _process_runs(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)  # raises ProcessLookupError for no such process; PermissionError: it runs
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  return True
+
+
 def prepare_local(
   spec: str, source_lang: str, target_lang: str, cache_dir: str, *, skip_malformed: bool = False
 ) -> PreparedPairs:
@@ -174,9 +196,9 @@ def prepare_local(
 
   files = corpus.local_files(spec, source_lang, target_lang)
   for path in files:
-    if not os.path.exists(path):
-      raise corpus.CorpusError(f'{path}: file not found')
+    corpus.check_regular_file(path)
   key = _fingerprint(files, source_lang, target_lang, skip_malformed)
+  _remove_abandoned_folders(cache_dir)
   folder = os.path.join(cache_dir, f'{os.path.basename(spec)}-{key[:16]}')
   if os.path.exists(os.path.join(folder, 'report.json')):
     return PreparedPairs(folder)

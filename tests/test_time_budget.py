@@ -1,0 +1,74 @@
+"""The learning rate that follows a time budget: unchanged where the plan fits, annealed to zero
+at the budget's end where it does not, and the run's results say which."""
+
+import numpy as np
+import pytest
+
+from benchmarks import tiny_run
+from transformer import train_loop, training
+from transformer.time_budget import BudgetedSchedule
+
+
+def _linear():
+  return training.linear_decay_schedule(64, warmup_steps=10, total_steps=100)
+
+
+def test_a_budget_the_plan_fits_changes_no_learning_rate():
+  schedule = _linear()
+  budgeted = BudgetedSchedule(schedule, 100, budget_minutes=10.0, follows_budget=True)
+  rates = []
+  for step in range(100):
+    if step % 10 == 0:
+      budgeted.observe(step, minutes=step * 0.05)  # 5 minutes for the 100 steps
+    rates.append(budgeted(step))
+  assert rates == [schedule(step) for step in range(100)]
+  assert not budgeted.finished(99) and budgeted.finished(100)
+  assert budgeted.ended(100) == 'finished the 100 planned steps'
+
+
+def test_a_budget_that_binds_anneals_to_zero_when_it_ends():
+  budgeted = BudgetedSchedule(_linear(), 100, budget_minutes=10.0, follows_budget=True)
+  rates, step = [], 0
+  while not budgeted.finished(step):  # 0.25 minute per step: 40 steps fit in the budget
+    if step % 5 == 0:
+      budgeted.observe(step, minutes=step * 0.25)
+    rates.append(budgeted(step))
+    step += 1
+  assert 38 <= step <= 42, step
+  assert rates[-1] < 0.05 * max(rates)  # annealed, not cut at a high rate
+  assert np.all(np.diff(rates[12:]) <= 1e-12)  # after the warm-up, it only decreases
+  assert 'the time budget of 10 minutes ended the run at step' in budgeted.ended(step)
+  assert 'followed the budget to zero' in budgeted.ended(step)
+
+
+def test_between_readings_the_position_advances_at_the_measured_pace():
+  budgeted = BudgetedSchedule(_linear(), 100, budget_minutes=10.0, follows_budget=True)
+  budgeted.observe(10, minutes=2.0)  # 20% of the budget at step 10: position 20
+  budgeted.observe(20, minutes=4.0)  # position 40, two positions per step
+  assert budgeted.position(25) == pytest.approx(50.0)
+  assert budgeted.position(20) == pytest.approx(40.0)
+
+
+def test_rsqrt_cannot_follow_a_budget_and_says_it_was_cut():
+  schedule = training.rsqrt_schedule(64, 10)
+  budgeted = BudgetedSchedule(schedule, 100, budget_minutes=1.0, follows_budget=False)
+  budgeted.observe(30, minutes=1.2)
+  assert budgeted(31) == schedule(31) and budgeted.finished(31)
+  assert budgeted.ended(31).startswith('cut by the time budget of 1 minutes at step 31 of 100')
+
+
+def test_a_run_over_its_budget_ends_by_it_and_its_results_say_why(tmp_path):
+  # How the learning rate anneals to the budget is for the tests above; this one is the loop's.
+  corpus = tiny_run.write_tiny_corpus(str(tmp_path / 'corpus'), train=120, eval_=8)
+  config = tiny_run.tiny_config(
+    corpus,
+    num_train_steps=100_000,
+    max_epochs=None,
+    max_train_minutes=0.1,
+    eval_every=100_000,
+    log_every=2,
+  )
+  results = train_loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert 0 < results['step'] < 100_000 and results['planned_steps'] == 100_000
+  assert 'the time budget of 0.1 minutes ended the run' in results['ended']
+  assert results['loop_minutes'] >= 0.1

@@ -7,7 +7,8 @@ must end exactly where an uninterrupted run of the same config ends.
 It trains the reference run once, then starts the same command again and again, sending SIGKILL
 after a random delay (anywhere from the start-up to the end of a run), until `--kills` kills are
 done; then it lets the run finish. It prints the kills survived, the steps lost per kill (the
-steps logged before the kill that the next run trained again: at most `checkpoint_every`), and
+steps logged before the kill that the next run trained again: fewer than 2 × `checkpoint_every`,
+since a checkpoint is written asynchronously while the next steps run), and
 whether the final parameters, per-step training losses and results.json equal the reference's.
 Then two faults other than kills: a second run started on the workdir while the first one runs
 (it must be refused in one line) and a full filesystem (a small tmpfs, where the machine allows

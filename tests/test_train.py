@@ -351,7 +351,9 @@ def test_the_fault_injection_benchmark_survives_kills_and_refuses_a_second_run(t
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report['kills'] == 3 and report['identical'], report['differences']
-  assert report['max_steps_lost'] <= 3, report['steps_lost']
+  # Checkpoints are written asynchronously; the next save waits for the one in flight, so a kill
+  # loses fewer than 2 × checkpoint_every steps (at most checkpoint_every once a save is written).
+  assert report['max_steps_lost'] < 2 * 3, report['steps_lost']
   assert report['concurrent_run']['refused_in_one_line'], report['concurrent_run']
   assert report['concurrent_run']['first_finished']
   if 'skipped' not in report['full_disk']:

@@ -56,12 +56,14 @@ class _HideOrbaxNotices(logging.Filter):
 
 
 class _HideOrbaxWritersLeftovers(logging.Filter):
-  """After a failed write, asyncio reports each of Orbax's other writer tasks that failed the same
-  way ('... exception was never retrieved'); the run has reported the failure in one line."""
+  """After a failed write (or a read of a damaged checkpoint), asyncio reports each of Orbax's
+  other tasks that failed the same way ('... exception was never retrieved'); the run has
+  reported the failure in one line (or set the checkpoint aside and said so)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     message = record.getMessage()
-    return not ('exception was never retrieved' in message and 'orbax' in message)
+    ours = 'orbax' in message or 'OCDBT' in message  # Orbax's writers, tensorstore's readers
+    return not ('exception was never retrieved' in message and ours)
 
 
 logging.getLogger('absl').addFilter(_HideOrbaxNotices())

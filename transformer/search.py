@@ -19,6 +19,7 @@ early once no live beam can beat the finished ones.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -227,45 +228,82 @@ def beam_search(
     raise ValueError(
       f'length_normalization must be one of {LENGTH_NORMALIZATIONS}, got {length_normalization!r}'
     )
-  limits = _limits(limits, batch_size, buffer_length)
-  call = _with_invariant(step_fn, beam_invariant_cache)
-  penalty = lambda length: length_penalty(length, alpha, length_normalization)
-  k = beam_size
+  search = _BeamSearch(
+    call=_with_invariant(step_fn, beam_invariant_cache),
+    limits=_limits(limits, batch_size, buffer_length),
+    alpha=alpha,
+    normalization=length_normalization,
+    bos_id=bos_id,
+    eos_id=eos_id,
+    suppress=suppress,
+    batch_size=batch_size,
+    k=beam_size,
+  )
+  state = jax.lax.while_loop(
+    lambda state: (state.step < buffer_length) & search.searching(state).any(),
+    search.step,
+    _initial_beams(cache, batch_size, beam_size, buffer_length, pad_id),
+  )
+  return search.results(state)
 
-  def searching(state: BeamState) -> jax.Array:
+
+@dataclasses.dataclass(frozen=True)
+class _BeamSearch:
+  """One beam search's settings, and the three things it does with a `BeamState`: tell which
+  sentences are still searching, take a step, read the results (see `beam_search`)."""
+
+  call: StepFn
+  limits: jax.Array  # [batch] tokens each sentence may generate
+  alpha: float
+  normalization: str
+  bos_id: int
+  eos_id: int
+  suppress: jax.Array | None
+  batch_size: int
+  k: int
+
+  def penalty(self, length: jax.Array) -> jax.Array:
+    return length_penalty(length, self.alpha, self.normalization)
+
+  def searching(self, state: BeamState) -> jax.Array:
     """`[batch]` bool: the sentence is not done, is below its limit and may still improve: it has
     fewer than k finished hypotheses, or its best alive one beats the worst finished one at the
     length penalty it can best reach (GNMT: at its limit; 'hf': at the current length, the
     heuristic of transformers' beam search). Once false, it stays false."""
-    bound = limits if length_normalization == 'gnmt' else jnp.maximum(state.step, 1)
-    best_alive = state.alive_log_probs[:, 0] / penalty(bound)
+    bound = self.limits if self.normalization == 'gnmt' else jnp.maximum(state.step, 1)
+    best_alive = state.alive_log_probs[:, 0] / self.penalty(bound)
     improvable = ~state.finished_flags.all(-1) | (best_alive > state.finished_scores.min(-1))
-    return ~state.done & improvable & (state.step < limits)
+    return ~state.done & improvable & (state.step < self.limits)
 
-  def step(state: BeamState) -> BeamState:
+  def _candidates(self, state: BeamState) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
+    """The 2k best extensions of the alive beams by one token (enough that k of them do not end
+    in EOS): their sequences, log P, parent beams, and the decoder cache after the step."""
+    i, k = state.step, self.k
+    previous = jnp.where(i == 0, self.bos_id, state.alive_seqs[:, :, jnp.maximum(i - 1, 0)])
+    logits, cache = self.call(previous.reshape(-1, 1), i, state.cache)
+    if self.suppress is not None:
+      logits = jnp.where(self.suppress, -jnp.inf, logits)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(self.batch_size, k, -1)
+    vocab = log_probs.shape[-1]
+    candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(self.batch_size, -1)
+    top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * k)
+    top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
+    top_seqs = jnp.take_along_axis(state.alive_seqs, top_beams[:, :, None], axis=1)
+    return top_seqs.at[:, :, i].set(top_tokens), top_log_probs, top_beams, cache
+
+  def step(self, state: BeamState) -> BeamState:
     """Extends every alive beam by every token; keeps the k best alive candidates and merges the
     ones that end into the k best finished. A hypothesis ends only if its EOS extension ranks
     among the top k (as in fairseq), so beam size 1 is exactly greedy decoding; with 'hf'
     normalisation the top k also end at the sentence's last allowed step, as transformers' beam
     search ends them. A sentence that is done keeps its state, as if it were searched alone."""
-    i, rows = state.step, searching(state)
-    previous = jnp.where(i == 0, bos_id, state.alive_seqs[:, :, jnp.maximum(i - 1, 0)])
-    logits, cache = call(previous.reshape(-1, 1), i, state.cache)
-    if suppress is not None:
-      logits = jnp.where(suppress, -jnp.inf, logits)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, k, -1)
-    vocab = log_probs.shape[-1]
-    candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(batch_size, k * vocab)
-    # 2k candidates: enough that k of them do not end in EOS.
-    top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * k)
-    top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
-    top_seqs = jnp.take_along_axis(state.alive_seqs, top_beams[:, :, None], axis=1)
-    top_seqs = top_seqs.at[:, :, i].set(top_tokens)
-    at_limit = (i + 1 >= limits)[:, None] if length_normalization == 'hf' else False
-    stops = (top_tokens == eos_id) | at_limit
-    ends = stops & (jnp.arange(2 * k) < k)[None, :]
-    alive = _keep_alive(top_seqs, top_log_probs, top_beams, stops, cache, k)
-    finished = _merge_finished(state, top_seqs, top_log_probs / penalty(i + 1), ends)
+    i, rows = state.step, self.searching(state)
+    top_seqs, top_log_probs, top_beams, cache = self._candidates(state)
+    at_limit = (i + 1 >= self.limits)[:, None] if self.normalization == 'hf' else False
+    stops = (top_seqs[:, :, i] == self.eos_id) | at_limit
+    ends = stops & (jnp.arange(2 * self.k) < self.k)[None, :]
+    alive = _keep_alive(top_seqs, top_log_probs, top_beams, stops, cache, self.k)
+    finished = _merge_finished(state, top_seqs, top_log_probs / self.penalty(i + 1), ends)
     kept = {
       name: jnp.where(rows.reshape((-1,) + (1,) * (value.ndim - 1)), value, getattr(state, name))
       for name, value in {**alive, **finished}.items()
@@ -273,17 +311,13 @@ def beam_search(
     }
     return state.replace(step=i + 1, cache=alive['cache'], done=~rows, **kept)
 
-  state = jax.lax.while_loop(
-    lambda state: (state.step < buffer_length) & searching(state).any(),
-    step,
-    _initial_beams(cache, batch_size, k, buffer_length, pad_id),
-  )
-  # The finished hypotheses, or the alive ones (scored at the limit's length penalty) for a
-  # sentence where none finished.
-  none_finished = ~state.finished_flags.any(-1)
-  alive_scores = state.alive_log_probs / penalty(limits)[:, None]
-  sequences = jnp.where(none_finished[:, None, None], state.alive_seqs, state.finished_seqs)
-  return sequences, jnp.where(none_finished[:, None], alive_scores, state.finished_scores)
+  def results(self, state: BeamState) -> tuple[jax.Array, jax.Array]:
+    """The finished hypotheses, or the alive ones (scored at the limit's length penalty) for a
+    sentence where none finished."""
+    none_finished = ~state.finished_flags.any(-1)
+    alive_scores = state.alive_log_probs / self.penalty(self.limits)[:, None]
+    sequences = jnp.where(none_finished[:, None, None], state.alive_seqs, state.finished_seqs)
+    return sequences, jnp.where(none_finished[:, None], alive_scores, state.finished_scores)
 
 
 def _with_invariant(step_fn: StepFn, invariant: Any) -> StepFn:

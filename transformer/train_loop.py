@@ -334,8 +334,9 @@ def train(run: Run) -> dict[str, Any]:
   """
   config, learning_rate = run.config, run.learning_rate
   meter, stop = _meter(run), StopSignals()
-  progress = Progress(run.start_step, best_bleu=run.checkpointer.best_bleu())
-  progress.logged = {'loss': run.restored_train_loss}
+  progress = Progress(
+    run.start_step, best_bleu=run.checkpointer.best_bleu(), logged={'loss': run.restored_train_loss}
+  )
   if run.evaluation_due:  # a SIGTERM came before this step's evaluation
     if progress.validated(validate(run, progress.step)):
       _save(run, progress.step, meter, bleu=progress.best_bleu, best=True, force=True)
@@ -350,10 +351,7 @@ def train(run: Run) -> dict[str, Any]:
       meter.count(local_batch)
       if step % config.log_every == 0 or learning_rate.finished(step):
         progress.logged = _log(run, step, metrics, meter, rate)
-        minutes = stop.agreed_minutes(run.minutes_before + meter.minutes())
-        learning_rate.observe(step, minutes)
-        if step == run.start_step + config.log_every and learning_rate.estimate(step, minutes):
-          run.say(learning_rate.estimate(step, minutes))
+        _read_clock(run, step, meter, stop)
       last = learning_rate.finished(step)
       due = step % config.eval_every == 0 or last
       signal_name = stop.preempted(step)
@@ -372,14 +370,29 @@ def train(run: Run) -> dict[str, Any]:
         ended = f'early stopping: {progress.stale} validations without a better BLEU'
   finally:
     stop.close()
+  return _outcome(run, progress, meter, ended or learning_rate.ended(progress.step))
+
+
+def _read_clock(run: Run, step: int, meter: 'Meter', stop: StopSignals) -> None:
+  """At a log step: the loop's minutes (agreed by every host) to the schedule, and, at the first
+  one, how many of the planned steps the time budget fits."""
+  minutes = stop.agreed_minutes(run.minutes_before + meter.minutes())
+  run.learning_rate.observe(step, minutes)
+  if step == run.start_step + run.config.log_every:
+    estimate = run.learning_rate.estimate(step, minutes)
+    if estimate:
+      run.say(estimate)
+
+
+def _outcome(run: Run, progress: Progress, meter: 'Meter', ended: str) -> dict[str, Any]:
+  """What the loop returns once it ends (after every save is written)."""
   run.checkpointer.wait()
   if not progress.validation:  # resumed at its last step: the results are computed again
     progress.validated(validate(run, progress.step))
-  ended = ended or learning_rate.ended(progress.step)
   run.say(f'stopping at step {progress.step}: {ended}')
   return {
     'step': progress.step,
-    'planned_steps': learning_rate.total_steps,
+    'planned_steps': run.learning_rate.total_steps,
     'ended': ended,
     'loop_minutes': run.minutes_before + meter.minutes(),
     **progress.validation,

@@ -108,14 +108,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
   tokenizer trained here is removed again if a check after it fails (a failed start leaves the
   workdir as it found it)."""
   train, validation, test = (_open_everywhere(config, role) for role in ('train', 'eval', 'test'))
-  workdir_lib.check_data(
-    {
-      role: split.identity
-      for role, split in zip(('train', 'eval', 'test'), (train, validation, test))
-    },
-    workdir,
-    write=False,
-  )
+  identity = {'train': train.identity, 'eval': validation.identity, 'test': test.identity}
+  workdir_lib.check_data(identity, workdir)
   if config.init_from:
     tokenizer, trained = _pretrained_tokenizer(config.init_from, workdir), False
     vocab = (tokenizer.vocab_size, f"vocab {tokenizer.vocab_size} (the pretrained model's)")
@@ -131,13 +125,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
     if trained and jax.process_index() == 0:
       os.remove(tokenizer.path)
     raise
-  workdir_lib.check_data(
-    {
-      role: split.identity
-      for role, split in zip(('train', 'eval', 'test'), (train, validation, test))
-    },
-    workdir,
-  )
+  workdir_lib.record_data(identity, workdir)
   report = plan.report + [
     f'tokenizer: {"trained" if trained else "reused"} {tokenizer.path} ({tokenizer.vocab_size} pieces)',
     f'train: {_describe(train)}',

@@ -140,10 +140,11 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
   return ml_collections.ConfigDict(saved)
 
 
-def has_checkpoints(workdir: str) -> bool:
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of the workdir's checkpoints, oldest first (read-only: creates nothing)."""
   reader = checkpoints.Checkpointer(workdir, keep_best=False, read_only=True)
   try:
-    return bool(reader.all_steps())
+    return reader.all_steps()
   finally:
     reader.close()
 
@@ -157,7 +158,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     return []
   saved, current = saved.to_dict(), json.loads(config.to_json_best_effort())
   changed = [k for k in INCOMPATIBLE_ON_RESUME if saved.get(k) != current.get(k)]
-  if changed and not has_checkpoints(workdir):
+  if changed and not checkpoint_steps(workdir):
     _everyone_here('an abandoned start found')  # every process has read the saved config
     folder = set_aside(workdir) if jax.process_index() == 0 else os.path.join(workdir, 'abandoned')
     _everyone_here('an abandoned start set aside')
@@ -219,11 +220,7 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       results = json.load(f)
   except (OSError, ValueError):
     return None
-  reader = checkpoints.Checkpointer(workdir, keep_best=False, read_only=True)
-  try:
-    steps = reader.all_steps()
-  finally:
-    reader.close()
+  steps = checkpoint_steps(workdir)
   if not steps or steps[-1] != results.get('step'):
     return None
   planned = results.get('planned_steps', results.get('step'))
@@ -249,21 +246,27 @@ def remove_abandoned_temporaries(workdir: str) -> list[str]:
 DATA_FILE = 'data.json'
 
 
-def check_data(identity: dict[str, str], workdir: str, *, write: bool = True) -> None:
-  """Refuses to resume on data other than the run's (the splits' content identities, written
-  to data.json by the first run); with `write`, writes them if the workdir has none."""
+def check_data(identity: dict[str, str], workdir: str) -> None:
+  """Refuses to resume on data other than the run's: the splits' content identities that the
+  first run recorded in data.json (`record_data`)."""
   path = os.path.join(workdir, DATA_FILE)
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      saved = json.load(f)
-    for split, value in saved.items():
-      if split in identity and identity[split] != value:
-        raise ConfigError(
-          f'{workdir} was trained on other data: the {split} split is {identity[split]} now, '
-          f'{value} when the run started (a file changed in place?). Use a new --workdir, or '
-          'the original data'
-        )
-  elif write and jax.process_index() == 0:
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    saved = json.load(f)
+  for split, value in saved.items():
+    if split in identity and identity[split] != value:
+      raise ConfigError(
+        f'{workdir} was trained on other data: the {split} split is {identity[split]} now, '
+        f'{value} when the run started (a file changed in place?). Use a new --workdir, or '
+        'the original data'
+      )
+
+
+def record_data(identity: dict[str, str], workdir: str) -> None:
+  """Writes data.json (process 0), once: what a resume must find the data to be."""
+  path = os.path.join(workdir, DATA_FILE)
+  if jax.process_index() == 0 and not os.path.exists(path):
     write_json_atomically(path, identity)
 
 

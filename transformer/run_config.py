@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 from typing import Any
 
@@ -134,26 +133,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_pretrained(directory: str) -> None:
-  """Raises ConfigError unless `directory` is a Marian model directory this package loads."""
-  where = f'config.init_from={directory!r}'
-  path = os.path.join(directory, 'config.json')
-  if not os.path.isfile(path):
-    raise ConfigError(f'{where} is not a Hugging Face model directory (no config.json)')
+  """Raises ConfigError unless `directory` is a Marian model directory this package loads: its
+  config and its tokenizer are read as `marian.load` reads them."""
+  from transformer import marian
+
   try:
-    with open(path, encoding='utf-8') as f:
-      model_type = json.load(f).get('model_type')
-  except (OSError, ValueError, AttributeError) as e:
-    raise ConfigError(f'{where}: {path} cannot be read as JSON ({e})') from None
-  if model_type is None and os.path.exists(os.path.join(directory, 'model.json')):
-    raise ConfigError(
-      f'{where} is a training workdir of this package, not a pretrained model: resume it with '
-      '--workdir, or translate with it'
-    )
-  if model_type != 'marian':
-    raise ConfigError(f"{where} holds a {model_type!r} model; init_from loads Marian ('marian')")
-  for name in ('source.spm', 'target.spm', 'vocab.json'):
-    if not os.path.isfile(os.path.join(directory, name)):
-      raise ConfigError(f'{where} has no {name} (a Marian tokenizer needs it)')
+    marian.load_tokenizer(directory)  # reads config.json (marian.read_config) and the tokenizer
+  except (marian.MarianError, OSError) as e:
+    raise ConfigError(f'config.init_from={directory!r}: {e}') from None
 
 
 def check_paths(config: ml_collections.ConfigDict, workdir: str) -> None:

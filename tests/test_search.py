@@ -69,6 +69,36 @@ def test_length_penalty_scores_and_finished_hypotheses_stop_growing():
   assert np.all(np.diff(np.asarray(scores[0])) <= 1e-6)  # best first
 
 
+# From BOS: A 0.6, EOS 0.4. After A: A 0.7, EOS 0.3. With beam 2, [EOS] ends at step 0 and
+# [A, EOS] at step 1; every longer A…A EOS scores better under log P / length^2.
+STOP_TABLE = np.zeros((5, 5))
+STOP_TABLE[BOS] = [0, 0, 0.4, 0.6, 0]
+STOP_TABLE[A] = [0, 0, 0.3, 0.7, 0]
+STOP_TABLE[EOS] = STOP_TABLE[PAD] = STOP_TABLE[B] = [0, 0, 1.0, 0, 0]
+
+
+def test_ctranslate2_normalization_stops_once_beam_size_hypotheses_have_ended():
+  """CTranslate2 (patience 1) stops a sentence at k ended hypotheses and returns the best of
+  them; transformers' rule goes on while a live beam could beat the worst ended one."""
+  results = {}
+  for normalization in ('ctranslate2', 'hf'):
+    seqs, scores = search.beam_search(
+      markov_step_fn(STOP_TABLE),
+      jnp.zeros((2,)),
+      1,
+      beam_size=2,
+      buffer_length=6,
+      alpha=2.0,
+      bos_id=BOS,
+      eos_id=EOS,
+      length_normalization=normalization,
+    )
+    results[normalization] = np.asarray(seqs[0, 0]).tolist(), float(scores[0, 0])
+  assert results['ctranslate2'][0] == [A, EOS, PAD, PAD, PAD, PAD]
+  np.testing.assert_allclose(results['ctranslate2'][1], math.log(0.6 * 0.3) / 2**2, rtol=1e-5)
+  assert results['hf'][0] == [A] * 6  # longer is better under length^2, up to the limit
+
+
 def random_step_fn(vocab=12, seed=0):
   """Logits depend on the previous token and the position (a fixed random table)."""
   table = jax.random.normal(jax.random.key(seed), (64, vocab, vocab)) * 2.0

@@ -236,9 +236,9 @@ def test_default_config_loss_decreases_on_the_embedded_corpus(tmp_path):
   assert losses[-1] < losses[0] - 1.0, losses
 
 
-def _translate(args, stdin=''):
+def _translate(args, stdin='', command='transformer.translate'):
   return subprocess.run(
-    [sys.executable, '-m', 'transformer.translate', *args],
+    [sys.executable, '-m', command, *args],
     cwd=ROOT,
     env=tiny_run.env(),
     input=stdin,
@@ -454,3 +454,39 @@ def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit(tmp_path)
     if n.endswith('.json')
   )
   assert data == ['process_0-of-2.json', 'process_1-of-2.json']
+
+
+def _export(args):
+  return _translate(args, command='transformer.export')
+
+
+def test_a_trained_workdir_exports_to_ctranslate2_which_translates_as_translate_does(
+  trained, corpus, tmp_path
+):
+  """train.py's model (pre-LN) -> `transformer.export` -> CTranslate2, greedy over the test
+  split: the lines `python -m transformer.translate` prints."""
+  import ctranslate2
+
+  from benchmarks import ctranslate2_side
+
+  workdir, _ = trained
+  out = tmp_path / 'ct2'
+  result = _export([f'--workdir={workdir}', '--format=ctranslate2', f'--out={out}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert {'model.bin', 'sentencepiece.model', 'transformer_export.json'} <= set(os.listdir(out))
+  lines = [line.split('\t')[0] for line in open(corpus['test'], encoding='utf-8')][1:]
+  printed = _translate([f'--workdir={workdir}', '--beam_size=1'], '\n'.join(lines) + '\n')
+  assert printed.returncode == 0, printed.stderr[-3000:]
+  model, tokenizer, _ = workdir_lib.load_model(workdir)
+  theirs = ctranslate2_side.translate(
+    ctranslate2.Translator(str(out)), tokenizer, model.config, lines, 1, 0.6
+  )
+  assert printed.stdout.split('\n')[:-1] == theirs
+  again = _export([f'--workdir={workdir}', f'--out={out}'])
+  assert again.returncode == 2 and f'--out={out} exists; give --force' in again.stderr
+  marian = _export([f'--workdir={workdir}', '--format=marian', f'--out={tmp_path / "hf"}'])
+  assert marian.returncode == 2 and 'Traceback' not in marian.stderr
+  assert "Marian cannot express this model: norm_position='pre'" in marian.stderr
+  assert not os.path.exists(tmp_path / 'hf')
+  inside = _export([f'--workdir={workdir}', f'--out={os.path.join(workdir, "x")}'])
+  assert inside.returncode == 2 and 'would write into the model it exports' in inside.stderr

@@ -323,12 +323,14 @@ def _check_shapes(expected: dict, values: dict, path: str = '') -> None:
       )
 
 
-def _unexpressible(config: TransformerConfig) -> str | None:
+def unexpressible(config: TransformerConfig) -> str | None:
   """Why Marian cannot express `config`, or None."""
   if config.norm_position != 'post':
     return "norm_position='pre': Marian's layers are post-LN, without a final LayerNorm"
   if config.positional_encoding != 'sinusoidal':
     return "positional_encoding='learned': Marian's positions are fixed sinusoids"
+  if not config.decoder_causal_mask:
+    return "decoder_causal_mask=False: Marian's decoder always masks future positions"
   return None
 
 
@@ -460,7 +462,7 @@ def save(model: Transformer, tokenizer, directory: str) -> None:
   from safetensors.numpy import save_file
 
   config = model.config
-  problem = _unexpressible(config)
+  problem = unexpressible(config)
   if problem:
     raise MarianError(f'Marian cannot express this model: {problem}')
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))

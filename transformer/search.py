@@ -12,9 +12,11 @@ the buffers.
 Beam search follows GNMT by default: hypotheses are ranked by log P / lp(len) with the length
 penalty lp(len) = ((5 + len) / 6)^α (α = 0.6); `len` counts generated tokens including EOS.
 `length_normalization='hf'` ranks by log P / len^α instead, as Hugging Face transformers does
-(`length_penalty=α`). A hypothesis finishes when its EOS extension ranks among the k best
-candidates (so beam size 1 is greedy decoding); finished hypotheses stop growing; the loop exits
-early once no live beam can beat the finished ones.
+(`length_penalty=α`), and `'ctranslate2'` ranks the same way but stops a sentence as CTranslate2
+does (`length_penalty=α`, patience 1): once k of its hypotheses have ended. A hypothesis finishes
+when its EOS extension ranks among the k best candidates (so beam size 1 is greedy decoding);
+finished hypotheses stop growing; otherwise the loop exits early once no live beam can beat the
+finished ones.
 """
 
 from __future__ import annotations
@@ -35,14 +37,15 @@ StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 # The score of an empty or excluded hypothesis slot: below any real log probability, yet finite
 # so that sums and comparisons with it stay well defined.
 EXCLUDED_SCORE = -1.0e7
-LENGTH_NORMALIZATIONS = ('gnmt', 'hf')
+LENGTH_NORMALIZATIONS = ('gnmt', 'hf', 'ctranslate2')
 LENGTH_BUCKET = 16  # static lengths are rounded up to a multiple of this: few compilations
 
 
 def length_penalty(length: jax.Array, alpha: float, normalization: str = 'gnmt') -> jax.Array:
-  """GNMT's ((5 + length) / 6)^alpha, or length^alpha (`'hf'`, as transformers' beam search)."""
+  """GNMT's ((5 + length) / 6)^alpha, or length^alpha (`'hf'` and `'ctranslate2'`, as
+  transformers' and CTranslate2's beam searches)."""
   length = jnp.asarray(length, jnp.float32)
-  if normalization == 'hf':
+  if normalization in ('hf', 'ctranslate2'):
     return jnp.maximum(length, 1.0) ** alpha
   return ((5.0 + length) / 6.0) ** alpha
 
@@ -216,7 +219,7 @@ def beam_search(
     beam_invariant_cache: state that is the same for every beam of a sentence (e.g. the encoder's
       keys/values): passed along but never reordered.
     limits: `[batch]` tokens each sentence may generate (EOS included); default `buffer_length`.
-    length_normalization: 'gnmt' or 'hf'.
+    length_normalization: 'gnmt', 'hf' or 'ctranslate2'.
     suppress: `[vocab]` bool, tokens never generated.
 
   Returns:
@@ -269,10 +272,13 @@ class _BeamSearch:
     """`[batch]` bool: the sentence is not done, is below its limit and may still improve: it has
     fewer than k finished hypotheses, or its best alive one beats the worst finished one at the
     length penalty it can best reach (GNMT: at its limit; 'hf': at the current length, the
-    heuristic of transformers' beam search). Once false, it stays false."""
+    heuristic of transformers' beam search; 'ctranslate2': never, it stops at k finished).
+    Once false, it stays false."""
     bound = self.limits if self.normalization == 'gnmt' else jnp.maximum(state.step, 1)
     best_alive = state.alive_log_probs[:, 0] / self.penalty(bound)
-    improvable = ~state.finished_flags.all(-1) | (best_alive > state.finished_scores.min(-1))
+    improvable = ~state.finished_flags.all(-1)
+    if self.normalization != 'ctranslate2':
+      improvable |= best_alive > state.finished_scores.min(-1)
     return ~state.done & improvable & (state.step < self.limits)
 
   def _candidates(self, state: BeamState) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
@@ -294,12 +300,13 @@ class _BeamSearch:
   def step(self, state: BeamState) -> BeamState:
     """Extends every alive beam by every token; keeps the k best alive candidates and merges the
     ones that end into the k best finished. A hypothesis ends only if its EOS extension ranks
-    among the top k (as in fairseq), so beam size 1 is exactly greedy decoding; with 'hf'
-    normalisation the top k also end at the sentence's last allowed step, as transformers' beam
-    search ends them. A sentence that is done keeps its state, as if it were searched alone."""
+    among the top k (as in fairseq), so beam size 1 is exactly greedy decoding; with 'hf' and
+    'ctranslate2' normalisation the top k also end at the sentence's last allowed step, as
+    transformers' and CTranslate2's beam searches end them. A sentence that is done keeps its
+    state, as if it were searched alone."""
     i, rows = state.step, self.searching(state)
     top_seqs, top_log_probs, top_beams, cache = self._candidates(state)
-    at_limit = (i + 1 >= self.limits)[:, None] if self.normalization == 'hf' else False
+    at_limit = (i + 1 >= self.limits)[:, None] if self.normalization != 'gnmt' else False
     stops = (top_seqs[:, :, i] == self.eos_id) | at_limit
     ends = stops & (jnp.arange(2 * self.k) < self.k)[None, :]
     alive = _keep_alive(top_seqs, top_log_probs, top_beams, stops, cache, self.k)
@@ -367,14 +374,34 @@ def _generate(
   state: nnx.State,
   src_tokens: jax.Array,
   limits: jax.Array,
+  **settings,
+) -> tuple[jax.Array, jax.Array]:
+  model = nnx.merge(graphdef, state)
+  model.eval()
+  return search_model(model, src_tokens, limits, **settings)
+
+
+def search_model(
+  model: Transformer,
+  src_tokens: jax.Array,
+  limits: jax.Array,
   *,
   beam_size: int,
   buffer_length: int,
   alpha: float,
   length_normalization: str,
 ) -> tuple[jax.Array, jax.Array]:
-  model = nnx.merge(graphdef, state)
-  model.eval()
+  """The whole translation of a batch, to be traced (by `generate`'s jit, or by `jax.export`).
+
+  Args:
+    model: a `Transformer` in eval mode (its caches are filled here).
+    src_tokens: `[batch, src_length]` int32 source ids, right-padded.
+    limits: `[batch]` int32 tokens each sentence may generate (EOS included).
+
+  Returns:
+    the best hypothesis of each sentence `[batch, buffer_length]` int32 (`pad_id` after its
+    end) and its score `[batch]` (0 for greedy search).
+  """
   config = model.config
   batch_size = src_tokens.shape[0]
   encoded = model.encode(src_tokens)  # once per sentence, not per step or per beam
@@ -434,7 +461,7 @@ def generate(
       own source length (non-padding tokens) + `extra_length`, capped at the model's
       `max_positions`; the output is then as long as the longest limit, rounded up to a
       multiple of 16.
-    length_normalization: 'gnmt' (default) or 'hf' (see the module docstring).
+    length_normalization: 'gnmt' (default), 'hf' or 'ctranslate2' (see the module docstring).
 
   Returns:
     `[batch, length]` int32 tokens, `pad_id` after each sentence's end.

@@ -39,9 +39,9 @@ def _define_flags() -> None:
   flags.DEFINE_enum(
     'length_normalization',
     'gnmt',
-    ['gnmt', 'hf'],
+    ['gnmt', 'hf', 'ctranslate2'],
     "Beam scores: log P / ((5 + len) / 6)^alpha ('gnmt'), or log P / len^alpha as "
-    "transformers' generate ('hf').",
+    "transformers' generate ('hf') and CTranslate2 ('ctranslate2': also stops as it does).",
   )
   flags.DEFINE_integer(
     'max_new_tokens',
@@ -173,15 +173,9 @@ def _check_flags() -> None:
 
 def _load():
   """(model, tokenizer, a description) from --workdir or --pretrained."""
-  if FLAGS.pretrained:
-    from transformer import marian
-
-    model, tokenizer = marian.load(FLAGS.pretrained)
-    return model, tokenizer, f'pretrained model {FLAGS.pretrained}'
   from transformer import workdir
 
-  model, tokenizer, step = workdir.load_model(FLAGS.workdir, which=FLAGS.checkpoint)
-  return model, tokenizer, f'{FLAGS.checkpoint} checkpoint of {FLAGS.workdir} (step {step})'
+  return workdir.load_model_or_pretrained(FLAGS.workdir, FLAGS.pretrained, which=FLAGS.checkpoint)
 
 
 def main(argv: list[str]) -> int:

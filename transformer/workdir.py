@@ -316,3 +316,17 @@ def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Any
   model = nnx.merge(graphdef, restored.state, rest)
   model.eval()
   return model, tokenizer, restored.step
+
+
+def load_model_or_pretrained(
+  workdir: str | None, pretrained: str | None, *, which: str = 'latest'
+) -> tuple[Transformer, Any, str]:
+  """(model, tokenizer, what was loaded, in words) from a training workdir or, if `pretrained`
+  is given, a Hugging Face Marian directory: what the translate and export commands load."""
+  if pretrained:
+    from transformer import marian
+
+    model, tokenizer = marian.load(pretrained)
+    return model, tokenizer, f'pretrained model {pretrained}'
+  model, tokenizer, step = load_model(workdir, which=which)
+  return model, tokenizer, f'{which} checkpoint of {workdir} (step {step})'

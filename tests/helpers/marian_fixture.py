@@ -25,8 +25,18 @@ def _train_spm(path_prefix: str, sentences: list[str], vocab_size: int) -> str:
   return path_prefix + '.model'
 
 
-def build(directory: str, *, shared: bool = True, seed: int = 0, eos_bias: float = 4.5) -> str:
-  """Writes a MarianMTModel directory (model, tokenizer) to `directory` and returns it."""
+def build(
+  directory: str,
+  *,
+  shared: bool = True,
+  seed: int = 0,
+  eos_bias: float = 4.5,
+  zero_pad_row: bool = False,
+) -> str:
+  """Writes a MarianMTModel directory (model, tokenizer) to `directory` and returns it.
+
+  `zero_pad_row`: the pad token's embedding is zero, as in opus-mt models converted from Marian
+  (whose decoder starts from a zero vector; CTranslate2's own converter assumes it)."""
   import torch
   from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
@@ -75,6 +85,9 @@ def build(directory: str, *, shared: bool = True, seed: int = 0, eos_bias: float
     for name, parameter in model.named_parameters():  # larger than the default init: decisive tests
       if 'layer_norm' not in name:
         parameter.normal_(0, 0.3)
+    if zero_pad_row:
+      for embedding in (model.model.encoder.embed_tokens, model.model.decoder.embed_tokens):
+        embedding.weight[vocab['<pad>']] = 0.0
   model.eval()
   model.save_pretrained(directory)
   tokenizer.save_pretrained(directory)

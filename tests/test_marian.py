@@ -72,13 +72,13 @@ def test_logits_equal_transformers(pretrained):
 
 
 def _generated(hf, batch, **kwargs):
+  kwargs.setdefault('forced_eos_token_id', None)
   with torch.no_grad():
     out = hf.generate(
       **batch,
       max_new_tokens=20,
       do_sample=False,
       early_stopping=False,
-      forced_eos_token_id=None,
       bad_words_ids=[[hf.config.pad_token_id]],
       **kwargs,
     )
@@ -196,6 +196,57 @@ def test_translate_cli_with_a_pretrained_directory(pretrained):
     timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  expected = _generated(hf, _hf_batch(hf_tokenizer, short), num_beams=4, length_penalty=1.0)
+  expected = _generated(
+    hf,
+    _hf_batch(hf_tokenizer, short),
+    num_beams=4,
+    length_penalty=1.0,
+    forced_eos_token_id=hf.config.eos_token_id,  # the directory's generation config asks for it
+  )
   assert len(short) == 4
   assert result.stdout.splitlines() == hf_tokenizer.batch_decode(expected, skip_special_tokens=True)
+
+
+@pytest.fixture(scope='module')
+def long_talking(tmp_path_factory):
+  """A fixture whose EOS is unlikely, so that sentences reach a short length limit."""
+  directory = marian_fixture.build(str(tmp_path_factory.mktemp('marian_long')), eos_bias=1.0)
+  hf = transformers.MarianMTModel.from_pretrained(directory).eval()
+  return directory, hf, transformers.MarianTokenizer.from_pretrained(directory)
+
+
+@pytest.mark.parametrize('beam_size', [1, 4])
+def test_forced_eos_at_the_length_limit_equals_transformers(long_talking, beam_size):
+  """opus-mt's generation config forces EOS at the last allowed step: a sentence that reaches
+  the limit ends with EOS there, as in transformers' generate, instead of one token later."""
+  directory, hf, hf_tokenizer = long_talking
+  model, _ = marian.load(directory)
+  assert marian.generation_defaults(directory)['forced_eos']
+  batch = _hf_batch(hf_tokenizer)
+  eos, pad = hf.config.eos_token_id, hf.config.pad_token_id
+  with torch.no_grad():
+    expected = hf.generate(
+      **batch,
+      max_new_tokens=6,
+      do_sample=False,
+      early_stopping=False,
+      num_beams=beam_size,
+      length_penalty=1.0,
+      forced_eos_token_id=eos,
+      bad_words_ids=[[pad]],
+    ).numpy()[:, 1:]
+  tokens = np.asarray(
+    search.generate(
+      model,
+      batch['input_ids'].numpy().astype(np.int32),
+      beam_size=beam_size,
+      alpha=1.0,
+      max_new_tokens=6,
+      length_normalization='hf',
+      forced_eos=True,
+    )
+  )
+  width = max(tokens.shape[1], expected.shape[1])
+  padded = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=pad)
+  assert (expected[:, 5] == eos).any()  # some sentences reach the limit and end with EOS there
+  np.testing.assert_array_equal(padded(tokens), padded(expected))

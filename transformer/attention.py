@@ -205,6 +205,16 @@ class SelfAttention(_MultiHeadAttention):
     self.cached_value = SelfCache(jnp.zeros((batch_size, h, max_length, d_k), self.dtype))
     self.cache_index = SelfCache(jnp.array(0, jnp.int32))
 
+  def grow_cache(self, max_length: int) -> None:
+    """Makes room for `max_length` keys/values in all: the slots written so far stay, the new
+    ones are empty (decoding attends to, and beam search reorders, only the slots it has)."""
+    added = max_length - self.cached_value.shape[2]
+    if added > 0:
+      self.cached_key = SelfCache(jnp.pad(self.cached_key[...], ((0, 0),) * 3 + ((0, added),)))
+      self.cached_value = SelfCache(
+        jnp.pad(self.cached_value[...], ((0, 0), (0, 0), (0, added), (0, 0)))
+      )
+
   def _extend_cache(
     self, key: jax.Array, value: jax.Array
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -292,7 +302,9 @@ class CrossAttention(_MultiHeadAttention):
       x: decoder states `[batch, tgt_length, d_model]` (the queries).
       encoded: the encoder output C `[batch, src_length, d_model]`; unused with `use_cache=True`.
       bias: additive mask bias `[batch | 1, 1, tgt_length, src_length]` (source padding).
-      use_cache: read the keys/values projected by `init_cache`.
+      use_cache: read the keys/values projected by `init_cache`. `x` may then hold several
+        rows (beams) per sentence of the cache, adjacent: `[sentences * beams, 1, d_model]`, with
+        `bias` `[sentences, 1, 1, src_length]`.
 
     Returns:
       `[batch, tgt_length, d_model]`.
@@ -303,6 +315,13 @@ class CrossAttention(_MultiHeadAttention):
         raise ValueError('use_cache=True needs init_cache(encoded) first')
       key = _keys_from_cache(self.cached_key[...])
       value = _values_from_cache(self.cached_value[...])
+      sentences = key.shape[0]
+      if query.shape[0] != sentences:
+        # The beams of a sentence (adjacent rows) share its keys and values: they attend as the
+        # queries of one row, which reads each sentence's keys and values once, not per beam.
+        rows, length = query.shape[:2]
+        beams = query.reshape(sentences, rows // sentences * length, *query.shape[2:])
+        return self._attend(beams, key, value, bias).reshape(rows, length, -1)
     else:
       if encoded is None:
         raise ValueError('cross-attention needs the encoder output (encoded)')

@@ -139,6 +139,26 @@ def read_config(directory: str) -> dict[str, Any]:
   return hf
 
 
+def generation_defaults(directory: str) -> dict[str, Any]:
+  """How the directory's model asks to be decoded (its generation_config.json, else the
+  generation fields of config.json), in this package's terms: `forced_eos` (the last allowed
+  token is EOS) and `beam_size` (None where the directory says nothing). Its `max_length` is
+  not taken: each sentence's limit is its source length + `extra_length`, as for every model."""
+  hf = read_config(directory)
+  path = os.path.join(directory, 'generation_config.json')
+  if os.path.isfile(path):
+    try:
+      with open(path, encoding='utf-8') as f:
+        hf = {**hf, **json.load(f)}
+    except (OSError, ValueError) as e:
+      raise MarianError(f'{path}: cannot be read as JSON ({e})') from None
+  beams = hf.get('num_beams')
+  return {
+    'forced_eos': hf.get('forced_eos_token_id') is not None,
+    'beam_size': beams if isinstance(beams, int) and beams >= 1 else None,
+  }
+
+
 def load_tokenizer(directory: str) -> MarianTokenizer:
   """The Marian tokenizer of a model directory (its ids come from the directory's config.json)."""
   hf = read_config(directory)

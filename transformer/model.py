@@ -514,16 +514,17 @@ class Transformer(nnx.Module):
       tgt_positions=tgt_positions,
     )
 
-  def init_cache(self, encoded: jax.Array, max_decode_length: int) -> None:
+  def init_cache(self, encoded: jax.Array, max_decode_length: int, beams: int = 1) -> None:
     """Prepares token-by-token decoding: empty self-attention caches of `max_decode_length`
-    slots and cross-attention keys/values projected once from `encoded` `[batch, src_length, d_model]`."""
+    slots for `beams` rows per sentence and cross-attention keys/values projected once from
+    `encoded` `[batch, src_length, d_model]` (shared by a sentence's beams)."""
     if max_decode_length > self.config.max_positions:
       raise ValueError(
         f'max_decode_length={max_decode_length} exceeds the positional encoding '
         f'length max_positions={self.config.max_positions}'
       )
     for layer in self.decoder.layers:
-      layer.self_attention.init_cache(encoded.shape[0], max_decode_length)
+      layer.self_attention.init_cache(encoded.shape[0] * beams, max_decode_length)
       if layer.cross_attention is not None:
         layer.cross_attention.init_cache(encoded)
 

@@ -62,6 +62,23 @@ def argmax_last(logits: jax.Array) -> jax.Array:
   return jnp.minimum(index, vocab - 1)  # all-NaN rows: no element equals the max
 
 
+def cache_lengths(buffer_length: int) -> list[int]:
+  """The lengths the decoding cache grows through: 16, 32, 64, ... and then `buffer_length`.
+
+  A step attends to (and beam search reorders) the cache's whole length, so the search runs in
+  segments, each over a cache of the next length: its cost follows the tokens generated so far,
+  not the buffer, at the price of one traced copy of the step per segment."""
+  lengths, length = [], LENGTH_BUCKET
+  while length < buffer_length:
+    lengths.append(length)
+    length *= 2
+  return lengths + [buffer_length]
+
+
+def _segments(buffer_length: int, grow: Callable | None) -> list[int]:
+  return [buffer_length] if grow is None else cache_lengths(buffer_length)
+
+
 def _limits(limits: jax.Array | None, batch_size: int, buffer_length: int) -> jax.Array:
   """`[batch]` int32 per-sentence token limits, at most `buffer_length`."""
   if limits is None:
@@ -80,12 +97,17 @@ def greedy_search(
   pad_id: int = 0,
   limits: jax.Array | None = None,
   suppress: jax.Array | None = None,
+  grow: Callable[[Any, int], Any] | None = None,
+  forced_eos: bool = False,
 ) -> jax.Array:
   """Picks the most likely token at each step.
 
   Args:
     limits: `[batch]` tokens each sentence may generate (EOS included); default `buffer_length`.
     suppress: `[vocab]` bool, tokens never generated (e.g. a pad token that is a real id).
+    grow: `(cache, length) -> cache` with room for `length` tokens; given, the cache starts at
+      the first of `cache_lengths(buffer_length)` and grows through them.
+    forced_eos: a sentence's last allowed token is EOS (transformers' `forced_eos_token_id`).
 
   Returns:
     `[batch, buffer_length]` int32 generated tokens (EOS included), `pad_id` after the end.
@@ -102,13 +124,20 @@ def greedy_search(
     logits, cache = step_fn(previous[:, None], i, cache)
     if suppress is not None:
       logits = jnp.where(suppress, -jnp.inf, logits)
-    token = jnp.where(finished, pad_id, argmax_last(logits))
+    token = argmax_last(logits)
+    if forced_eos:
+      token = jnp.where(i + 1 >= limits, eos_id, token)
+    token = jnp.where(finished, pad_id, token)
     tokens = tokens.at[:, i].set(token)
     return i + 1, tokens, cache, finished | (token == eos_id) | (i + 1 >= limits)
 
   tokens = jnp.full((batch_size, buffer_length), pad_id, jnp.int32)
-  init = (jnp.array(0), tokens, cache, limits <= 0)
-  return jax.lax.while_loop(cond, body, init)[1]
+  carry = (jnp.array(0), tokens, cache, limits <= 0)
+  for end in _segments(buffer_length, grow):
+    i, tokens, cache, finished = carry
+    carry = (i, tokens, cache if grow is None else grow(cache, end), finished)
+    carry = jax.lax.while_loop(lambda c, end=end: (c[0] < end) & cond(c), body, carry)
+  return carry[1]
 
 
 @flax.struct.dataclass
@@ -155,7 +184,9 @@ def _gather_beams(tree: Any, indices: jax.Array, batch_size: int, beam_size: int
   def gather(x):
     if x.ndim == 0:  # the shared cache index
       return x
-    return jnp.take(x, flat, axis=0)
+    # The indices are in range by construction; 'clip' gathers at copy speed on XLA:CPU, where
+    # the default 'fill' mode's bounds handling took twice as long.
+    return jnp.take(x, flat, axis=0, mode='clip')
 
   return jax.tree.map(gather, tree)
 
@@ -209,6 +240,8 @@ def beam_search(
   limits: jax.Array | None = None,
   length_normalization: str = 'gnmt',
   suppress: jax.Array | None = None,
+  grow: Callable[[Any, int], Any] | None = None,
+  forced_eos: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
   """Beam search with a length penalty (GNMT's by default; see the module docstring).
 
@@ -221,6 +254,9 @@ def beam_search(
     limits: `[batch]` tokens each sentence may generate (EOS included); default `buffer_length`.
     length_normalization: 'gnmt', 'hf' or 'ctranslate2'.
     suppress: `[vocab]` bool, tokens never generated.
+    grow: `(cache, length) -> cache` with room for `length` tokens (see `greedy_search`).
+    forced_eos: at a sentence's last allowed step only EOS may extend a beam, and it adds 0 to
+      the beam's log probability, as transformers' `forced_eos_token_id` does.
 
   Returns:
     sequences `[batch, beam, buffer_length]` (best first; `pad_id` after EOS) and their scores
@@ -241,12 +277,16 @@ def beam_search(
     suppress=suppress,
     batch_size=batch_size,
     k=beam_size,
+    forced_eos=forced_eos,
   )
-  state = jax.lax.while_loop(
-    lambda state: (state.step < buffer_length) & search.searching(state).any(),
-    search.step,
-    _initial_beams(cache, batch_size, beam_size, buffer_length, pad_id),
-  )
+  state = _initial_beams(cache, batch_size, beam_size, buffer_length, pad_id)
+  for end in _segments(buffer_length, grow):
+    state = state if grow is None else state.replace(cache=grow(state.cache, end))
+    state = jax.lax.while_loop(
+      lambda state, end=end: (state.step < end) & search.searching(state).any(),
+      search.step,
+      state,
+    )
   return search.results(state)
 
 
@@ -264,6 +304,7 @@ class _BeamSearch:
   suppress: jax.Array | None
   batch_size: int
   k: int
+  forced_eos: bool = False
 
   def penalty(self, length: jax.Array) -> jax.Array:
     return length_penalty(length, self.alpha, self.normalization)
@@ -291,6 +332,10 @@ class _BeamSearch:
       logits = jnp.where(self.suppress, -jnp.inf, logits)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(self.batch_size, k, -1)
     vocab = log_probs.shape[-1]
+    if self.forced_eos:  # EOS alone, scored log 1 = 0 (as transformers' forced-EOS processor)
+      forced = jnp.where(jnp.arange(vocab) == self.eos_id, 0.0, -jnp.inf)
+      last = (i + 1 >= self.limits)[:, None, None]
+      log_probs = jnp.where(last, forced[None, None, :], log_probs)
     candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(self.batch_size, -1)
     top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * k)
     top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
@@ -340,14 +385,25 @@ def _with_invariant(step_fn: StepFn, invariant: Any) -> StepFn:
 
 
 def _decoder_step_fn(
-  model: Transformer, encoded: jax.Array, src_tokens: jax.Array, buffer_length: int
-) -> tuple[StepFn, Any, Any]:
-  """Fills `model`'s caches for decoding `buffer_length` tokens from `encoded` and returns
-  (step_fn, self-attention caches, cross-attention caches). The step function feeds one token
-  per row through the decoder; only the self-attention caches change from step to step."""
-  model.init_cache(encoded, buffer_length)
+  model: Transformer,
+  encoded: jax.Array,
+  src_tokens: jax.Array,
+  buffer_length: int,
+  beams: int = 1,
+) -> tuple[StepFn, Any, Any, Callable]:
+  """Fills `model`'s caches for decoding from `encoded` and returns (step_fn, self-attention
+  caches, cross-attention caches, grow). The step function feeds one token per row (`beams`
+  adjacent rows per sentence) through the decoder; only the self-attention caches change from
+  step to step. They start with room for the first of `cache_lengths(buffer_length)` tokens;
+  `grow(self_caches, length)` makes more."""
+  if buffer_length > model.config.max_positions:
+    raise ValueError(
+      f'buffer_length={buffer_length} exceeds the positional encoding length '
+      f'max_positions={model.config.max_positions}'
+    )
+  model.init_cache(encoded, cache_lengths(buffer_length)[0], beams)
   graphdef, self_cache, cross_cache, rest = nnx.split(model, SelfCache, CrossCache, ...)
-  rows = src_tokens.shape[0]
+  rows = src_tokens.shape[0] * beams
 
   def step_fn(tokens, position, caches):
     self_cache, cross_cache = caches
@@ -357,7 +413,13 @@ def _decoder_step_fn(
     )
     return logits[:, 0], (nnx.state(m, SelfCache), cross_cache)
 
-  return step_fn, self_cache, cross_cache
+  def grow(self_cache, length: int):
+    m = nnx.merge(graphdef, self_cache, cross_cache, rest)
+    for layer in m.decoder.layers:
+      layer.self_attention.grow_cache(length)
+    return nnx.state(m, SelfCache)
+
+  return step_fn, self_cache, cross_cache, grow
 
 
 def _suppressed(config) -> jax.Array:
@@ -367,7 +429,14 @@ def _suppressed(config) -> jax.Array:
 
 @functools.partial(
   jax.jit,
-  static_argnames=('graphdef', 'beam_size', 'buffer_length', 'alpha', 'length_normalization'),
+  static_argnames=(
+    'graphdef',
+    'beam_size',
+    'buffer_length',
+    'alpha',
+    'length_normalization',
+    'forced_eos',
+  ),
 )
 def _generate(
   graphdef: nnx.GraphDef,
@@ -390,6 +459,7 @@ def search_model(
   buffer_length: int,
   alpha: float,
   length_normalization: str,
+  forced_eos: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
   """The whole translation of a batch, to be traced (by `generate`'s jit, or by `jax.export`).
 
@@ -407,7 +477,9 @@ def search_model(
   encoded = model.encode(src_tokens)  # once per sentence, not per step or per beam
   ids = dict(bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id)
   if beam_size == 1:
-    step_fn, self_cache, cross_cache = _decoder_step_fn(model, encoded, src_tokens, buffer_length)
+    step_fn, self_cache, cross_cache, grow = _decoder_step_fn(
+      model, encoded, src_tokens, buffer_length
+    )
     tokens = greedy_search(
       step_fn,
       (self_cache, cross_cache),
@@ -415,12 +487,14 @@ def search_model(
       buffer_length=buffer_length,
       limits=limits,
       suppress=_suppressed(config),
+      grow=lambda caches, length: (grow(caches[0], length), caches[1]),
+      forced_eos=forced_eos,
       **ids,
     )
     return tokens, jnp.zeros((batch_size,))
-  encoded = jnp.repeat(encoded, beam_size, axis=0)
-  src_tokens = jnp.repeat(src_tokens, beam_size, axis=0)
-  step_fn, self_cache, cross_cache = _decoder_step_fn(model, encoded, src_tokens, buffer_length)
+  step_fn, self_cache, cross_cache, grow = _decoder_step_fn(
+    model, encoded, src_tokens, buffer_length, beams=beam_size
+  )
   sequences, scores = beam_search(
     step_fn,
     self_cache,
@@ -432,6 +506,8 @@ def search_model(
     limits=limits,
     length_normalization=length_normalization,
     suppress=_suppressed(config),
+    grow=grow,
+    forced_eos=forced_eos,
     **ids,
   )
   return sequences[:, 0], scores[:, 0]
@@ -451,6 +527,7 @@ def generate(
   max_new_tokens: int | None = None,
   extra_length: int = 50,
   length_normalization: str = 'gnmt',
+  forced_eos: bool = False,
 ) -> jax.Array:
   """Translates a batch: `[batch, src_length]` source ids (right-padded) -> target ids.
 
@@ -462,6 +539,8 @@ def generate(
       `max_positions`; the output is then as long as the longest limit, rounded up to a
       multiple of 16.
     length_normalization: 'gnmt' (default), 'hf' or 'ctranslate2' (see the module docstring).
+    forced_eos: every sentence's last allowed token is EOS (a Marian model's generation config
+      asks for it: `marian.generation_defaults`).
 
   Returns:
     `[batch, length]` int32 tokens, `pad_id` after each sentence's end.
@@ -487,6 +566,7 @@ def generate(
     buffer_length=buffer_length,
     alpha=alpha,
     length_normalization=length_normalization,
+    forced_eos=forced_eos,
   )
   return tokens
 

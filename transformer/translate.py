@@ -34,7 +34,15 @@ def _define_flags() -> None:
     'pretrained', None, 'A Hugging Face Marian (opus-mt) directory, instead of --workdir.'
   )
   flags.DEFINE_string('input', None, 'File to translate, one sentence per line (default: stdin).')
-  flags.DEFINE_integer('beam_size', 4, 'Beam size (1 = greedy).')
+  flags.DEFINE_integer(
+    'beam_size', None, "Beam size (1 = greedy); default 4, or a --pretrained model's num_beams."
+  )
+  flags.DEFINE_bool(
+    'forced_eos',
+    None,
+    "End a sentence that reaches its limit with EOS (default: as a --pretrained model's "
+    'generation config says; off for workdirs).',
+  )
   flags.DEFINE_float('length_penalty', 0.6, 'Length-penalty exponent alpha.')
   flags.DEFINE_enum(
     'length_normalization',
@@ -117,6 +125,7 @@ def translate(
   extra_length: int = 50,
   max_new_tokens: int | None = None,
   length_normalization: str = 'gnmt',
+  forced_eos: bool = False,
   warn: Callable[[str], None] | None = None,
 ) -> list[str]:
   """Translates `sentences` in order (one output per input; an empty input gives '').
@@ -151,6 +160,7 @@ def translate(
         extra_length=extra_length,
         max_new_tokens=max_new_tokens,
         length_normalization=length_normalization,
+        forced_eos=forced_eos,
       )
     )
     for row, i in enumerate(chunk):
@@ -163,7 +173,7 @@ def _check_flags() -> None:
     raise app.UsageError('give one of --workdir (a training run) or --pretrained (a Marian model)')
   if FLAGS.max_new_tokens is not None and FLAGS.max_new_tokens < 1:
     raise app.UsageError(f'--max_new_tokens must be >= 1, got {FLAGS.max_new_tokens}')
-  if FLAGS.beam_size < 1:
+  if FLAGS.beam_size is not None and FLAGS.beam_size < 1:
     raise app.UsageError(f'--beam_size must be >= 1, got {FLAGS.beam_size}')
   if FLAGS.batch_size < 1:
     raise app.UsageError(f'--batch_size must be >= 1, got {FLAGS.batch_size}')
@@ -178,6 +188,25 @@ def _load():
   return workdir.load_model_or_pretrained(FLAGS.workdir, FLAGS.pretrained, which=FLAGS.checkpoint)
 
 
+def _decoding_settings() -> dict:
+  """beam_size and forced_eos: the flags where given, else what a pretrained directory's
+  generation config says (`marian.generation_defaults`), else this package's; and
+  max_new_tokens (the flag)."""
+  defaults = {'beam_size': None, 'forced_eos': False, 'max_new_tokens': None}
+  if FLAGS.pretrained:
+    from transformer import marian
+
+    defaults.update(marian.generation_defaults(FLAGS.pretrained))
+  given = {
+    'beam_size': FLAGS.beam_size,
+    'forced_eos': FLAGS.forced_eos,
+    'max_new_tokens': FLAGS.max_new_tokens,
+  }
+  settings = {k: defaults[k] if v is None else v for k, v in given.items()}
+  settings['beam_size'] = settings['beam_size'] or 4
+  return settings
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -190,6 +219,7 @@ def main(argv: list[str]) -> int:
     return 2
   try:
     model, tokenizer, what = _load()
+    settings = _decoding_settings()
   except (OSError, ValueError, RuntimeError) as e:
     print(f'translate: error: {e}', file=sys.stderr)
     return 2
@@ -205,12 +235,11 @@ def main(argv: list[str]) -> int:
     model,
     tokenizer,
     lines,
-    beam_size=FLAGS.beam_size,
     alpha=FLAGS.length_penalty,
     batch_size=FLAGS.batch_size,
     extra_length=FLAGS.extra_length,
-    max_new_tokens=FLAGS.max_new_tokens,
     length_normalization=FLAGS.length_normalization,
+    **settings,
   )
   # A translation never spans lines: the output keeps one line per input line.
   text = ''.join(line.replace('\r', ' ').replace('\n', ' ') + '\n' for line in outputs)

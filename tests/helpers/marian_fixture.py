@@ -70,7 +70,7 @@ def build(
     pad_token_id=vocab['<pad>'],
     eos_token_id=0,
     decoder_start_token_id=vocab['<pad>'],
-    forced_eos_token_id=None,
+    forced_eos_token_id=0,  # as opus-mt: EOS at the last allowed step
     share_encoder_decoder_embeddings=shared,
     scale_embedding=True,
     dropout=0.1,

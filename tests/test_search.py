@@ -276,3 +276,33 @@ def test_beam_search_on_the_kv_cache_equals_a_plain_recomputing_beam_search(tiny
     expected = list(_reference_beam_search(model, src[row], 3, 10, 0.6))
     assert tokens[row, : len(expected)].tolist() == expected, row
     assert (tokens[row, len(expected) :] == tiny_config.pad_id).all()
+
+
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_n_best_hypotheses_come_with_their_scores_and_log_probabilities(tiny_config, beam_size):
+  """Best first; log P is the teacher-forced log-probability of the tokens (EOS included) and
+  the score is log P over the length penalty; the first equals `generate`'s output."""
+  model = Transformer(tiny_config, rngs=nnx.Rngs(2))
+  model.eval()
+  src = np.array([[5, 6, 7, 8, 2, 0], [9, 10, 2, 0, 0, 0]], np.int32)
+  tokens, scores, log_probs = map(
+    np.asarray,
+    search.generate_n_best(
+      model, src, n_best=beam_size, beam_size=beam_size, alpha=0.6, max_new_tokens=7
+    ),
+  )
+  assert tokens.shape == (2, beam_size, 7)
+  np.testing.assert_array_equal(
+    tokens[:, 0], search.generate(model, src, beam_size=beam_size, alpha=0.6, max_new_tokens=7)
+  )
+  assert np.all(np.diff(scores, axis=1) <= 1e-6)
+  graphdef, state = nnx.split(model)
+  for n in range(beam_size):
+    forced = np.asarray(search._log_probability(graphdef, state, src, tokens[:, n]))
+    np.testing.assert_allclose(log_probs[:, n], forced, atol=1e-4)
+    lengths = (tokens[:, n] != tiny_config.pad_id).sum(-1)
+    np.testing.assert_allclose(scores[:, n], forced / ((5 + lengths) / 6) ** 0.6, atol=1e-4)
+  with pytest.raises(
+    ValueError, match=f'n_best={beam_size + 1} must be between 1 and the beam size'
+  ):
+    search.generate_n_best(model, src, n_best=beam_size + 1, beam_size=beam_size)

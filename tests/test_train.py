@@ -268,6 +268,16 @@ def test_translate_round_trip(trained, tmp_path):
 
   model, tokenizer, _ = workdir_lib.load_model(workdir)
   assert outputs == translate.translate(model, tokenizer, lines, beam_size=2, warn=lambda _: None)
+  # Two best of each, with scores: two parseable lines per input line, the first the best.
+  listed = _translate(
+    [f'--workdir={workdir}', '--beam_size=2', '--n_best=2'], '\n'.join(lines[:3]) + '\n'
+  )
+  assert listed.returncode == 0, listed.stderr[-3000:]
+  rows = [line.split(' ||| ') for line in listed.stdout.splitlines()]
+  assert [int(r[0]) for r in rows] == [0, 0, 1, 1, 2, 2] and all(len(r) == 4 for r in rows)
+  assert rows[0][1] == outputs[0] and float(rows[0][2]) >= float(rows[1][2])
+  too_many = _translate([f'--workdir={workdir}', '--beam_size=2', '--n_best=3'], 'hello\n')
+  assert too_many.returncode == 2 and '--n_best=3 is more than the beam size 2' in too_many.stderr
   # From a file, greedy, the best checkpoint: same line count.
   source = tmp_path / 'in.txt'
   source.write_text('\n'.join(lines[:3]) + '\n', encoding='utf-8')

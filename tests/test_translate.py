@@ -103,3 +103,51 @@ def test_cli_with_stdin_closed():
 def test_decode_bucket():
   assert [search.bucket(n, 100) for n in (1, 16, 17, 99)] == [16, 16, 32, 100]
   np.testing.assert_array_equal(search.bucket(40, 256), 48)
+
+
+def test_token_budget_batches_hold_at_most_that_many_padded_source_tokens(model, tokenizer):
+  """--max_batch_tokens: short sentences go many to a batch, long ones few, every batch within
+  the budget (or a sentence alone where one exceeds it), and the translations are those of
+  sentence-count batches."""
+  sentences = [' '.join(['the'] * n) for n in (2, 3, 30, 2, 45, 4, 31, 5, 1)]
+  lengths = {i: len(tokenizer.encode(s)) + 1 for i, s in enumerate(sentences)}
+  rows_for = lambda length: max(1, 64 // length)
+  groups = translate.batches(lengths, rows_for, model.config.max_positions)
+  assert sorted(i for group, _ in groups for i in group) == list(range(len(sentences)))
+  assert all(len(group) * length <= 64 or len(group) == 1 for group, length in groups)
+  assert [len(group) for group, _ in groups] == [4, 2, 2, 1]  # 4 rows of 16, 2 of 32, 1 of 48
+  by_tokens = translate.translate(
+    model, tokenizer, sentences, beam_size=1, max_batch_tokens=64, extra_length=4
+  )
+  by_count = translate.translate(
+    model, tokenizer, sentences, beam_size=1, batch_size=3, extra_length=4
+  )
+  assert by_tokens == by_count
+
+
+def test_n_best_and_scores_print_in_one_documented_format():
+  hypotheses = [
+    [translate.Hypothesis('a b', -0.5, -1.25), translate.Hypothesis('a\nc', -0.75, -2.0)],
+    [translate.Hypothesis('', 0.0, 0.0)] * 2,
+  ]
+  assert translate.format_lines(hypotheses, n_best=1, scores=False) == 'a b\n\n'
+  assert translate.format_lines(hypotheses, n_best=1, scores=True) == (
+    'a b ||| -0.500000 ||| -1.250000\n ||| 0.000000 ||| 0.000000\n'
+  )
+  assert translate.format_lines(hypotheses, n_best=2, scores=False).splitlines() == [
+    '0 ||| a b ||| -0.500000 ||| -1.250000',
+    '0 ||| a c ||| -0.750000 ||| -2.000000',
+    '1 |||  ||| 0.000000 ||| 0.000000',
+    '1 |||  ||| 0.000000 ||| 0.000000',
+  ]
+
+
+def test_translate_n_best_returns_the_best_first_and_translate_the_best(model, tokenizer):
+  sentences = ['In the beginning', '', 'And God said']
+  best = translate.translate(model, tokenizer, sentences, beam_size=3, extra_length=5)
+  hypotheses = translate.translate_n_best(
+    model, tokenizer, sentences, n_best=3, beam_size=3, extra_length=5
+  )
+  assert [h[0].text for h in hypotheses] == best
+  assert all(len(h) == 3 and h[0].score >= h[1].score >= h[2].score for h in hypotheses)
+  assert hypotheses[1][0] == translate.Hypothesis('', 0.0, 0.0)

@@ -469,8 +469,8 @@ def search_model(
     limits: `[batch]` int32 tokens each sentence may generate (EOS included).
 
   Returns:
-    the best hypothesis of each sentence `[batch, buffer_length]` int32 (`pad_id` after its
-    end) and its score `[batch]` (0 for greedy search).
+    each sentence's hypotheses, best first, `[batch, beam_size, buffer_length]` int32 (`pad_id`
+    after each end) and their length-normalised scores `[batch, beam_size]` (0 for greedy).
   """
   config = model.config
   batch_size = src_tokens.shape[0]
@@ -491,7 +491,7 @@ def search_model(
       forced_eos=forced_eos,
       **ids,
     )
-    return tokens, jnp.zeros((batch_size,))
+    return tokens[:, None], jnp.zeros((batch_size, 1))
   step_fn, self_cache, cross_cache, grow = _decoder_step_fn(
     model, encoded, src_tokens, buffer_length, beams=beam_size
   )
@@ -510,7 +510,7 @@ def search_model(
     forced_eos=forced_eos,
     **ids,
   )
-  return sequences[:, 0], scores[:, 0]
+  return sequences, scores
 
 
 def bucket(length: int, limit: int) -> int:
@@ -545,6 +545,69 @@ def generate(
   Returns:
     `[batch, length]` int32 tokens, `pad_id` after each sentence's end.
   """
+  tokens, _ = _search(
+    model,
+    src_tokens,
+    beam_size=beam_size,
+    alpha=alpha,
+    max_new_tokens=max_new_tokens,
+    extra_length=extra_length,
+    length_normalization=length_normalization,
+    forced_eos=forced_eos,
+  )
+  return tokens[:, 0]
+
+
+def generate_n_best(
+  model: Transformer, src_tokens: jax.Array, *, n_best: int, **options
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The `n_best` best hypotheses of each sentence (`options` as `generate`'s; `n_best` at most
+  the beam size): tokens `[batch, n_best, length]`, their length-normalised scores (what beam
+  search ranks by) and their log-probabilities (EOS included), both `[batch, n_best]`.
+
+  Greedy search's log-probability comes from one teacher-forced pass over its output."""
+  beam_size = options.get('beam_size', 4)
+  if not 1 <= n_best <= beam_size:
+    raise ValueError(f'n_best={n_best} must be between 1 and the beam size {beam_size}')
+  tokens, scores = _search(model, src_tokens, **options)
+  tokens, scores = tokens[:, :n_best], scores[:, :n_best]
+  lengths = (tokens != model.config.pad_id).sum(-1)
+  penalty = length_penalty(
+    lengths, options.get('alpha', 0.6), options.get('length_normalization', 'gnmt')
+  )
+  if beam_size == 1:
+    graphdef, state = nnx.split(model)
+    log_probs = _log_probability(graphdef, state, jnp.asarray(src_tokens), tokens[:, 0])[:, None]
+    return tokens, log_probs / penalty, log_probs
+  return tokens, scores, scores * penalty
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef',))
+def _log_probability(
+  graphdef: nnx.GraphDef, state: nnx.State, src_tokens: jax.Array, tokens: jax.Array
+) -> jax.Array:
+  """`[batch]` log P of `tokens` `[batch, length]` (up to the first pad) given the sources."""
+  model = nnx.merge(graphdef, state)
+  model.eval()
+  config = model.config
+  logits = model(src_tokens, shift_right(tokens, config.bos_id))
+  log_probs = jax.nn.log_softmax(jnp.where(_suppressed(config), -jnp.inf, logits))
+  picked = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+  return jnp.where(tokens != config.pad_id, picked, 0.0).sum(-1)
+
+
+def _search(
+  model: Transformer,
+  src_tokens: jax.Array,
+  *,
+  beam_size: int = 4,
+  alpha: float = 0.6,
+  max_new_tokens: int | None = None,
+  extra_length: int = 50,
+  length_normalization: str = 'gnmt',
+  forced_eos: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+  """`search_model` jitted over a batch, with each sentence's limit set as `generate` says."""
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}')
   src_tokens = jnp.asarray(src_tokens)
@@ -557,7 +620,7 @@ def generate(
     limits = jnp.full((src_tokens.shape[0],), max_new_tokens)
     buffer_length = max_new_tokens
   graphdef, state = nnx.split(model)
-  tokens, _ = _generate(
+  return _generate(
     graphdef,
     state,
     src_tokens,
@@ -568,7 +631,6 @@ def generate(
     length_normalization=length_normalization,
     forced_eos=forced_eos,
   )
-  return tokens
 
 
 def generate_recompute(

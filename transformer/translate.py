@@ -15,6 +15,7 @@ flags exist only when it runs as the command (`run`), so other programs can impo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Any, Callable, Sequence
@@ -56,7 +57,17 @@ def _define_flags() -> None:
     None,
     'Generate at most this many tokens per sentence (instead of source length + --extra_length).',
   )
+  flags.DEFINE_integer(
+    'n_best', 1, 'Print this many hypotheses per sentence: "i ||| text ||| score ||| log_prob".'
+  )
+  flags.DEFINE_bool('scores', False, 'Print the best translation as "text ||| score ||| log_prob".')
   flags.DEFINE_integer('batch_size', 32, 'Sentences decoded together.')
+  flags.DEFINE_integer(
+    'max_batch_tokens',
+    None,
+    'Form batches by padded source tokens instead of --batch_size sentences '
+    "(CTranslate2's batch_type='tokens', fairseq's --max-tokens).",
+  )
   flags.DEFINE_integer('extra_length', 50, 'Generate at most source length + this many tokens.')
   flags.DEFINE_enum(
     'checkpoint', 'latest', ['latest', 'best', 'average'], 'Which checkpoint to load.'
@@ -114,58 +125,121 @@ def _encode_sources(
   return encoded
 
 
-def translate(
+def batches(
+  lengths: dict[int, int], rows_for: Callable[[int], int], limit: int
+) -> list[tuple[list[int], int]]:
+  """Sentences (index -> tokens) grouped shortest first: [(indices, padded length)], the length
+  rounded up to a multiple of 16 (at most `limit`), each group at most `rows_for(that length)`
+  sentences long."""
+  from transformer import search
+
+  groups: list[list[int]] = []
+  for i in sorted(lengths, key=lambda i: lengths[i]):
+    if not groups or len(groups[-1]) + 1 > rows_for(search.bucket(lengths[i], limit)):
+      groups.append([])
+    groups[-1].append(i)
+  return [(group, search.bucket(max(lengths[i] for i in group), limit)) for group in groups]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hypothesis:
+  """One translation: its text, its length-normalised score (what beam search ranks by: log P
+  / lp(length)) and its log-probability log P (EOS included)."""
+
+  text: str
+  score: float
+  log_prob: float
+
+
+def translate(model: Any, tokenizer, sentences: Sequence[str], **options) -> list[str]:
+  """Translates `sentences` in order (one output per input; an empty input gives ''): the best
+  hypothesis of `translate_n_best` (same options) without its scores."""
+  hypotheses = translate_n_best(model, tokenizer, sentences, scores=False, **options)
+  return [best[0].text for best in hypotheses]
+
+
+def translate_n_best(
   model: Any,
   tokenizer,
   sentences: Sequence[str],
   *,
+  n_best: int = 1,
+  scores: bool = True,
   beam_size: int = 4,
   alpha: float = 0.6,
   batch_size: int = 32,
+  max_batch_tokens: int | None = None,
   extra_length: int = 50,
   max_new_tokens: int | None = None,
   length_normalization: str = 'gnmt',
   forced_eos: bool = False,
   warn: Callable[[str], None] | None = None,
-) -> list[str]:
-  """Translates `sentences` in order (one output per input; an empty input gives '').
+) -> list[list[Hypothesis]]:
+  """The `n_best` best translations of each sentence, best first (an empty input gives empty
+  hypotheses scored 0); `scores=False` leaves the scores 0 (greedy search then skips the pass
+  that computes them).
 
   A sentence's translation does not depend on the others: each may generate at most its own
   source length + `extra_length` tokens (or `max_new_tokens`, if given). Sentences are sorted by
-  length and decoded `batch_size` at a time, with source lengths padded to a multiple of 16, so
-  only a few shapes compile. A source longer than the model's `max_positions` (EOS included) is
-  truncated to fit, and `warn` (default: stderr) is told which line.
+  length and decoded `batch_size` at a time, or, with `max_batch_tokens`, as many as fit in that
+  many padded source tokens (CTranslate2's `batch_type='tokens'`, fairseq's `--max-tokens`).
+  Source lengths are padded to a multiple of 16 and every batch of a length has the same rows,
+  so only a few shapes compile. A source longer than the model's `max_positions` (EOS included)
+  is truncated to fit, and `warn` (default: stderr) is told which line.
   """
-  from transformer import search  # jax: loaded once there is something to translate
 
   config = model.config
   warn = warn or (lambda message: print(message, file=sys.stderr))
   encoded = _encode_sources(tokenizer, sentences, config.eos_id, config.max_positions - 1, warn)
-  outputs = [''] * len(sentences)
-  order = sorted(
-    (i for i, ids in enumerate(encoded) if ids is not None), key=lambda i: len(encoded[i])
+  outputs = [[Hypothesis('', 0.0, 0.0)] * n_best for _ in sentences]
+  rows_for = lambda length: max(1, max_batch_tokens // length) if max_batch_tokens else batch_size
+  lengths = {i: len(ids) for i, ids in enumerate(encoded) if ids is not None}
+  options = dict(
+    beam_size=beam_size,
+    alpha=alpha,
+    extra_length=extra_length,
+    max_new_tokens=max_new_tokens,
+    length_normalization=length_normalization,
+    forced_eos=forced_eos,
   )
-  for start in range(0, len(order), batch_size):
-    chunk = order[start : start + batch_size]
-    length = search.bucket(max(len(encoded[i]) for i in chunk), config.max_positions)
-    src = np.full((batch_size, length), config.pad_id, np.int32)  # fixed rows: one compilation
+  for chunk, length in batches(lengths, rows_for, config.max_positions):
+    src = np.full((rows_for(length), length), config.pad_id, np.int32)  # rows fixed per length
     for row, i in enumerate(chunk):
       src[row, : len(encoded[i])] = encoded[i]
-    tokens = np.asarray(
-      search.generate(
-        model,
-        src,
-        beam_size=beam_size,
-        alpha=alpha,
-        extra_length=extra_length,
-        max_new_tokens=max_new_tokens,
-        length_normalization=length_normalization,
-        forced_eos=forced_eos,
-      )
-    )
+    tokens, score, log_prob = _decode(model, src, n_best, scores, options)
     for row, i in enumerate(chunk):
-      outputs[i] = tokenizer.decode(tokens[row])
+      outputs[i] = [
+        Hypothesis(tokenizer.decode(tokens[row, n]), float(score[row, n]), float(log_prob[row, n]))
+        for n in range(n_best)
+      ]
   return outputs
+
+
+def _decode(model, src: np.ndarray, n_best: int, scores: bool, options: dict):
+  """(tokens [rows, n_best, length], scores, log-probabilities [rows, n_best]) of a batch."""
+  from transformer import search
+
+  if scores or n_best > 1:
+    return map(np.asarray, search.generate_n_best(model, src, n_best=n_best, **options))
+  tokens = np.asarray(search.generate(model, src, **options))[:, None]
+  return tokens, np.zeros(tokens.shape[:2]), np.zeros(tokens.shape[:2])
+
+
+def format_lines(hypotheses: list[list[Hypothesis]], *, n_best: int, scores: bool) -> str:
+  """The command's output: a line per input line (`text`, or `text ||| score ||| log_prob` with
+  scores), or with `n_best` > 1 that many lines per input, `i ||| text ||| score ||| log_prob`
+  (`i` counts input lines from 0, as Marian's n-best lists). A translation never spans lines."""
+  one_line = lambda text: text.replace('\r', ' ').replace('\n', ' ')
+  lines = []
+  for number, best in enumerate(hypotheses):
+    for h in best[:n_best]:
+      fields = [one_line(h.text)]
+      if scores or n_best > 1:
+        fields += [f'{h.score:.6f}', f'{h.log_prob:.6f}']
+      if n_best > 1:
+        fields.insert(0, str(number))
+      lines.append(' ||| '.join(fields) + '\n')
+  return ''.join(lines)
 
 
 def _check_flags() -> None:
@@ -175,6 +249,10 @@ def _check_flags() -> None:
     raise app.UsageError(f'--max_new_tokens must be >= 1, got {FLAGS.max_new_tokens}')
   if FLAGS.beam_size is not None and FLAGS.beam_size < 1:
     raise app.UsageError(f'--beam_size must be >= 1, got {FLAGS.beam_size}')
+  if FLAGS.max_batch_tokens is not None and FLAGS.max_batch_tokens < 1:
+    raise app.UsageError(f'--max_batch_tokens must be >= 1, got {FLAGS.max_batch_tokens}')
+  if FLAGS.n_best < 1:
+    raise app.UsageError(f'--n_best must be >= 1, got {FLAGS.n_best}')
   if FLAGS.batch_size < 1:
     raise app.UsageError(f'--batch_size must be >= 1, got {FLAGS.batch_size}')
   if FLAGS.extra_length < 0:
@@ -207,6 +285,18 @@ def _decoding_settings() -> dict:
   return settings
 
 
+def _unfit(model, settings: dict) -> str | None:
+  """What in the flags the loaded model cannot do, or None."""
+  if FLAGS.max_new_tokens is not None and FLAGS.max_new_tokens > model.config.max_positions:
+    return (
+      f'--max_new_tokens={FLAGS.max_new_tokens} is more than the model can generate '
+      f'({model.config.max_positions} positions)'
+    )
+  if FLAGS.n_best > settings['beam_size']:
+    return f'--n_best={FLAGS.n_best} is more than the beam size {settings["beam_size"]}'
+  return None
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -224,25 +314,24 @@ def main(argv: list[str]) -> int:
     print(f'translate: error: {e}', file=sys.stderr)
     return 2
   print(f'translate: {what}', file=sys.stderr)
-  if FLAGS.max_new_tokens is not None and FLAGS.max_new_tokens > model.config.max_positions:
-    print(
-      f'translate: error: --max_new_tokens={FLAGS.max_new_tokens} is more than the model '
-      f'can generate ({model.config.max_positions} positions)',
-      file=sys.stderr,
-    )
+  problem = _unfit(model, settings)
+  if problem:
+    print(f'translate: error: {problem}', file=sys.stderr)
     return 2
-  outputs = translate(
+  hypotheses = translate_n_best(
     model,
     tokenizer,
     lines,
+    n_best=FLAGS.n_best,
+    scores=FLAGS.scores,
     alpha=FLAGS.length_penalty,
     batch_size=FLAGS.batch_size,
+    max_batch_tokens=FLAGS.max_batch_tokens,
     extra_length=FLAGS.extra_length,
     length_normalization=FLAGS.length_normalization,
     **settings,
   )
-  # A translation never spans lines: the output keeps one line per input line.
-  text = ''.join(line.replace('\r', ' ').replace('\n', ' ') + '\n' for line in outputs)
+  text = format_lines(hypotheses, n_best=FLAGS.n_best, scores=FLAGS.scores)
   try:
     sys.stdout.write(text)
     sys.stdout.flush()

@@ -14,6 +14,7 @@ failed export leaves no half-written OUT; an existing OUT is replaced only with 
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -87,12 +88,13 @@ def _check_flags() -> str:
     raise FlagError('--quantization applies to --format=ctranslate2 only')
   _positive_ints(FLAGS.beam_sizes, 'beam_sizes')
   _positive_ints(FLAGS.source_lengths, 'source_lengths')
-  if FLAGS.format == 'ctranslate2':
+  needs = {'ctranslate2': 'ctranslate2', 'stablehlo': 'flatbuffers'}.get(FLAGS.format)
+  if needs:
     try:
-      import ctranslate2  # noqa: F401
+      importlib.import_module(needs)
     except ImportError:
       raise FlagError(
-        "--format=ctranslate2 needs ctranslate2: pip install 'transformer[export]'"
+        f"--format={FLAGS.format} needs {needs}: pip install 'transformer[export]'"
       ) from None
   return source
 

@@ -51,7 +51,8 @@ def _translate_function(model, settings: dict[str, Any]):
     cast = [jnp.asarray(x).astype(dtype) for x, dtype in zip(parameter_leaves, dtypes)]
     m = nnx.merge(graphdef, jax.tree.unflatten(treedef, cast), rest)
     m.eval()
-    return search.search_model(m, src_tokens, limits, **settings)
+    tokens, scores = search.search_model(m, src_tokens, limits, **settings)
+    return tokens[:, 0], scores[:, 0]
 
   return translate
 

@@ -151,3 +151,28 @@ def test_translate_n_best_returns_the_best_first_and_translate_the_best(model, t
   assert [h[0].text for h in hypotheses] == best
   assert all(len(h) == 3 and h[0].score >= h[1].score >= h[2].score for h in hypotheses)
   assert hypotheses[1][0] == translate.Hypothesis('', 0.0, 0.0)
+
+
+def test_samples_per_sentence_repeat_in_any_batch(model, tokenizer):
+  from transformer.sampling import Sampling
+
+  sentences = ['In the beginning', '', 'And God said', 'Go in peace']
+  sample = lambda batch_size, seed: translate.translate_n_best(
+    model,
+    tokenizer,
+    sentences,
+    beam_size=1,
+    sampling=Sampling(temperature=1.5, seed=seed),
+    num_samples=3,
+    batch_size=batch_size,
+    extra_length=6,
+  )
+  together, alone = sample(8, 0), sample(1, 0)
+  assert [len(h) for h in together] == [3, 3, 3, 3]
+  texts = lambda hypotheses: [[h.text for h in sentence] for sentence in hypotheses]
+  assert texts(together) == texts(alone)
+  np.testing.assert_allclose(
+    [h.log_prob for s in together for h in s], [h.log_prob for s in alone for h in s], atol=1e-3
+  )
+  assert len({h.text for h in together[0]}) > 1  # three draws, not one repeated
+  assert together[1][0].text == '' and texts(sample(8, 1)) != texts(together)

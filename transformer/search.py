@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from transformer.attention import CrossCache, SelfCache
 from transformer.model import Transformer, shift_right
+from transformer.sampling import Sampling, picker
 
 StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 # The score of an empty or excluded hypothesis slot: below any real log probability, yet finite
@@ -99,8 +100,9 @@ def greedy_search(
   suppress: jax.Array | None = None,
   grow: Callable[[Any, int], Any] | None = None,
   forced_eos: bool = False,
+  pick: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
-  """Picks the most likely token at each step.
+  """Picks the most likely token at each step (or, with `pick`, what it picks).
 
   Args:
     limits: `[batch]` tokens each sentence may generate (EOS included); default `buffer_length`.
@@ -108,6 +110,8 @@ def greedy_search(
     grow: `(cache, length) -> cache` with room for `length` tokens; given, the cache starts at
       the first of `cache_lengths(buffer_length)` and grows through them.
     forced_eos: a sentence's last allowed token is EOS (transformers' `forced_eos_token_id`).
+    pick: `(logits [batch, vocab], step) -> [batch]` tokens, e.g. `sampling.picker` (default:
+      the argmax).
 
   Returns:
     `[batch, buffer_length]` int32 generated tokens (EOS included), `pad_id` after the end.
@@ -124,7 +128,7 @@ def greedy_search(
     logits, cache = step_fn(previous[:, None], i, cache)
     if suppress is not None:
       logits = jnp.where(suppress, -jnp.inf, logits)
-    token = argmax_last(logits)
+    token = argmax_last(logits) if pick is None else pick(logits, i)
     if forced_eos:
       token = jnp.where(i + 1 >= limits, eos_id, token)
     token = jnp.where(finished, pad_id, token)
@@ -436,6 +440,7 @@ def _suppressed(config) -> jax.Array:
     'alpha',
     'length_normalization',
     'forced_eos',
+    'sampling',
   ),
 )
 def _generate(
@@ -460,6 +465,8 @@ def search_model(
   alpha: float,
   length_normalization: str,
   forced_eos: bool = False,
+  sampling: Sampling | None = None,
+  row_seeds: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The whole translation of a batch, to be traced (by `generate`'s jit, or by `jax.export`).
 
@@ -467,6 +474,7 @@ def search_model(
     model: a `Transformer` in eval mode (its caches are filled here).
     src_tokens: `[batch, src_length]` int32 source ids, right-padded.
     limits: `[batch]` int32 tokens each sentence may generate (EOS included).
+    sampling: draw tokens instead of searching (beam_size 1), each row with its `row_seeds`.
 
   Returns:
     each sentence's hypotheses, best first, `[batch, beam_size, buffer_length]` int32 (`pad_id`
@@ -489,6 +497,7 @@ def search_model(
       suppress=_suppressed(config),
       grow=lambda caches, length: (grow(caches[0], length), caches[1]),
       forced_eos=forced_eos,
+      pick=None if sampling is None else picker(sampling, row_seeds),
       **ids,
     )
     return tokens[:, None], jnp.zeros((batch_size, 1))
@@ -528,6 +537,8 @@ def generate(
   extra_length: int = 50,
   length_normalization: str = 'gnmt',
   forced_eos: bool = False,
+  sampling: Sampling | None = None,
+  row_seeds: jax.Array | None = None,
 ) -> jax.Array:
   """Translates a batch: `[batch, src_length]` source ids (right-padded) -> target ids.
 
@@ -541,6 +552,8 @@ def generate(
     length_normalization: 'gnmt' (default), 'hf' or 'ctranslate2' (see the module docstring).
     forced_eos: every sentence's last allowed token is EOS (a Marian model's generation config
       asks for it: `marian.generation_defaults`).
+    sampling: draw each token (`transformer.sampling.Sampling`) instead of searching; needs
+      beam_size 1. `row_seeds` `[batch]` int: each row's seed number (default: its row index).
 
   Returns:
     `[batch, length]` int32 tokens, `pad_id` after each sentence's end.
@@ -554,6 +567,8 @@ def generate(
     extra_length=extra_length,
     length_normalization=length_normalization,
     forced_eos=forced_eos,
+    sampling=sampling,
+    row_seeds=row_seeds,
   )
   return tokens[:, 0]
 
@@ -606,11 +621,17 @@ def _search(
   extra_length: int = 50,
   length_normalization: str = 'gnmt',
   forced_eos: bool = False,
+  sampling: Sampling | None = None,
+  row_seeds: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """`search_model` jitted over a batch, with each sentence's limit set as `generate` says."""
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}')
+  if sampling is not None and beam_size != 1:
+    raise ValueError(f'sampling draws one token per step: it needs beam_size=1, got {beam_size}')
   src_tokens = jnp.asarray(src_tokens)
+  if row_seeds is None:
+    row_seeds = jnp.arange(src_tokens.shape[0])
   cap = model.config.max_positions
   if max_new_tokens is None:
     source_lengths = (src_tokens != model.config.pad_id).sum(-1)
@@ -630,6 +651,8 @@ def _search(
     alpha=alpha,
     length_normalization=length_normalization,
     forced_eos=forced_eos,
+    sampling=sampling,
+    row_seeds=jnp.asarray(row_seeds, jnp.int32),
   )
 
 

@@ -61,6 +61,15 @@ def _define_flags() -> None:
     'n_best', 1, 'Print this many hypotheses per sentence: "i ||| text ||| score ||| log_prob".'
   )
   flags.DEFINE_bool('scores', False, 'Print the best translation as "text ||| score ||| log_prob".')
+  flags.DEFINE_float(
+    'sampling_temperature', None, 'Sample each token from softmax(logits / T) instead of searching.'
+  )
+  flags.DEFINE_integer('sampling_topk', 0, 'Sample among the k most likely tokens (0: all).')
+  flags.DEFINE_float('sampling_topp', 1.0, 'Sample within the top-p nucleus (1.0: all).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the samples (the same seed gives the same samples).')
+  flags.DEFINE_integer(
+    'num_samples', 1, 'Samples per sentence, printed as "i ||| text ||| score ||| log_prob".'
+  )
   flags.DEFINE_integer('batch_size', 32, 'Sentences decoded together.')
   flags.DEFINE_integer(
     'max_batch_tokens',
@@ -165,53 +174,51 @@ def translate_n_best(
   *,
   n_best: int = 1,
   scores: bool = True,
-  beam_size: int = 4,
-  alpha: float = 0.6,
+  num_samples: int = 1,
   batch_size: int = 32,
   max_batch_tokens: int | None = None,
-  extra_length: int = 50,
-  max_new_tokens: int | None = None,
-  length_normalization: str = 'gnmt',
-  forced_eos: bool = False,
   warn: Callable[[str], None] | None = None,
+  **options,
 ) -> list[list[Hypothesis]]:
   """The `n_best` best translations of each sentence, best first (an empty input gives empty
-  hypotheses scored 0); `scores=False` leaves the scores 0 (greedy search then skips the pass
-  that computes them).
+  hypotheses scored 0); `options` are `search.generate`'s (beam_size, alpha, extra_length,
+  max_new_tokens, length_normalization, forced_eos, sampling). `scores=False` leaves the
+  scores 0 (greedy search then skips the pass that computes them). With `sampling`, each
+  sentence's `num_samples` samples instead: sample j of sentence i has seed number
+  i * num_samples + j, whatever its batch.
 
-  A sentence's translation does not depend on the others: each may generate at most its own
-  source length + `extra_length` tokens (or `max_new_tokens`, if given). Sentences are sorted by
-  length and decoded `batch_size` at a time, or, with `max_batch_tokens`, as many as fit in that
-  many padded source tokens (CTranslate2's `batch_type='tokens'`, fairseq's `--max-tokens`).
-  Source lengths are padded to a multiple of 16 and every batch of a length has the same rows,
-  so only a few shapes compile. A source longer than the model's `max_positions` (EOS included)
-  is truncated to fit, and `warn` (default: stderr) is told which line.
+  A sentence's translation does not depend on the others. Sentences are sorted by length and
+  decoded `batch_size` at a time, or as many as fit in `max_batch_tokens` padded source tokens
+  (CTranslate2's `batch_type='tokens'`, fairseq's `--max-tokens`), with lengths padded to a
+  multiple of 16 and fixed rows per length, so only a few shapes compile. A source longer than
+  the model's `max_positions` (EOS included) is truncated, and `warn` (default: stderr) is told.
   """
-
   config = model.config
   warn = warn or (lambda message: print(message, file=sys.stderr))
   encoded = _encode_sources(tokenizer, sentences, config.eos_id, config.max_positions - 1, warn)
-  outputs = [[Hypothesis('', 0.0, 0.0)] * n_best for _ in sentences]
+  sampling = options.get('sampling')
+  copies = 1 if sampling is None else num_samples  # rows per sentence: its samples
+  outputs = [[Hypothesis('', 0.0, 0.0)] * (n_best * copies) for _ in sentences]
   rows_for = lambda length: max(1, max_batch_tokens // length) if max_batch_tokens else batch_size
-  lengths = {i: len(ids) for i, ids in enumerate(encoded) if ids is not None}
-  options = dict(
-    beam_size=beam_size,
-    alpha=alpha,
-    extra_length=extra_length,
-    max_new_tokens=max_new_tokens,
-    length_normalization=length_normalization,
-    forced_eos=forced_eos,
-  )
+  lengths = {
+    i * copies + j: len(ids)
+    for i, ids in enumerate(encoded)
+    if ids is not None
+    for j in range(copies)
+  }
   for chunk, length in batches(lengths, rows_for, config.max_positions):
     src = np.full((rows_for(length), length), config.pad_id, np.int32)  # rows fixed per length
-    for row, i in enumerate(chunk):
-      src[row, : len(encoded[i])] = encoded[i]
-    tokens, score, log_prob = _decode(model, src, n_best, scores, options)
-    for row, i in enumerate(chunk):
-      outputs[i] = [
-        Hypothesis(tokenizer.decode(tokens[row, n]), float(score[row, n]), float(log_prob[row, n]))
-        for n in range(n_best)
-      ]
+    seeds = np.zeros(len(src), np.int32)  # a row's seed number: its sentence and sample
+    for row, unit in enumerate(chunk):
+      src[row, : len(encoded[unit // copies])] = encoded[unit // copies]
+      seeds[row] = unit
+    decoded = _decode(model, src, n_best, scores, {**options, 'row_seeds': seeds})
+    for row, unit in enumerate(chunk):
+      found = _hypotheses(tokenizer, decoded, row)
+      if sampling is None:
+        outputs[unit] = found
+      else:
+        outputs[unit // copies][unit % copies] = found[0]
   return outputs
 
 
@@ -220,9 +227,17 @@ def _decode(model, src: np.ndarray, n_best: int, scores: bool, options: dict):
   from transformer import search
 
   if scores or n_best > 1:
-    return map(np.asarray, search.generate_n_best(model, src, n_best=n_best, **options))
+    return tuple(map(np.asarray, search.generate_n_best(model, src, n_best=n_best, **options)))
   tokens = np.asarray(search.generate(model, src, **options))[:, None]
   return tokens, np.zeros(tokens.shape[:2]), np.zeros(tokens.shape[:2])
+
+
+def _hypotheses(tokenizer, decoded: tuple[np.ndarray, ...], row: int) -> list[Hypothesis]:
+  tokens, score, log_prob = decoded
+  return [
+    Hypothesis(tokenizer.decode(tokens[row, n]), float(score[row, n]), float(log_prob[row, n]))
+    for n in range(tokens.shape[1])
+  ]
 
 
 def format_lines(hypotheses: list[list[Hypothesis]], *, n_best: int, scores: bool) -> str:
@@ -251,8 +266,12 @@ def _check_flags() -> None:
     raise app.UsageError(f'--beam_size must be >= 1, got {FLAGS.beam_size}')
   if FLAGS.max_batch_tokens is not None and FLAGS.max_batch_tokens < 1:
     raise app.UsageError(f'--max_batch_tokens must be >= 1, got {FLAGS.max_batch_tokens}')
-  if FLAGS.n_best < 1:
-    raise app.UsageError(f'--n_best must be >= 1, got {FLAGS.n_best}')
+  if FLAGS.n_best < 1 or FLAGS.num_samples < 1:
+    raise app.UsageError('--n_best and --num_samples must be >= 1')
+  if FLAGS.sampling_temperature is not None and FLAGS.sampling_temperature <= 0:
+    raise app.UsageError(f'--sampling_temperature must be > 0, got {FLAGS.sampling_temperature}')
+  if FLAGS.sampling_topk < 0 or not 0 < FLAGS.sampling_topp <= 1:
+    raise app.UsageError('--sampling_topk must be >= 0 and --sampling_topp in (0, 1]')
   if FLAGS.batch_size < 1:
     raise app.UsageError(f'--batch_size must be >= 1, got {FLAGS.batch_size}')
   if FLAGS.extra_length < 0:
@@ -281,7 +300,17 @@ def _decoding_settings() -> dict:
     'max_new_tokens': FLAGS.max_new_tokens,
   }
   settings = {k: defaults[k] if v is None else v for k, v in given.items()}
-  settings['beam_size'] = settings['beam_size'] or 4
+  sampled = FLAGS.sampling_temperature is not None or FLAGS.sampling_topk or FLAGS.sampling_topp < 1
+  settings['beam_size'] = settings['beam_size'] or (1 if sampled else 4)
+  if sampled:
+    from transformer.sampling import Sampling
+
+    settings['sampling'] = Sampling(
+      temperature=FLAGS.sampling_temperature or 1.0,
+      top_k=FLAGS.sampling_topk,
+      top_p=FLAGS.sampling_topp,
+      seed=FLAGS.seed,
+    )
   return settings
 
 
@@ -294,6 +323,12 @@ def _unfit(model, settings: dict) -> str | None:
     )
   if FLAGS.n_best > settings['beam_size']:
     return f'--n_best={FLAGS.n_best} is more than the beam size {settings["beam_size"]}'
+  if 'sampling' in settings and settings['beam_size'] != 1:
+    return f'sampling draws one token at a time: give --beam_size=1, not {settings["beam_size"]}'
+  if FLAGS.num_samples > 1 and 'sampling' not in settings:
+    return (
+      '--num_samples needs sampling (--sampling_temperature, --sampling_topk or --sampling_topp)'
+    )
   return None
 
 
@@ -323,7 +358,8 @@ def main(argv: list[str]) -> int:
     tokenizer,
     lines,
     n_best=FLAGS.n_best,
-    scores=FLAGS.scores,
+    scores=FLAGS.scores or max(FLAGS.n_best, FLAGS.num_samples) > 1,
+    num_samples=FLAGS.num_samples,
     alpha=FLAGS.length_penalty,
     batch_size=FLAGS.batch_size,
     max_batch_tokens=FLAGS.max_batch_tokens,
@@ -331,7 +367,8 @@ def main(argv: list[str]) -> int:
     length_normalization=FLAGS.length_normalization,
     **settings,
   )
-  text = format_lines(hypotheses, n_best=FLAGS.n_best, scores=FLAGS.scores)
+  listed = max(FLAGS.n_best, FLAGS.num_samples)
+  text = format_lines(hypotheses, n_best=listed, scores=FLAGS.scores)
   try:
     sys.stdout.write(text)
     sys.stdout.flush()

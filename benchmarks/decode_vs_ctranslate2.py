@@ -1,15 +1,16 @@
 """This package's decoder against CTranslate2 on the same model, side by side, alternated.
 
     python -m benchmarks.decode_vs_ctranslate2 [--config=A] [--batch=32] [--length=64]
-        [--rounds=3] [--workdir=runs/default] [--json]
+        [--rounds=3] [--workdir=runs/default] [--max_batch_tokens=N] [--json]
 
 1. Fixed work: an untrained model of `--config` that never emits EOS (see
    `common.decoding_setup`), exported with `transformer.export`, `--batch` random sources,
    exactly `--length` generated tokens each: greedy and beam 4, ours in float32 against
    CTranslate2 in float32 and int8, every variant once per round, `--rounds` rounds; tokens/s of
    the median round and the ratio ours / CTranslate2 float32.
-2. With `--workdir`: the whole embedded test split through the trained model, sorted batches of
-   32, real lengths, each sentence limited to its source length + 50 tokens as `translate` does:
+2. With `--workdir`: the whole embedded test split through the trained model, sorted batches
+   of 32 (or of `--max_batch_tokens` padded source tokens, CTranslate2's `batch_type="tokens"`),
+   real lengths, each sentence limited to its source length + 50 tokens as `translate` does:
    wall time, sentences/s, generated tokens/s and BLEU for ours and CTranslate2 (float32, int8),
    greedy and beam 4 (our beam ranks with `length_normalization='ctranslate2'`, CTranslate2's
    `length_penalty` the same α), and how many sentences CTranslate2 float32 translates to the
@@ -106,7 +107,12 @@ def _test_split(args) -> dict[str, dict[str, float]]:
     target_ids = {token: i for i, token in enumerate(vocabulary.target)}
     for beam in (1, 4):
       ours = lambda beam=beam: translate.translate(
-        model, tokenizer, sources, beam_size=beam, length_normalization='ctranslate2'
+        model,
+        tokenizer,
+        sources,
+        beam_size=beam,
+        length_normalization='ctranslate2',
+        max_batch_tokens=args.max_batch_tokens,
       )
       ours()  # compilation out of the timing
       runs = {'ours float32': ours}
@@ -120,7 +126,8 @@ def _test_split(args) -> dict[str, dict[str, float]]:
             max_decoding_length=max(limits),
             min_decoding_length=0,
             max_input_length=0,
-            max_batch_size=32,
+            max_batch_size=args.max_batch_tokens or 32,
+            batch_type='tokens' if args.max_batch_tokens else 'examples',
           )
         ]
       for name, fn in runs.items():
@@ -153,6 +160,9 @@ def main() -> None:
   parser.add_argument('--length', type=int, default=64)
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--workdir', default=None)
+  parser.add_argument(
+    '--max_batch_tokens', type=int, default=None, help='part 2: batches of padded source tokens'
+  )
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args()
   fixed = _fixed_work(args)

@@ -278,6 +278,19 @@ def test_translate_round_trip(trained, tmp_path):
   assert rows[0][1] == outputs[0] and float(rows[0][2]) >= float(rows[1][2])
   too_many = _translate([f'--workdir={workdir}', '--beam_size=2', '--n_best=3'], 'hello\n')
   assert too_many.returncode == 2 and '--n_best=3 is more than the beam size 2' in too_many.stderr
+  # Two seeded samples of each line: the same on a second run, listed like an n-best list.
+  sampled = [
+    _translate(
+      [f'--workdir={workdir}', '--sampling_temperature=1.5', '--num_samples=2', '--seed=3'],
+      '\n'.join(lines[:3]) + '\n',
+    )
+    for _ in range(2)
+  ]
+  assert sampled[0].returncode == 0, sampled[0].stderr[-3000:]
+  assert sampled[0].stdout == sampled[1].stdout
+  assert [line.split(' ||| ')[0] for line in sampled[0].stdout.splitlines()] == list('001122')
+  beams = _translate([f'--workdir={workdir}', '--sampling_topk=5', '--beam_size=4'], 'hello\n')
+  assert beams.returncode == 2 and 'give --beam_size=1, not 4' in beams.stderr
   # From a file, greedy, the best checkpoint: same line count.
   source = tmp_path / 'in.txt'
   source.write_text('\n'.join(lines[:3]) + '\n', encoding='utf-8')

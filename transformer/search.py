@@ -76,8 +76,23 @@ def cache_lengths(buffer_length: int) -> list[int]:
   return lengths + [buffer_length]
 
 
-def _segments(buffer_length: int, grow: Callable | None) -> list[int]:
-  return [buffer_length] if grow is None else cache_lengths(buffer_length)
+def _loop_in_segments(
+  cond: Callable[[Any], jax.Array],
+  body: Callable[[Any], Any],
+  carry: Any,
+  *,
+  step: Callable[[Any], jax.Array],
+  buffer_length: int,
+  regrow: Callable[[Any, int], Any] | None,
+) -> Any:
+  """`lax.while_loop(cond, body, carry)`, in segments: one per `cache_lengths(buffer_length)`,
+  each running while `step(carry)` is below its length, after `regrow(carry, length)` has made
+  room for it in the cache (`regrow=None`: one loop over the whole buffer)."""
+  lengths = [buffer_length] if regrow is None else cache_lengths(buffer_length)
+  for end in lengths:
+    carry = carry if regrow is None else regrow(carry, end)
+    carry = jax.lax.while_loop(lambda c, end=end: (step(c) < end) & cond(c), body, carry)
+  return carry
 
 
 def _limits(limits: jax.Array | None, batch_size: int, buffer_length: int) -> jax.Array:
@@ -137,10 +152,10 @@ def greedy_search(
 
   tokens = jnp.full((batch_size, buffer_length), pad_id, jnp.int32)
   carry = (jnp.array(0), tokens, cache, limits <= 0)
-  for end in _segments(buffer_length, grow):
-    i, tokens, cache, finished = carry
-    carry = (i, tokens, cache if grow is None else grow(cache, end), finished)
-    carry = jax.lax.while_loop(lambda c, end=end: (c[0] < end) & cond(c), body, carry)
+  regrow = None if grow is None else lambda c, length: (c[0], c[1], grow(c[2], length), c[3])
+  carry = _loop_in_segments(
+    cond, body, carry, step=lambda c: c[0], buffer_length=buffer_length, regrow=regrow
+  )
   return carry[1]
 
 
@@ -267,10 +282,6 @@ def beam_search(
     `[batch, beam]` (`EXCLUDED_SCORE` for empty slots). A sentence with no finished hypothesis
     returns its alive beams, scored at its limit's length penalty.
   """
-  if length_normalization not in LENGTH_NORMALIZATIONS:
-    raise ValueError(
-      f'length_normalization must be one of {LENGTH_NORMALIZATIONS}, got {length_normalization!r}'
-    )
   search = _BeamSearch(
     call=_with_invariant(step_fn, beam_invariant_cache),
     limits=_limits(limits, batch_size, buffer_length),
@@ -283,14 +294,14 @@ def beam_search(
     k=beam_size,
     forced_eos=forced_eos,
   )
-  state = _initial_beams(cache, batch_size, beam_size, buffer_length, pad_id)
-  for end in _segments(buffer_length, grow):
-    state = state if grow is None else state.replace(cache=grow(state.cache, end))
-    state = jax.lax.while_loop(
-      lambda state, end=end: (state.step < end) & search.searching(state).any(),
-      search.step,
-      state,
-    )
+  state = _loop_in_segments(
+    lambda state: search.searching(state).any(),
+    search.step,
+    _initial_beams(cache, batch_size, beam_size, buffer_length, pad_id),
+    step=lambda state: state.step,
+    buffer_length=buffer_length,
+    regrow=None if grow is None else lambda state, n: state.replace(cache=grow(state.cache, n)),
+  )
   return search.results(state)
 
 
@@ -309,6 +320,12 @@ class _BeamSearch:
   batch_size: int
   k: int
   forced_eos: bool = False
+
+  def __post_init__(self):
+    if self.normalization not in LENGTH_NORMALIZATIONS:
+      raise ValueError(
+        f'length_normalization must be one of {LENGTH_NORMALIZATIONS}, got {self.normalization!r}'
+      )
 
   def penalty(self, length: jax.Array) -> jax.Array:
     return length_penalty(length, self.alpha, self.normalization)
@@ -481,9 +498,16 @@ def search_model(
     after each end) and their length-normalised scores `[batch, beam_size]` (0 for greedy).
   """
   config = model.config
-  batch_size = src_tokens.shape[0]
   encoded = model.encode(src_tokens)  # once per sentence, not per step or per beam
-  ids = dict(bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id)
+  common = dict(
+    buffer_length=buffer_length,
+    limits=limits,
+    suppress=_suppressed(config),
+    forced_eos=forced_eos,
+    bos_id=config.bos_id,
+    eos_id=config.eos_id,
+    pad_id=config.pad_id,
+  )
   if beam_size == 1:
     step_fn, self_cache, cross_cache, grow = _decoder_step_fn(
       model, encoded, src_tokens, buffer_length
@@ -491,35 +515,45 @@ def search_model(
     tokens = greedy_search(
       step_fn,
       (self_cache, cross_cache),
-      batch_size,
-      buffer_length=buffer_length,
-      limits=limits,
-      suppress=_suppressed(config),
+      src_tokens.shape[0],
       grow=lambda caches, length: (grow(caches[0], length), caches[1]),
-      forced_eos=forced_eos,
       pick=None if sampling is None else picker(sampling, row_seeds),
-      **ids,
+      **common,
     )
-    return tokens[:, None], jnp.zeros((batch_size, 1))
+    return tokens[:, None], jnp.zeros((src_tokens.shape[0], 1))
+  return _model_beam_search(
+    model, encoded, src_tokens, beam_size, alpha=alpha, normalization=length_normalization, **common
+  )
+
+
+def _model_beam_search(
+  model: Transformer,
+  encoded: jax.Array,
+  src_tokens: jax.Array,
+  beam_size: int,
+  *,
+  alpha: float,
+  normalization: str,
+  buffer_length: int,
+  **common,
+) -> tuple[jax.Array, jax.Array]:
+  """`beam_search` over `model`'s decoder (see `search_model`): the self-attention caches are
+  reordered with the beams, the cross-attention ones shared by a sentence's beams."""
   step_fn, self_cache, cross_cache, grow = _decoder_step_fn(
     model, encoded, src_tokens, buffer_length, beams=beam_size
   )
-  sequences, scores = beam_search(
+  return beam_search(
     step_fn,
     self_cache,
-    batch_size,
+    src_tokens.shape[0],
     beam_size=beam_size,
     buffer_length=buffer_length,
     alpha=alpha,
     beam_invariant_cache=cross_cache,
-    limits=limits,
-    length_normalization=length_normalization,
-    suppress=_suppressed(config),
+    length_normalization=normalization,
     grow=grow,
-    forced_eos=forced_eos,
-    **ids,
+    **common,
   )
-  return sequences, scores
 
 
 def bucket(length: int, limit: int) -> int:

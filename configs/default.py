@@ -96,6 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.test_beam_sizes = (1, 4)
   config.test_max_sentences = placeholder(int)  # None = the whole test split
   config.length_penalty = 0.6
+  # At the end of training the test beam sizes and these length penalties are tried on the
+  # validation sentences; the best are used for the test and by `translate` (an empty tuple,
+  # `--config.length_penalty_grid='()'`, keeps length_penalty).
+  config.length_penalty_grid = (0.2, 0.6, 1.0, 1.4)
   config.decode_extra_length = 50
   config.decode_batch_size = 64
   config.num_samples = 3  # sample translations logged at each evaluation

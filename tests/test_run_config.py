@@ -109,3 +109,13 @@ def test_a_failed_json_write_leaves_the_old_file_and_no_temporary(tmp_path, monk
     workdir_lib.write_json_atomically(str(path), {'a': 2})
   assert os.listdir(tmp_path) == ['config.json']
   assert path.read_text() == '{\n  "a": 1\n}'
+
+
+@pytest.mark.parametrize('grid', [(0.6, -1.0), (0.6, 'x'), (True,)])
+def test_a_length_penalty_grid_of_anything_but_numbers_from_0_is_refused(grid):
+  config = default.get_config()
+  config.length_penalty_grid = grid
+  with pytest.raises(
+    run_config.ConfigError, match='config.length_penalty_grid must be numbers >= 0'
+  ):
+    run_config.validate_config(config)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from transformer import Transformer, evaluation, search
+from transformer.model import shift_right
+from transformer.sampling import Sampling
 
 PAD, BOS, EOS, A, B = 0, 1, 2, 3, 4
 
@@ -296,9 +298,8 @@ def test_n_best_hypotheses_come_with_their_scores_and_log_probabilities(tiny_con
     tokens[:, 0], search.generate(model, src, beam_size=beam_size, alpha=0.6, max_new_tokens=7)
   )
   assert np.all(np.diff(scores, axis=1) <= 1e-6)
-  graphdef, state = nnx.split(model)
   for n in range(beam_size):
-    forced = np.asarray(search._log_probability(graphdef, state, src, tokens[:, n]))
+    forced = np.asarray(search.log_probability(model, src, tokens[:, n]))
     np.testing.assert_allclose(log_probs[:, n], forced, atol=1e-4)
     lengths = (tokens[:, n] != tiny_config.pad_id).sum(-1)
     np.testing.assert_allclose(scores[:, n], forced / ((5 + lengths) / 6) ** 0.6, atol=1e-4)
@@ -306,3 +307,80 @@ def test_n_best_hypotheses_come_with_their_scores_and_log_probabilities(tiny_con
     ValueError, match=f'n_best={beam_size + 1} must be between 1 and the beam size'
   ):
     search.generate_n_best(model, src, n_best=beam_size + 1, beam_size=beam_size)
+
+
+# Forced target prefixes.
+
+PREFIX_SRC = np.array([[5, 6, 7, 8, 2, 0], [9, 10, 2, 0, 0, 0], [11, 12, 13, 2, 0, 0]], np.int32)
+# Row 0 forces three tokens, row 1 one, row 2 none (a row of pads).
+PREFIX = np.array([[20, 21, 22, 0], [23, 0, 0, 0], [0, 0, 0, 0]], np.int32)
+
+
+def _greedy_given_prefix_by_teacher_forcing(model, src, tokens, prefix):
+  """Each token after a row's prefix is the argmax of the teacher-forced logits of the tokens
+  before it (pad excluded), up to EOS: the continuation a correct greedy search makes."""
+  logits = np.array(model(jnp.asarray(src), shift_right(jnp.asarray(tokens), model.config.bos_id)))
+  logits[..., model.config.pad_id] = -np.inf
+  for row in range(len(src)):
+    start = int((prefix[row] != 0).sum())
+    for i in range(start, tokens.shape[1]):
+      assert tokens[row, i] == logits[row, i].argmax(), (row, i)
+      if tokens[row, i] == model.config.eos_id:
+        break
+
+
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_every_hypothesis_starts_with_its_prefix(tiny_config, beam_size):
+  model = Transformer(tiny_config, rngs=nnx.Rngs(5))
+  model.eval()
+  tokens, scores, log_probs = map(
+    np.asarray,
+    search.generate_n_best(
+      model, PREFIX_SRC, n_best=beam_size, beam_size=beam_size, max_new_tokens=8, prefix=PREFIX
+    ),
+  )
+  for row, width in enumerate([3, 1, 0]):
+    for n in range(beam_size):
+      np.testing.assert_array_equal(tokens[row, n, :width], PREFIX[row, :width])
+  # The scores include the prefix: log P is the teacher-forced log-probability of everything.
+  for n in range(beam_size):
+    forced = np.asarray(search.log_probability(model, PREFIX_SRC, tokens[:, n]))
+    np.testing.assert_allclose(log_probs[:, n], forced, atol=1e-4)
+  if beam_size == 1:
+    _greedy_given_prefix_by_teacher_forcing(model, PREFIX_SRC, tokens[:, 0], PREFIX)
+
+
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_an_empty_prefix_equals_no_prefix(model, beam_size):
+  empty = np.zeros((len(PREFIX_SRC), 16), np.int32)
+  without = search.generate(model, PREFIX_SRC, beam_size=beam_size, extra_length=5)
+  with_empty = np.asarray(
+    search.generate(model, PREFIX_SRC, beam_size=beam_size, extra_length=5, prefix=empty)
+  )
+  length = without.shape[1]  # the output may be longer: room for a 16-token prefix
+  np.testing.assert_array_equal(with_empty[:, :length], without)
+  assert np.all(with_empty[:, length:] == model.config.pad_id)
+
+
+def test_a_sampled_continuation_starts_with_its_prefix_and_an_empty_one_changes_nothing(model):
+  sampling = Sampling(temperature=1.5, seed=3)
+  sampled = np.asarray(
+    search.generate(
+      model, PREFIX_SRC, beam_size=1, max_new_tokens=8, sampling=sampling, prefix=PREFIX
+    )
+  )
+  np.testing.assert_array_equal(sampled[0, :3], PREFIX[0, :3])
+  np.testing.assert_array_equal(sampled[1, :1], PREFIX[1, :1])
+  plain = search.generate(model, PREFIX_SRC, beam_size=1, max_new_tokens=8, sampling=sampling)
+  np.testing.assert_array_equal(sampled[2], np.asarray(plain)[2])
+
+
+def test_a_prefix_longer_than_the_limit_raises_the_limit(model):
+  """A sentence may generate its prefix and at least one more token."""
+  long_prefix = np.tile(np.arange(20, 26, dtype=np.int32), (len(PREFIX_SRC), 1))
+  tokens = np.asarray(
+    search.generate(model, PREFIX_SRC, beam_size=1, max_new_tokens=3, prefix=long_prefix)
+  )
+  assert tokens.shape[1] == 7
+  np.testing.assert_array_equal(tokens[:, :6], long_prefix)
+  assert np.all(tokens[:, 6] != model.config.pad_id)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,6 +47,17 @@ def test_train_py_end_to_end_writes_everything(trained, corpus):
   assert [r['step'] for r in records if 'eval_bleu' in r] == [3, 6]
   results = json.load(open(os.path.join(workdir, 'results.json')))
   assert {'test_bleu_greedy', 'test_bleu_beam2', 'eval_loss', 'step'} <= set(results)
+  # The beam size and length penalty chosen on validation: every α of the grid tried with beam 2.
+  decoding = results['decoding']
+  assert [(r['beam_size'], r['length_penalty']) for r in decoding['tried']] == [
+    (1, 0.6),
+    (2, 0.6),
+    (2, 0.2),
+    (2, 1.0),
+    (2, 1.4),
+  ]
+  best = max(decoding['tried'], key=lambda r: r['bleu'])
+  assert decoding['validation_bleu'] == best['bleu'] and 'chosen: beam' in out
 
   # A second run says the run finished and changes nothing; one asking for more steps resumes and
   # reuses the tokenizer (in a copy: the module's other tests use this workdir); a changed model
@@ -300,6 +312,43 @@ def test_translate_round_trip(trained, tmp_path):
   assert result.returncode == 0 and len(result.stdout.split('\n')[:-1]) == 3
 
 
+def test_translate_ensembles_prefixes_and_alignments(trained, tmp_path):
+  workdir, _ = trained
+  lines = ['In the beginning God created the heavens and the earth.', '', 'And God said']
+  text = '\n'.join(lines) + '\n'
+  single = _translate([f'--workdir={workdir}', '--beam_size=2'], text)
+  # The run's chosen decoding is the default, and says so.
+  chosen = json.load(open(os.path.join(workdir, 'results.json')))['decoding']
+  default = _translate([f'--workdir={workdir}'], text)
+  assert default.returncode == 0, default.stderr[-3000:]
+  assert f'beam {chosen["beam_size"]}, length penalty {chosen["length_penalty"]}' in default.stderr
+  # An ensemble of the run with itself translates as the run; of two checkpoints, it runs.
+  twice = _translate([f'--workdir={workdir}', f'--workdir={workdir}', '--beam_size=2'], text)
+  assert twice.returncode == 0, twice.stderr[-3000:]
+  assert 'an ensemble of 2' in twice.stderr and twice.stdout == single.stdout
+  checkpoints = [f'--workdir={workdir}', '--checkpoint=latest', '--checkpoint=best']
+  assert _translate(checkpoints, text).returncode == 0
+  # Prefixes: each translation starts with its line's prefix; the counts must agree.
+  prefixes = tmp_path / 'prefixes.txt'
+  prefixes.write_text('Au commencement\n\nEt\n', encoding='utf-8')
+  forced = _translate([f'--workdir={workdir}', f'--prefix_file={prefixes}', '--beam_size=2'], text)
+  assert forced.returncode == 0, forced.stderr[-3000:]
+  outputs = forced.stdout.split('\n')[:-1]
+  assert outputs[0].startswith('Au commencement') and outputs[2].startswith('Et')
+  assert outputs[1] == ''
+  prefixes.write_text('Au commencement\n', encoding='utf-8')
+  short = _translate([f'--workdir={workdir}', f'--prefix_file={prefixes}'], text)
+  assert short.returncode == 2 and '1 prefixes for 3 input lines' in short.stderr
+  assert 'Traceback' not in short.stderr
+  # Alignments after the text, in Pharaoh format, on words.
+  aligned = _translate([f'--workdir={workdir}', '--alignment=words', '--beam_size=1'], text)
+  assert aligned.returncode == 0, aligned.stderr[-3000:]
+  first = aligned.stdout.split('\n')[0].split(' ||| ')
+  assert len(first) == 2 and re.fullmatch(r'(\d+-\d+)( \d+-\d+)*', first[1]), first
+  words = len(lines[0].split())
+  assert all(int(pair.split('-')[0]) < words for pair in first[1].split())
+
+
 def test_translate_errors_are_clear(tmp_path, trained):
   missing = _translate([f'--workdir={tmp_path / "nowhere"}'], 'hello\n')
   assert missing.returncode == 2 and 'not a training workdir' in missing.stderr
@@ -320,7 +369,7 @@ def test_translate_errors_are_clear(tmp_path, trained):
   assert 'is more than the model can generate (160 positions)' in too_long.stderr
   a_workdir = _translate([f'--pretrained={workdir}'], 'hello\n')
   assert a_workdir.returncode == 2 and 'Traceback' not in a_workdir.stderr
-  assert 'is a training workdir of this package, not a Marian model' in a_workdir.stderr
+  assert 'is a training workdir of this package, not a Hugging Face model' in a_workdir.stderr
 
 
 def test_translate_into_a_closed_pipe_ends_quietly(trained):

@@ -176,3 +176,56 @@ def test_samples_per_sentence_repeat_in_any_batch(model, tokenizer):
   )
   assert len({h.text for h in together[0]}) > 1  # three draws, not one repeated
   assert together[1][0].text == '' and texts(sample(8, 1)) != texts(together)
+
+
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_translations_start_with_their_prefixes(model, tokenizer, beam_size):
+  sentences = ['In the beginning', 'And God said', 'Go in peace', '']
+  prefixes = ['Au commencement', '', 'Allez en', 'Rien']
+  options = dict(beam_size=beam_size, n_best=beam_size, extra_length=6, batch_size=2)
+  hypotheses = translate.translate_n_best(model, tokenizer, sentences, prefixes=prefixes, **options)
+  for number in (0, 2):
+    assert all(h.text.startswith(prefixes[number]) for h in hypotheses[number])
+  assert hypotheses[3][0].text == ''  # an empty source gives an empty line, prefix or not
+  # An empty prefix is no prefix.
+  plain = translate.translate_n_best(model, tokenizer, sentences, **options)
+  assert [h.text for h in hypotheses[1]] == [h.text for h in plain[1]]
+  assert plain[0][0].text != hypotheses[0][0].text  # the prefix changed what came out
+
+
+def test_sampled_translations_start_with_their_prefixes(model, tokenizer):
+  from transformer.sampling import Sampling
+
+  found = translate.translate_n_best(
+    model,
+    tokenizer,
+    ['In the beginning', 'Go in peace'],
+    beam_size=1,
+    sampling=Sampling(temperature=2.0, seed=1),
+    num_samples=3,
+    prefixes=['Au commencement', ''],
+    extra_length=4,
+  )
+  assert all(h.text.startswith('Au commencement') for h in found[0])
+
+
+def test_prefixes_must_match_the_sentences(model, tokenizer):
+  with pytest.raises(ValueError, match='1 target prefixes for 2 sentences'):
+    translate.translate(model, tokenizer, ['a', 'b'], prefixes=['x'], beam_size=1)
+
+
+def test_decoding_options_are_one_object_that_keywords_override(model, tokenizer):
+  from transformer.decoding_options import DecodingOptions
+  from transformer.sampling import Sampling
+
+  options = DecodingOptions(beam_size=3, extra_length=5)
+  sentences = ['In the beginning', 'And God said']
+  assert translate.translate(model, tokenizer, sentences, options) == translate.translate(
+    model, tokenizer, sentences, beam_size=3, extra_length=5
+  )
+  greedy = translate.translate(model, tokenizer, sentences, options, beam_size=1)
+  assert greedy == translate.translate(model, tokenizer, sentences, beam_size=1, extra_length=5)
+  with pytest.raises(TypeError, match=r"unknown decoding options \['beam'\]"):
+    translate.translate(model, tokenizer, sentences, options, beam=2)
+  with pytest.raises(ValueError, match='sampling draws one token per step'):
+    DecodingOptions(beam_size=2, sampling=Sampling())

@@ -8,10 +8,11 @@ systems; the signature says exactly how.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import sacrebleu
 
+from transformer.decoding_options import DecodingOptions, with_overrides
 from transformer.model import Transformer
 from transformer.translate import translate
 
@@ -27,31 +28,64 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[f
 
 @dataclasses.dataclass
 class Evaluator:
-  """Translates and scores sentence pairs with one set of decoding options; serves both the
-  periodic validation and the final test."""
+  """Translates and scores sentence pairs with one set of decoding options (each call may
+  override some, e.g. the beam size); serves the periodic validation, the choice of the length
+  penalty and the final test."""
 
   tokenizer: object
-  alpha: float = 0.6
+  options: DecodingOptions = DecodingOptions()
   batch_size: int = 32
-  extra_length: int = 50
   warn: Callable[[str], None] | None = None
 
-  def translate(self, model: Transformer, sources: Sequence[str], beam_size: int) -> list[str]:
+  def translate(self, model: Transformer, sources: Sequence[str], **overrides) -> list[str]:
     return translate(
       model,
       self.tokenizer,
       sources,
-      beam_size=beam_size,
-      alpha=self.alpha,
+      with_overrides(self.options, overrides),
       batch_size=self.batch_size,
-      extra_length=self.extra_length,
       warn=self.warn,
     )
 
   def bleu(
-    self, model: Transformer, pairs: Sequence[tuple[str, str]], beam_size: int
+    self, model: Transformer, pairs: Sequence[tuple[str, str]], **overrides
   ) -> tuple[float, str, list[str]]:
     """(BLEU, SacreBLEU signature, hypotheses) of `model` on `(source, reference)` pairs."""
-    hypotheses = self.translate(model, [s for s, _ in pairs], beam_size)
+    hypotheses = self.translate(model, [s for s, _ in pairs], **overrides)
     bleu, signature = corpus_bleu(hypotheses, [t for _, t in pairs])
     return bleu, signature, hypotheses
+
+
+def choose_decoding(
+  evaluator: Evaluator,
+  model: Transformer,
+  pairs: Sequence[tuple[str, str]],
+  beam_sizes: Sequence[int],
+  alphas: Sequence[float],
+  say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+  """The beam size and length penalty α with the best BLEU on `pairs` (validation), as the
+  paper tuned them on the development set: every beam size, each beam > 1 with every α of
+  `alphas` (the first α wins ties, and a smaller beam wins ties with a larger one).
+
+  Returns {'beam_size', 'length_penalty', 'validation_bleu'} of the best, 'length_penalties'
+  (the best α of each beam size, keyed by its str) and 'tried' (every beam, α and BLEU)."""
+  tried = []
+  for beam in sorted(beam_sizes):
+    for alpha in alphas if beam > 1 else alphas[:1]:
+      bleu, _, _ = evaluator.bleu(model, pairs, beam_size=beam, alpha=alpha)
+      tried.append({'beam_size': beam, 'length_penalty': alpha, 'bleu': bleu})
+      say(f'  validation BLEU, beam {beam}, length penalty {alpha}: {bleu:.2f}')
+  best_of = lambda rows: max(rows, key=lambda row: row['bleu'])  # the first of equals
+  best = best_of(tried)
+  per_beam = {
+    str(beam): best_of([r for r in tried if r['beam_size'] == beam])['length_penalty']
+    for beam in sorted(beam_sizes)
+  }
+  return {
+    'beam_size': best['beam_size'],
+    'length_penalty': best['length_penalty'],
+    'validation_bleu': best['bleu'],
+    'length_penalties': per_beam,
+    'tried': tried,
+  }

@@ -101,6 +101,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'config.{name} {problem}')
   if any(not isinstance(b, int) or b < 1 for b in config.test_beam_sizes):
     raise ConfigError(f'config.test_beam_sizes must be integers >= 1, got {config.test_beam_sizes}')
+  grid = config.get('length_penalty_grid') or ()
+  if any(isinstance(a, bool) or not isinstance(a, (int, float)) or a < 0 for a in grid):
+    raise ConfigError(f'config.length_penalty_grid must be numbers >= 0, got {grid}')
   if config.average_last and config.average_last > config.keep_checkpoints:
     raise ConfigError(
       f'config.average_last={config.average_last} needs config.keep_checkpoints >= it '
@@ -129,18 +132,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model: {e}') from e
   if config.init_from:
-    _check_pretrained(config.init_from)
+    _check_pretrained(config)
 
 
-def _check_pretrained(directory: str) -> None:
-  """Raises ConfigError unless `directory` is a Marian model directory this package loads: its
-  config and its tokenizer are read as `marian.load` reads them."""
-  from transformer import marian
+def _check_pretrained(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless `init_from` is a Marian or M2M100 directory this package loads:
+  its config and its tokenizer (for the run's language pair) are read as `pretrained.load`
+  reads them."""
+  from transformer import hf_bart, pretrained
 
   try:
-    marian.load_tokenizer(directory)  # reads config.json (marian.read_config) and the tokenizer
-  except (marian.MarianError, OSError) as e:
-    raise ConfigError(f'config.init_from={directory!r}: {e}') from None
+    pretrained.load_tokenizer(config.init_from, config.source_lang, config.target_lang)
+  except (hf_bart.HuggingFaceError, OSError) as e:
+    raise ConfigError(f'config.init_from={config.init_from!r}: {e}') from None
 
 
 def check_paths(config: ml_collections.ConfigDict, workdir: str) -> None:

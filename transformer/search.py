@@ -17,28 +17,34 @@ does (`length_penalty=α`, patience 1): once k of its hypotheses have ended. A h
 when its EOS extension ranks among the k best candidates (so beam size 1 is greedy decoding);
 finished hypotheses stop growing; otherwise the loop exits early once no live beam can beat the
 finished ones.
+
+A target prefix (`prefix`) forces each sentence's first tokens: at those steps every other token
+is excluded, so greedy search, sampling and every beam continue from the prefix, and the scores
+include the prefix tokens' log-probabilities.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from transformer import ensemble as ensemble_lib
 from transformer.attention import CrossCache, SelfCache
+from transformer.decoding_options import LENGTH_NORMALIZATIONS, DecodingOptions, with_overrides
+from transformer.ensemble import Ensemble
 from transformer.model import Transformer, shift_right
-from transformer.sampling import Sampling, picker
+from transformer.sampling import picker
 
 StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 # The score of an empty or excluded hypothesis slot: below any real log probability, yet finite
 # so that sums and comparisons with it stay well defined.
 EXCLUDED_SCORE = -1.0e7
-LENGTH_NORMALIZATIONS = ('gnmt', 'hf', 'ctranslate2')
 LENGTH_BUCKET = 16  # static lengths are rounded up to a multiple of this: few compilations
 
 
@@ -95,11 +101,22 @@ def _loop_in_segments(
   return carry
 
 
-def _limits(limits: jax.Array | None, batch_size: int, buffer_length: int) -> jax.Array:
+def _clipped_limits(limits: jax.Array | None, batch_size: int, buffer_length: int) -> jax.Array:
   """`[batch]` int32 per-sentence token limits, at most `buffer_length`."""
   if limits is None:
     return jnp.full((batch_size,), buffer_length, jnp.int32)
   return jnp.minimum(jnp.asarray(limits, jnp.int32), buffer_length)
+
+
+def _prefix_at(
+  prefix: jax.Array | None, step: jax.Array, pad_id: int
+) -> tuple[jax.Array, jax.Array] | None:
+  """(`[batch]` bool: the step is inside the sentence's prefix, `[batch]` its forced token), or
+  None without a prefix. `prefix` `[batch, width]` is right-padded with `pad_id`."""
+  if prefix is None:
+    return None
+  token = prefix[:, jnp.minimum(step, prefix.shape[1] - 1)]
+  return (step < prefix.shape[1]) & (token != pad_id), token
 
 
 def greedy_search(
@@ -116,6 +133,8 @@ def greedy_search(
   grow: Callable[[Any, int], Any] | None = None,
   forced_eos: bool = False,
   pick: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+  prefix: jax.Array | None = None,
+  forced_bos: jax.Array | None = None,
 ) -> jax.Array:
   """Picks the most likely token at each step (or, with `pick`, what it picks).
 
@@ -127,11 +146,14 @@ def greedy_search(
     forced_eos: a sentence's last allowed token is EOS (transformers' `forced_eos_token_id`).
     pick: `(logits [batch, vocab], step) -> [batch]` tokens, e.g. `sampling.picker` (default:
       the argmax).
+    prefix: `[batch, width]` tokens each sentence starts with, right-padded with `pad_id`.
+    forced_bos: `[batch]` the first token of each sentence (transformers' `forced_bos_token_id`,
+      a many-to-many model's target language).
 
   Returns:
     `[batch, buffer_length]` int32 generated tokens (EOS included), `pad_id` after the end.
   """
-  limits = _limits(limits, batch_size, buffer_length)
+  limits = _clipped_limits(limits, batch_size, buffer_length)
 
   def cond(carry):
     i, _, _, finished = carry
@@ -144,6 +166,11 @@ def greedy_search(
     if suppress is not None:
       logits = jnp.where(suppress, -jnp.inf, logits)
     token = argmax_last(logits) if pick is None else pick(logits, i)
+    forced = _prefix_at(prefix, i, pad_id)
+    if forced is not None:
+      token = jnp.where(forced[0], forced[1], token)
+    if forced_bos is not None:
+      token = jnp.where(i == 0, forced_bos, token)
     if forced_eos:
       token = jnp.where(i + 1 >= limits, eos_id, token)
     token = jnp.where(finished, pad_id, token)
@@ -261,6 +288,8 @@ def beam_search(
   suppress: jax.Array | None = None,
   grow: Callable[[Any, int], Any] | None = None,
   forced_eos: bool = False,
+  prefix: jax.Array | None = None,
+  forced_bos: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Beam search with a length penalty (GNMT's by default; see the module docstring).
 
@@ -276,6 +305,10 @@ def beam_search(
     grow: `(cache, length) -> cache` with room for `length` tokens (see `greedy_search`).
     forced_eos: at a sentence's last allowed step only EOS may extend a beam, and it adds 0 to
       the beam's log probability, as transformers' `forced_eos_token_id` does.
+    prefix: `[batch, width]` tokens every beam of a sentence starts with (right-padded with
+      `pad_id`); at those steps only the prefix token extends a beam, with its log probability.
+    forced_bos: `[batch]` each sentence's first token, scored log 1 = 0, as transformers'
+      `forced_bos_token_id` does.
 
   Returns:
     sequences `[batch, beam, buffer_length]` (best first; `pad_id` after EOS) and their scores
@@ -284,7 +317,7 @@ def beam_search(
   """
   search = _BeamSearch(
     call=_with_invariant(step_fn, beam_invariant_cache),
-    limits=_limits(limits, batch_size, buffer_length),
+    limits=_clipped_limits(limits, batch_size, buffer_length),
     alpha=alpha,
     normalization=length_normalization,
     bos_id=bos_id,
@@ -293,6 +326,9 @@ def beam_search(
     batch_size=batch_size,
     k=beam_size,
     forced_eos=forced_eos,
+    prefix=prefix,
+    forced_bos=forced_bos,
+    pad_id=pad_id,
   )
   state = _loop_in_segments(
     lambda state: search.searching(state).any(),
@@ -320,6 +356,9 @@ class _BeamSearch:
   batch_size: int
   k: int
   forced_eos: bool = False
+  prefix: jax.Array | None = None  # [batch, width], right-padded with pad_id
+  forced_bos: jax.Array | None = None  # [batch] first tokens
+  pad_id: int = 0
 
   def __post_init__(self):
     if self.normalization not in LENGTH_NORMALIZATIONS:
@@ -357,6 +396,14 @@ class _BeamSearch:
       forced = jnp.where(jnp.arange(vocab) == self.eos_id, 0.0, -jnp.inf)
       last = (i + 1 >= self.limits)[:, None, None]
       log_probs = jnp.where(last, forced[None, None, :], log_probs)
+    if self.forced_bos is not None:  # the first token alone, scored log 1 = 0
+      first = jnp.where(jnp.arange(vocab)[None, :] == self.forced_bos[:, None], 0.0, -jnp.inf)
+      log_probs = jnp.where(i == 0, first[:, None, :], log_probs)
+    forced_prefix = _prefix_at(self.prefix, i, self.pad_id)
+    if forced_prefix is not None:  # the prefix token alone, with its log probability
+      inside, token = forced_prefix
+      other = jnp.arange(vocab)[None, :] != token[:, None]
+      log_probs = jnp.where((inside[:, None] & other)[:, None, :], -jnp.inf, log_probs)
     candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(self.batch_size, -1)
     top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * k)
     top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
@@ -374,7 +421,9 @@ class _BeamSearch:
     top_seqs, top_log_probs, top_beams, cache = self._candidates(state)
     at_limit = (i + 1 >= self.limits)[:, None] if self.normalization != 'gnmt' else False
     stops = (top_seqs[:, :, i] == self.eos_id) | at_limit
-    ends = stops & (jnp.arange(2 * self.k) < self.k)[None, :]
+    # Candidates excluded by a prefix (-inf) never end, even when their token is EOS.
+    ranked = (jnp.arange(2 * self.k) < self.k)[None, :] & jnp.isfinite(top_log_probs)
+    ends = stops & ranked
     alive = _keep_alive(top_seqs, top_log_probs, top_beams, stops, cache, self.k)
     finished = _merge_finished(state, top_seqs, top_log_probs / self.penalty(i + 1), ends)
     kept = {
@@ -407,21 +456,21 @@ def _with_invariant(step_fn: StepFn, invariant: Any) -> StepFn:
 
 def _decoder_step_fn(
   model: Transformer,
-  encoded: jax.Array,
   src_tokens: jax.Array,
   buffer_length: int,
   beams: int = 1,
 ) -> tuple[StepFn, Any, Any, Callable]:
-  """Fills `model`'s caches for decoding from `encoded` and returns (step_fn, self-attention
-  caches, cross-attention caches, grow). The step function feeds one token per row (`beams`
-  adjacent rows per sentence) through the decoder; only the self-attention caches change from
-  step to step. They start with room for the first of `cache_lengths(buffer_length)` tokens;
+  """Encodes `src_tokens`, fills `model`'s caches for decoding and returns (step_fn,
+  self-attention caches, cross-attention caches, grow). The step function feeds one token per row
+  (`beams` adjacent rows per sentence) through the decoder; only the self-attention caches change
+  from step to step. They start with room for the first of `cache_lengths(buffer_length)` tokens;
   `grow(self_caches, length)` makes more."""
   if buffer_length > model.config.max_positions:
     raise ValueError(
       f'buffer_length={buffer_length} exceeds the positional encoding length '
       f'max_positions={model.config.max_positions}'
     )
+  encoded = model.encode(src_tokens)  # once per sentence, not per step or per beam
   model.init_cache(encoded, cache_lengths(buffer_length)[0], beams)
   graphdef, self_cache, cross_cache, rest = nnx.split(model, SelfCache, CrossCache, ...)
   rows = src_tokens.shape[0] * beams
@@ -443,114 +492,135 @@ def _decoder_step_fn(
   return step_fn, self_cache, cross_cache, grow
 
 
+def _members_step_fn(
+  members: Sequence[Transformer],
+  src_tokens: jax.Array,
+  buffer_length: int,
+  beams: int = 1,
+) -> tuple[StepFn, Any, Any, Callable]:
+  """`_decoder_step_fn` of one model, or of an ensemble: each member steps with its own caches
+  (tuples of the members' caches) and the step returns the members' averaged log-probabilities
+  (`ensemble.average_log_probs`)."""
+  parts = [_decoder_step_fn(m, src_tokens, buffer_length, beams) for m in members]
+  if len(parts) == 1:
+    return parts[0]
+  steps, self_caches, cross_caches, grows = zip(*parts)
+  suppress = _suppressed(members[0].config)
+
+  def step_fn(tokens, position, caches):
+    selfs, crosses = caches
+    outputs = [step(tokens, position, (s, c)) for step, s, c in zip(steps, selfs, crosses)]
+    log_probs = ensemble_lib.average_log_probs([logits for logits, _ in outputs], suppress)
+    return log_probs, (tuple(cache[0] for _, cache in outputs), crosses)
+
+  def grow(selfs, length: int):
+    return tuple(g(s, length) for g, s in zip(grows, selfs))
+
+  return step_fn, tuple(self_caches), tuple(cross_caches), grow
+
+
 def _suppressed(config) -> jax.Array:
   """`[vocab]` bool: the pad token is never generated (it is never a training label)."""
   return jnp.arange(config.target_vocabulary) == config.pad_id
 
 
-@functools.partial(
-  jax.jit,
-  static_argnames=(
-    'graphdef',
-    'beam_size',
-    'buffer_length',
-    'alpha',
-    'length_normalization',
-    'forced_eos',
-    'sampling',
-  ),
-)
+@functools.partial(jax.jit, static_argnames=('graphdefs', 'settings', 'buffer_length'))
 def _generate(
-  graphdef: nnx.GraphDef,
-  state: nnx.State,
+  graphdefs: tuple[nnx.GraphDef, ...],
+  states: tuple[nnx.State, ...],
   src_tokens: jax.Array,
   limits: jax.Array,
-  **settings,
+  prefix: jax.Array | None,
+  forced_bos: jax.Array | None,
+  row_seeds: jax.Array,
+  alpha: jax.Array,
+  *,
+  settings: DecodingOptions,
+  buffer_length: int,
 ) -> tuple[jax.Array, jax.Array]:
-  model = nnx.merge(graphdef, state)
-  model.eval()
-  return search_model(model, src_tokens, limits, **settings)
+  members = [nnx.merge(graphdef, state) for graphdef, state in zip(graphdefs, states)]
+  for member in members:
+    member.eval()
+  return search_model(
+    members,
+    src_tokens,
+    limits,
+    buffer_length=buffer_length,
+    options=dataclasses.replace(settings, alpha=alpha),  # traced: any α, one compilation
+    prefix=prefix,
+    forced_bos=forced_bos,
+    row_seeds=row_seeds,
+  )
 
 
 def search_model(
-  model: Transformer,
+  model: Transformer | Sequence[Transformer],
   src_tokens: jax.Array,
   limits: jax.Array,
   *,
-  beam_size: int,
   buffer_length: int,
-  alpha: float,
-  length_normalization: str,
-  forced_eos: bool = False,
-  sampling: Sampling | None = None,
+  options: DecodingOptions,
+  prefix: jax.Array | None = None,
+  forced_bos: jax.Array | None = None,
   row_seeds: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The whole translation of a batch, to be traced (by `generate`'s jit, or by `jax.export`).
 
   Args:
-    model: a `Transformer` in eval mode (its caches are filled here).
+    model: a `Transformer` in eval mode, or the members of an ensemble (their caches are filled
+      here).
     src_tokens: `[batch, src_length]` int32 source ids, right-padded.
     limits: `[batch]` int32 tokens each sentence may generate (EOS included).
-    sampling: draw tokens instead of searching (beam_size 1), each row with its `row_seeds`.
+    buffer_length: the output's length (at least every limit).
+    options: beam size, length penalty, forced EOS, sampling (`max_new_tokens` and
+      `extra_length` are already in `limits`).
+    prefix: `[batch, prefix_length]` int32 target tokens each hypothesis starts with,
+      right-padded with `pad_id` (a row of pads: no prefix), or None.
+    forced_bos: `[batch]` int32 first tokens scored 0 (a target language), or None.
+    row_seeds: `[batch]` int32, each row's seed number when sampling.
 
   Returns:
     each sentence's hypotheses, best first, `[batch, beam_size, buffer_length]` int32 (`pad_id`
     after each end) and their length-normalised scores `[batch, beam_size]` (0 for greedy).
   """
-  config = model.config
-  encoded = model.encode(src_tokens)  # once per sentence, not per step or per beam
+  members = list(model) if isinstance(model, (list, tuple)) else [model]
+  config = members[0].config
+  beams = options.beam_size
+  step_fn, self_cache, cross_cache, grow = _members_step_fn(
+    members, src_tokens, buffer_length, beams
+  )
   common = dict(
     buffer_length=buffer_length,
     limits=limits,
     suppress=_suppressed(config),
-    forced_eos=forced_eos,
+    forced_eos=options.forced_eos,
+    prefix=prefix,
+    forced_bos=forced_bos,
     bos_id=config.bos_id,
     eos_id=config.eos_id,
     pad_id=config.pad_id,
   )
-  if beam_size == 1:
-    step_fn, self_cache, cross_cache, grow = _decoder_step_fn(
-      model, encoded, src_tokens, buffer_length
-    )
+  batch = src_tokens.shape[0]
+  if beams == 1:
+    sampling = options.sampling
+    seeds = jnp.arange(batch) if row_seeds is None else row_seeds
     tokens = greedy_search(
       step_fn,
       (self_cache, cross_cache),
-      src_tokens.shape[0],
+      batch,
       grow=lambda caches, length: (grow(caches[0], length), caches[1]),
-      pick=None if sampling is None else picker(sampling, row_seeds),
+      pick=None if sampling is None else picker(sampling, seeds),
       **common,
     )
-    return tokens[:, None], jnp.zeros((src_tokens.shape[0], 1))
-  return _model_beam_search(
-    model, encoded, src_tokens, beam_size, alpha=alpha, normalization=length_normalization, **common
-  )
-
-
-def _model_beam_search(
-  model: Transformer,
-  encoded: jax.Array,
-  src_tokens: jax.Array,
-  beam_size: int,
-  *,
-  alpha: float,
-  normalization: str,
-  buffer_length: int,
-  **common,
-) -> tuple[jax.Array, jax.Array]:
-  """`beam_search` over `model`'s decoder (see `search_model`): the self-attention caches are
-  reordered with the beams, the cross-attention ones shared by a sentence's beams."""
-  step_fn, self_cache, cross_cache, grow = _decoder_step_fn(
-    model, encoded, src_tokens, buffer_length, beams=beam_size
-  )
+    return tokens[:, None], jnp.zeros((batch, 1))
   return beam_search(
     step_fn,
-    self_cache,
-    src_tokens.shape[0],
-    beam_size=beam_size,
-    buffer_length=buffer_length,
-    alpha=alpha,
+    self_cache,  # reordered with the beams; the cross-attention caches are shared by them
+    batch,
+    beam_size=beams,
+    alpha=options.alpha,
     beam_invariant_cache=cross_cache,
-    length_normalization=normalization,
+    length_normalization=options.length_normalization,
     grow=grow,
     **common,
   )
@@ -562,132 +632,150 @@ def bucket(length: int, limit: int) -> int:
 
 
 def generate(
-  model: Transformer,
+  model: Transformer | Ensemble,
   src_tokens: jax.Array,
+  options: DecodingOptions | None = None,
   *,
-  beam_size: int = 4,
-  alpha: float = 0.6,
-  max_new_tokens: int | None = None,
-  extra_length: int = 50,
-  length_normalization: str = 'gnmt',
-  forced_eos: bool = False,
-  sampling: Sampling | None = None,
+  prefix: jax.Array | None = None,
+  forced_bos: jax.Array | None = None,
   row_seeds: jax.Array | None = None,
+  **overrides,
 ) -> jax.Array:
   """Translates a batch: `[batch, src_length]` source ids (right-padded) -> target ids.
 
   Args:
-    beam_size: 1 is greedy decoding.
-    alpha: length-penalty exponent.
-    max_new_tokens: tokens every sentence may generate (EOS included). Default: each sentence's
-      own source length (non-padding tokens) + `extra_length`, capped at the model's
-      `max_positions`; the output is then as long as the longest limit, rounded up to a
-      multiple of 16.
-    length_normalization: 'gnmt' (default), 'hf' or 'ctranslate2' (see the module docstring).
-    forced_eos: every sentence's last allowed token is EOS (a Marian model's generation config
-      asks for it: `marian.generation_defaults`).
-    sampling: draw each token (`transformer.sampling.Sampling`) instead of searching; needs
-      beam_size 1. `row_seeds` `[batch]` int: each row's seed number (default: its row index).
+    model: a `Transformer`, or an `Ensemble` of them.
+    options: `DecodingOptions` (default: beam 4, α 0.6); `overrides` replace its fields, e.g.
+      `generate(model, src, beam_size=1, max_new_tokens=20)`. Without `max_new_tokens` each
+      sentence may generate its own source length (non-padding tokens) + `extra_length`,
+      capped at the model's `max_positions`; the output is then as long as the longest limit,
+      rounded up to a multiple of 16.
+    prefix: `[batch, prefix_length]` target ids every hypothesis of a sentence starts with
+      (right-padded with `pad_id`; a row of pads forces nothing). A sentence may then generate
+      at least its prefix and one more token.
+    forced_bos: `[batch]` each sentence's first token, scored 0 (transformers'
+      `forced_bos_token_id`: a many-to-many model's target language).
+    row_seeds: `[batch]` int, each row's seed number when sampling (default: its row index).
 
   Returns:
     `[batch, length]` int32 tokens, `pad_id` after each sentence's end.
   """
-  tokens, _ = _search(
-    model,
-    src_tokens,
-    beam_size=beam_size,
-    alpha=alpha,
-    max_new_tokens=max_new_tokens,
-    extra_length=extra_length,
-    length_normalization=length_normalization,
-    forced_eos=forced_eos,
-    sampling=sampling,
-    row_seeds=row_seeds,
-  )
+  options = with_overrides(options, overrides)
+  tokens, _ = _search(model, src_tokens, options, prefix, forced_bos, row_seeds)
   return tokens[:, 0]
 
 
 def generate_n_best(
-  model: Transformer, src_tokens: jax.Array, *, n_best: int, **options
+  model: Transformer | Ensemble,
+  src_tokens: jax.Array,
+  options: DecodingOptions | None = None,
+  *,
+  n_best: int,
+  prefix: jax.Array | None = None,
+  forced_bos: jax.Array | None = None,
+  row_seeds: jax.Array | None = None,
+  **overrides,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The `n_best` best hypotheses of each sentence (`options` as `generate`'s; `n_best` at most
+  """The `n_best` best hypotheses of each sentence (arguments as `generate`'s; `n_best` at most
   the beam size): tokens `[batch, n_best, length]`, their length-normalised scores (what beam
   search ranks by) and their log-probabilities (EOS included), both `[batch, n_best]`.
 
   Greedy search's log-probability comes from one teacher-forced pass over its output."""
-  beam_size = options.get('beam_size', 4)
-  if not 1 <= n_best <= beam_size:
-    raise ValueError(f'n_best={n_best} must be between 1 and the beam size {beam_size}')
-  tokens, scores = _search(model, src_tokens, **options)
+  options = with_overrides(options, overrides)
+  if not 1 <= n_best <= options.beam_size:
+    raise ValueError(f'n_best={n_best} must be between 1 and the beam size {options.beam_size}')
+  tokens, scores = _search(model, src_tokens, options, prefix, forced_bos, row_seeds)
   tokens, scores = tokens[:, :n_best], scores[:, :n_best]
   lengths = (tokens != model.config.pad_id).sum(-1)
-  penalty = length_penalty(
-    lengths, options.get('alpha', 0.6), options.get('length_normalization', 'gnmt')
-  )
-  if beam_size == 1:
-    graphdef, state = nnx.split(model)
-    log_probs = _log_probability(graphdef, state, jnp.asarray(src_tokens), tokens[:, 0])[:, None]
+  penalty = length_penalty(lengths, options.alpha, options.length_normalization)
+  if options.beam_size == 1:
+    log_probs = log_probability(model, src_tokens, tokens[:, 0])[:, None]
     return tokens, log_probs / penalty, log_probs
   return tokens, scores, scores * penalty
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef',))
-def _log_probability(
-  graphdef: nnx.GraphDef, state: nnx.State, src_tokens: jax.Array, tokens: jax.Array
+def log_probability(
+  model: Transformer | Ensemble, src_tokens: jax.Array, tokens: jax.Array
 ) -> jax.Array:
-  """`[batch]` log P of `tokens` `[batch, length]` (up to the first pad) given the sources."""
-  model = nnx.merge(graphdef, state)
-  model.eval()
+  """`[batch]` log P of `tokens` `[batch, length]` (up to the first pad) given the sources
+  `[batch, src_length]`, from one teacher-forced pass (of each member of an ensemble)."""
+  graphdefs, states = zip(*(nnx.split(m) for m in ensemble_lib.members_of(model)))
+  return _log_probability(graphdefs, states, jnp.asarray(src_tokens), jnp.asarray(tokens))
+
+
+@functools.partial(jax.jit, static_argnames=('graphdefs',))
+def _log_probability(
+  graphdefs: tuple[nnx.GraphDef, ...],
+  states: tuple[nnx.State, ...],
+  src_tokens: jax.Array,
+  tokens: jax.Array,
+) -> jax.Array:
+  logits = []
+  for graphdef, state in zip(graphdefs, states):
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    logits.append(model(src_tokens, shift_right(tokens, model.config.bos_id)))
   config = model.config
-  logits = model(src_tokens, shift_right(tokens, config.bos_id))
-  log_probs = jax.nn.log_softmax(jnp.where(_suppressed(config), -jnp.inf, logits))
+  log_probs = ensemble_lib.average_log_probs(logits, _suppressed(config))
   picked = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
   return jnp.where(tokens != config.pad_id, picked, 0.0).sum(-1)
 
 
 def _search(
-  model: Transformer,
+  model: Transformer | Ensemble,
   src_tokens: jax.Array,
-  *,
-  beam_size: int = 4,
-  alpha: float = 0.6,
-  max_new_tokens: int | None = None,
-  extra_length: int = 50,
-  length_normalization: str = 'gnmt',
-  forced_eos: bool = False,
-  sampling: Sampling | None = None,
-  row_seeds: jax.Array | None = None,
+  options: DecodingOptions,
+  prefix: jax.Array | None,
+  forced_bos: jax.Array | None,
+  row_seeds: jax.Array | None,
 ) -> tuple[jax.Array, jax.Array]:
   """`search_model` jitted over a batch, with each sentence's limit set as `generate` says."""
-  if beam_size < 1:
-    raise ValueError(f'beam_size must be >= 1, got {beam_size}')
-  if sampling is not None and beam_size != 1:
-    raise ValueError(f'sampling draws one token per step: it needs beam_size=1, got {beam_size}')
   src_tokens = jnp.asarray(src_tokens)
   if row_seeds is None:
     row_seeds = jnp.arange(src_tokens.shape[0])
-  cap = model.config.max_positions
-  if max_new_tokens is None:
-    source_lengths = (src_tokens != model.config.pad_id).sum(-1)
-    limits = jnp.minimum(source_lengths + extra_length, cap)
-    buffer_length = bucket(src_tokens.shape[1] + extra_length, cap)
-  else:
-    limits = jnp.full((src_tokens.shape[0],), max_new_tokens)
-    buffer_length = max_new_tokens
-  graphdef, state = nnx.split(model)
+  prefix = None if prefix is None else jnp.asarray(prefix, jnp.int32)
+  forced_bos = None if forced_bos is None else jnp.asarray(forced_bos, jnp.int32)
+  limits, buffer_length = _limits_and_length(model.config, src_tokens, options, prefix)
+  if forced_bos is not None:  # the forced token and at least one more
+    limits = jnp.maximum(limits, 2)
+  graphdefs, states = zip(*(nnx.split(m) for m in ensemble_lib.members_of(model)))
   return _generate(
-    graphdef,
-    state,
+    graphdefs,
+    states,
     src_tokens,
-    limits.astype(jnp.int32),
-    beam_size=beam_size,
+    limits,
+    prefix,
+    forced_bos,
+    jnp.asarray(row_seeds, jnp.int32),
+    jnp.asarray(options.alpha, jnp.float32),
+    settings=options.search_settings(),
     buffer_length=buffer_length,
-    alpha=alpha,
-    length_normalization=length_normalization,
-    forced_eos=forced_eos,
-    sampling=sampling,
-    row_seeds=jnp.asarray(row_seeds, jnp.int32),
   )
+
+
+def _limits_and_length(
+  config, src_tokens: jax.Array, options: DecodingOptions, prefix: jax.Array | None
+) -> tuple[jax.Array, int]:
+  """(`[batch]` int32 tokens each sentence may generate, the output's length) as `generate`
+  says: a prefix of n tokens allows at least n + 1."""
+  cap = config.max_positions
+  if options.max_new_tokens is None:
+    source_lengths = (src_tokens != config.pad_id).sum(-1)
+    limits = jnp.minimum(source_lengths + options.extra_length, cap)
+    buffer_length = bucket(src_tokens.shape[1] + options.extra_length, cap)
+  else:
+    limits = jnp.full((src_tokens.shape[0],), options.max_new_tokens)
+    buffer_length = options.max_new_tokens
+  if prefix is not None:
+    if prefix.shape[1] + 1 > cap:
+      raise ValueError(
+        f'a target prefix of {prefix.shape[1]} tokens leaves no room to generate: the model '
+        f'has {cap} positions'
+      )
+    limits = jnp.maximum(limits, (prefix != config.pad_id).sum(-1) + 1)
+    needed = prefix.shape[1] + 1
+    buffer_length = max(buffer_length, needed if options.max_new_tokens else bucket(needed, cap))
+  return limits.astype(jnp.int32), buffer_length
 
 
 def generate_recompute(

@@ -34,6 +34,7 @@ from transformer import (
   training,
   workdir as workdir_lib,
 )
+from transformer.decoding_options import DecodingOptions
 from transformer.input_pipeline.corpus import DataError
 from transformer.metrics_writer import MetricWriter
 from transformer.model import Transformer, TransformerConfig, count_params
@@ -190,9 +191,8 @@ def set_up(
   train_step, eval_step = _compile_steps(resolved, parallel, graphdef, optimizer)
   evaluator = evaluation.Evaluator(
     data.tokenizer,
-    alpha=resolved.length_penalty,
+    DecodingOptions(alpha=resolved.length_penalty, extra_length=resolved.decode_extra_length),
     batch_size=resolved.decode_batch_size,
-    extra_length=resolved.decode_extra_length,
     warn=writer.say,
   )
   return Run(
@@ -222,11 +222,17 @@ def _build_model(
   config: ml_collections.ConfigDict, tokenizer, workdir: str
 ) -> tuple[TransformerConfig, Transformer]:
   """The model the run trains (recorded in model.json): from the run config and the tokenizer,
-  or, with `config.init_from`, the pretrained Marian model's configuration and weights."""
+  or, with `config.init_from`, the pretrained (Marian or M2M100) model's configuration and
+  weights."""
   if config.init_from:
-    from transformer import marian
+    from transformer import pretrained as pretrained_lib
 
-    pretrained, _ = marian.load(config.init_from, dtype=config.model.dtype)
+    pretrained, _ = pretrained_lib.load(
+      config.init_from,
+      source_lang=config.source_lang,
+      target_lang=config.target_lang,
+      dtype=config.model.dtype,
+    )
     mconfig = pretrained.config
   else:
     mconfig = model_config(config, tokenizer.vocab_size, **tokenizer.special_ids)
@@ -557,7 +563,7 @@ def validate(run: Run, step: int, train_loss: float | None = None) -> dict[str, 
   metrics = _eval_losses(run)
   pairs = run.data.validation_pairs[: config.bleu_sentences]
   model = run.eval_model(run.parallel.host_state(run.state.params))
-  bleu, signature, hypotheses = run.evaluator.bleu(model, pairs, config.eval_beam_size)
+  bleu, signature, hypotheses = run.evaluator.bleu(model, pairs, beam_size=config.eval_beam_size)
   metrics['eval_bleu'] = bleu
   run.say(
     f'eval step {step}: loss {metrics["eval_loss"]:.4f}, accuracy {metrics["eval_accuracy"]:.4f}, '
@@ -578,20 +584,49 @@ def validate(run: Run, step: int, train_loss: float | None = None) -> dict[str, 
 
 
 def test(run: Run) -> dict[str, Any]:
-  """Test-set BLEU with each of `config.test_beam_sizes`, of the parameters that validated best:
-  the best checkpoint, or the average of the last `average_last` checkpoints if it is better."""
+  """Test-set BLEU with each of `config.test_beam_sizes`, of the parameters that validated best
+  (the best checkpoint, or the average of the last `average_last` checkpoints if it is better),
+  each beam size with the length penalty that validated best (`choose_decoding`)."""
   config = run.config
   params, description = _test_parameters(run)
   model = run.eval_model(params)
-  pairs = run.data.test_pairs[: config.test_max_sentences]
   results: dict[str, Any] = {'test_parameters': description}
   run.say(f'testing the {description}')
+  alphas = {str(beam): config.length_penalty for beam in config.test_beam_sizes}
+  if config.get('length_penalty_grid'):
+    decoding = _choose_decoding(run, model)
+    alphas, results['decoding'] = decoding['length_penalties'], decoding
+  pairs = run.data.test_pairs[: config.test_max_sentences]
   for beam in config.test_beam_sizes:
-    bleu, signature, _ = run.evaluator.bleu(model, pairs, beam)
+    alpha = alphas[str(beam)]
+    bleu, signature, _ = run.evaluator.bleu(model, pairs, beam_size=beam, alpha=alpha)
     name = 'greedy' if beam == 1 else f'beam{beam}'
     results[f'test_bleu_{name}'] = bleu
-    run.say(f'test BLEU ({name}, {len(pairs)} sentences): {bleu:.2f}  [{signature}]')
+    at = '' if beam == 1 else f', length penalty {alpha}'
+    run.say(f'test BLEU ({name}{at}, {len(pairs)} sentences): {bleu:.2f}  [{signature}]')
   return results
+
+
+def _choose_decoding(run: Run, model: Transformer) -> dict[str, Any]:
+  """The beam size and length penalty that validate best (the configured penalty first, so it
+  wins ties); said in the log and kept in results.json, where `translate` reads them."""
+  config = run.config
+  grid = [config.length_penalty] + [
+    a for a in config.length_penalty_grid if a != config.length_penalty
+  ]
+  pairs = run.data.validation_pairs[: config.bleu_sentences]
+  run.say(
+    f'choosing the beam size {tuple(config.test_beam_sizes)} and length penalty {tuple(grid)} '
+    f'on {len(pairs)} validation sentences'
+  )
+  decoding = evaluation.choose_decoding(
+    run.evaluator, model, pairs, config.test_beam_sizes, grid, run.say
+  )
+  run.say(
+    f'chosen: beam {decoding["beam_size"]}, length penalty {decoding["length_penalty"]} '
+    f'(validation BLEU {decoding["validation_bleu"]:.2f}); translate uses them by default'
+  )
+  return decoding
 
 
 def _test_parameters(run: Run) -> tuple[Any, str]:
@@ -610,7 +645,9 @@ def _test_parameters(run: Run) -> tuple[Any, str]:
       run.checkpointer, final, run.config.average_last
     )
     pairs = run.data.validation_pairs[: run.config.bleu_sentences]
-    bleu, _, _ = run.evaluator.bleu(run.eval_model(average), pairs, run.config.eval_beam_size)
+    bleu, _, _ = run.evaluator.bleu(
+      run.eval_model(average), pairs, beam_size=run.config.eval_beam_size
+    )
     average_lib.save_average(run.checkpointer, average, steps, bleu)
     run.say(f'average of steps {steps}: validation BLEU {bleu:.2f}')
     candidates.append((bleu, average, f'average of steps {steps} (validation BLEU {bleu:.2f})'))

@@ -94,9 +94,11 @@ def load_tokenizer(workdir: str):
   """The workdir's tokenizer: its SentencePiece model, or the pretrained model's tokenizer."""
   path = tokenizer_path(workdir)
   if os.path.isdir(path):
-    from transformer import marian
+    from transformer import pretrained
 
-    return marian.load_tokenizer(path)
+    config = saved_config(workdir)  # a many-to-many model's language pair is the run's
+    languages = (config.source_lang, config.target_lang) if config is not None else (None, None)
+    return pretrained.load_tokenizer(path, *languages)
   return tokenizer_lib.Tokenizer(path)
 
 
@@ -229,6 +231,22 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   return results
 
 
+def decoding_defaults(workdir: str) -> dict[str, Any]:
+  """The beam size and length penalty (`beam_size`, `alpha`) the workdir's finished run chose
+  on validation (results.json's `decoding`); {} where it chose none."""
+  try:
+    with open(os.path.join(workdir, RESULTS_FILE), encoding='utf-8') as f:
+      chosen = json.load(f).get('decoding') or {}
+  except (OSError, ValueError, AttributeError):
+    return {}
+  defaults = {}
+  if isinstance(chosen.get('beam_size'), int) and chosen['beam_size'] >= 1:
+    defaults['beam_size'] = chosen['beam_size']
+  if isinstance(chosen.get('length_penalty'), (int, float)):
+    defaults['alpha'] = float(chosen['length_penalty'])
+  return defaults
+
+
 def remove_abandoned_temporaries(workdir: str) -> list[str]:
   """Deletes the temporary files (`NAME.tmp<pid>`) that a killed process left in the workdir;
   returns their names."""
@@ -319,14 +337,22 @@ def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Any
 
 
 def load_model_or_pretrained(
-  workdir: str | None, pretrained: str | None, *, which: str = 'latest'
+  workdir: str | None,
+  pretrained: str | None,
+  *,
+  which: str = 'latest',
+  source_lang: str | None = None,
+  target_lang: str | None = None,
 ) -> tuple[Transformer, Any, str]:
   """(model, tokenizer, what was loaded, in words) from a training workdir or, if `pretrained`
-  is given, a Hugging Face Marian directory: what the translate and export commands load."""
+  is given, a Hugging Face Marian or M2M100 directory (a many-to-many model for the language
+  pair given): what the translate and export commands load."""
   if pretrained:
-    from transformer import marian
+    from transformer import pretrained as pretrained_lib
 
-    model, tokenizer = marian.load(pretrained)
+    model, tokenizer = pretrained_lib.load(
+      pretrained, source_lang=source_lang, target_lang=target_lang
+    )
     return model, tokenizer, f'pretrained model {pretrained}'
   model, tokenizer, step = load_model(workdir, which=which)
   return model, tokenizer, f'{which} checkpoint of {workdir} (step {step})'

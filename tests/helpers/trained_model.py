@@ -33,14 +33,28 @@ def train(config: TransformerConfig, tokenizer, *, steps: int = 300, seed: int =
     (tokenizer.encode(en)[:31] + [eos], tokenizer.encode(fr)[:31] + [eos])
     for en, fr in tiny_run.embedded_pairs('train', 2000)
   ]
+  return train_on_pairs(config, pairs, steps=steps, seed=seed)
+
+
+def train_on_pairs(
+  config: TransformerConfig,
+  pairs: list[tuple[list[int], list[int]]],
+  *,
+  steps: int,
+  seed: int = 0,
+  length: int = 32,
+  learning_rate_scale: float = 0.5,
+  warmup_steps: int = 50,
+) -> Transformer:
+  """`config`'s model after `steps` Adam steps on batches of 32 of `pairs` (ids with EOS)."""
   model = training.create_model(config, seed)
-  optimizer, schedule = training.make_optimizer(config.d_model, 50, 0.5)
+  optimizer, schedule = training.make_optimizer(config.d_model, warmup_steps, learning_rate_scale)
   graphdef, state, rngs = training.init_train_state(model, optimizer, seed)
   step = jax.jit(training.make_train_step(graphdef, optimizer, label_smoothing=0.1))
   order = np.random.default_rng(seed).permutation(len(pairs))
   for i in range(steps):
     rows = [pairs[j] for j in np.take(order, range(i * 32, (i + 1) * 32), mode='wrap')]
-    state, _ = step(state, rngs, _batch(rows, 32), schedule(i))
+    state, _ = step(state, rngs, _batch(rows, length), schedule(i))
   model = nnx.merge(graphdef, state.params, rngs)
   model.eval()
   return model

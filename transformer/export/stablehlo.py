@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer import search
+from transformer.decoding_options import DecodingOptions
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 MANIFEST = 'manifest.json'
@@ -39,7 +40,7 @@ def source_buckets(max_positions: int) -> list[int]:
   return sorted({search.bucket(n, max_positions) for n in range(1, max_positions + 1)})
 
 
-def _translate_function(model, settings: dict[str, Any]):
+def _translate_function(model, options: DecodingOptions, buffer_length: int):
   """(parameter leaves, src_tokens, limits) -> (tokens, scores), with the model's structure and
   non-parameter state (its RNG keys, unused in eval mode) closed over. The leaves arrive as
   params.npz holds them and are cast to the model's parameter dtypes."""
@@ -51,7 +52,9 @@ def _translate_function(model, settings: dict[str, Any]):
     cast = [jnp.asarray(x).astype(dtype) for x, dtype in zip(parameter_leaves, dtypes)]
     m = nnx.merge(graphdef, jax.tree.unflatten(treedef, cast), rest)
     m.eval()
-    tokens, scores = search.search_model(m, src_tokens, limits, **settings)
+    tokens, scores = search.search_model(
+      m, src_tokens, limits, buffer_length=buffer_length, options=options
+    )
     return tokens[:, 0], scores[:, 0]
 
   return translate
@@ -96,14 +99,11 @@ def save(
   for beam_size in beam_sizes:
     for length in lengths:
       output_length = search.bucket(length + extra_length, config.max_positions)
-      settings = dict(
-        beam_size=beam_size,
-        buffer_length=output_length,
-        alpha=alpha,
-        length_normalization=length_normalization,
+      options = DecodingOptions(
+        beam_size=beam_size, alpha=alpha, length_normalization=length_normalization
       )
       name = f'translate_beam{beam_size}_source{length}.jax_exported'
-      exported = _export_one(_translate_function(model, settings), stored, length)
+      exported = _export_one(_translate_function(model, options, output_length), stored, length)
       with open(os.path.join(directory, name), 'wb') as f:
         f.write(exported.serialize())
       artifacts.append(

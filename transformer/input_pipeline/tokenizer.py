@@ -71,6 +71,10 @@ class Tokenizer:
     """Ids of each text, on this thread (the input pipeline parallelises with processes)."""
     return self.processor.encode(list(texts), num_threads=1)
 
+  def pieces(self, ids: Iterable[int], side: str = 'target') -> list[str]:
+    """The SentencePiece piece of each id (one vocabulary: `side` changes nothing)."""
+    return [self.processor.id_to_piece(int(i)) for i in ids]
+
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids` up to the first EOS; PAD and BOS are ignored."""
     kept = []

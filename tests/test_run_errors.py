@@ -151,7 +151,7 @@ def test_init_from_a_workdir_of_this_package_is_refused_before_anything_is_writt
   _expect_error(
     tiny_run.tiny_config(corpus, init_from=trained),
     str(tmp_path / 'run'),
-    'is a training workdir of this package, not a Marian model: give it as --workdir',
+    'is a training workdir of this package, not a Hugging Face model: give it as --workdir',
   )
 
 

@@ -60,13 +60,19 @@ class Embed(nnx.Module):
 
 
 @functools.lru_cache(maxsize=16)
-def sinusoidal_table(max_positions: int, d_model: int, layout: str = 'interleaved') -> np.ndarray:
+def sinusoidal_table(
+  max_positions: int, d_model: int, layout: str = 'interleaved', offset: int = 0
+) -> np.ndarray:
   """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...): `[max_positions, d_model]`.
 
   `layout='halves'` puts the same sines in the first half of the features and the cosines in the
-  second (Marian's layout) instead of interleaving them.
+  second (Marian's layout) instead of interleaving them. `layout='fairseq'` is fairseq's table
+  (M2M100, NLLB): halves with the frequencies exp(-i · ln(10000) / (d_model/2 - 1)), computed in
+  float32 as fairseq does. Row p holds position p + `offset` (fairseq starts at pad_id + 1).
   """
-  position = np.arange(max_positions, dtype=np.float64)[:, None]
+  if layout == 'fairseq':
+    return _fairseq_sinusoids(max_positions, d_model, offset)
+  position = np.arange(offset, offset + max_positions, dtype=np.float64)[:, None]
   angle = position / np.power(10000.0, np.arange(0, d_model, 2, dtype=np.float64) / d_model)
   sines, cosines = np.sin(angle), np.cos(angle)[:, : d_model // 2]
   if layout == 'halves':
@@ -75,7 +81,19 @@ def sinusoidal_table(max_positions: int, d_model: int, layout: str = 'interleave
     table = np.zeros((max_positions, d_model), dtype=np.float64)
     table[:, 0::2], table[:, 1::2] = sines, cosines
   else:
-    raise ValueError(f"layout must be 'interleaved' or 'halves', got {layout!r}")
+    raise ValueError(f"layout must be 'interleaved', 'halves' or 'fairseq', got {layout!r}")
+  return table.astype(np.float32)
+
+
+def _fairseq_sinusoids(max_positions: int, d_model: int, offset: int) -> np.ndarray:
+  """fairseq's `SinusoidalPositionalEmbedding` rows offset..offset+max_positions-1, float32."""
+  half = d_model // 2
+  step = np.float32(-math.log(10000) / (half - 1))
+  frequencies = np.exp(np.arange(half, dtype=np.float32) * step)
+  angle = np.arange(offset, offset + max_positions, dtype=np.float32)[:, None] * frequencies
+  table = np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
+  if d_model % 2:
+    table = np.concatenate([table, np.zeros((max_positions, 1), np.float32)], axis=1)
   return table.astype(np.float32)
 
 
@@ -93,12 +111,14 @@ class PositionalEncoding(nnx.Module):
     *,
     learned: bool = False,
     layout: str = 'interleaved',
+    offset: int = 0,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     self.max_positions = max_positions
     self.d_model = d_model
     self.layout = layout  # of the sinusoids (see sinusoidal_table)
+    self.offset = offset  # the sinusoid of position p is that of p + offset
     if learned:
       self.table = nnx.Param(
         nnx.initializers.normal(stddev=0.02)(rngs.params(), (max_positions, d_model), param_dtype)
@@ -111,7 +131,9 @@ class PositionalEncoding(nnx.Module):
     """`x` `[batch, length, d_model]`, `positions` `[batch, length]` int (default 0..length-1)."""
     length = x.shape[1]
     if self.table is None:
-      table = jnp.asarray(sinusoidal_table(self.max_positions, self.d_model, self.layout))
+      table = jnp.asarray(
+        sinusoidal_table(self.max_positions, self.d_model, self.layout, self.offset)
+      )
     else:
       table = self.table[...]
     if positions is None:

@@ -13,10 +13,10 @@ output (or a separate decoder vocabulary), pad as the last id, EOS 0 and the dec
 with the pad token. Keys in Marian have a bias; a key bias adds the same number to every logit
 of a query, which the softmax cancels, so it is dropped on loading (exactly) and saved as zeros.
 
-Weights are read from `model.safetensors` (NumPy, no torch); a `pytorch_model.bin` only with
-torch installed. The tokenizer is `MarianTokenizer` below: `source.spm` splits the source,
-`target.spm` the target, `vocab.json` maps pieces to ids (unknown pieces to `<unk>`), EOS is
-appended and no BOS. Nothing here imports torch or transformers.
+Weights are read as `transformer.hf_bart` reads the BART family's (`model.safetensors`, sharded
+or not, with NumPy; a `pytorch_model.bin` only with torch installed). The tokenizer is
+`MarianTokenizer` below: `source.spm` splits the source, `target.spm` the target, `vocab.json`
+maps pieces to ids (unknown pieces to `<unk>`), EOS is appended and no BOS. Nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -28,17 +28,16 @@ import re
 import shutil
 from typing import Any, Callable, Iterable, Sequence
 
-from flax import nnx
 import numpy as np
 import sentencepiece as spm
 
-from transformer.model import Transformer, TransformerConfig, abstract_model
+from transformer import hf_bart
+from transformer.model import Transformer, TransformerConfig
 
-_ACTIVATIONS = {'swish': 'swish', 'silu': 'swish', 'relu': 'relu', 'gelu': 'gelu'}
 _LANGUAGE_CODE = re.compile(r'^>>.+?<<')
 
 
-class MarianError(ValueError):
+class MarianError(hf_bart.HuggingFaceError):
   """A directory that is not a Marian model this package can load, or a model Marian cannot express."""
 
 
@@ -46,7 +45,8 @@ class MarianTokenizer:
   """Text <-> ids as transformers' MarianTokenizer makes them (see the module docstring).
 
   The interface of `transformer.input_pipeline.tokenizer.Tokenizer`: `encode` (source side),
-  `encode_batch(texts, side)`, `decode` (target side), `vocab_size`, `pad_id`, `special_ids`.
+  `encode_batch(texts, side)`, `decode` (target side), `pieces(ids, side)`, `vocab_size`,
+  `pad_id`, `special_ids`.
   """
 
   def __init__(self, directory: str, *, pad_id: int, eos_id: int, bos_id: int):
@@ -75,7 +75,9 @@ class MarianTokenizer:
       raise MarianError(f"{files['vocab.json']}: no '<unk>' entry")
     unknown = self.vocab['source']['<unk>']
     self.unk_id = {side: vocab.get('<unk>', unknown) for side, vocab in self.vocab.items()}
-    self.pieces = {i: piece for piece, i in self.vocab['target'].items()}
+    self.id_to_piece = {
+      side: {i: piece for piece, i in vocab.items()} for side, vocab in self.vocab.items()
+    }
     self._ids = {'pad_id': pad_id, 'bos_id': bos_id, 'eos_id': eos_id}
 
   @property
@@ -106,6 +108,10 @@ class MarianTokenizer:
   def encode_batch(self, texts: Sequence[str], side: str = 'source') -> list[list[int]]:
     return [self.encode(text, side) for text in texts]
 
+  def pieces(self, ids: Iterable[int], side: str = 'target') -> list[str]:
+    """The vocabulary entry of each id on one side ('<unk>' for an id it does not have)."""
+    return [self.id_to_piece[side].get(int(i), '<unk>') for i in ids]
+
   def decode(self, ids: Iterable[int]) -> str:
     """Target text of `ids` up to the first EOS; pad and unknown ids are skipped."""
     pieces = []
@@ -113,28 +119,19 @@ class MarianTokenizer:
       i = int(i)
       if i == self._ids['eos_id']:
         break
-      if i not in (self._ids['pad_id'], self.unk_id['target']) and i in self.pieces:
-        pieces.append(self.pieces[i])
+      if i not in (self._ids['pad_id'], self.unk_id['target']) and i in self.id_to_piece['target']:
+        pieces.append(self.id_to_piece['target'][i])
     return self.spm['target'].decode_pieces(pieces).replace('\u2581', ' ').strip()
 
 
 def read_config(directory: str) -> dict[str, Any]:
   """A Marian directory's config.json; MarianError, naming the file, for anything else."""
-  path = os.path.join(directory, 'config.json')
-  if not os.path.isfile(path):
-    raise MarianError(f'{directory}: no config.json (not a Hugging Face model directory)')
   try:
-    with open(path, encoding='utf-8') as f:
-      hf = json.load(f)
-  except (OSError, ValueError) as e:
-    raise MarianError(f'{path}: cannot be read as JSON ({e})') from None
-  if not isinstance(hf, dict):
-    raise MarianError(f'{path}: not a model configuration (a JSON object)')
-  if hf.get('model_type') is None and os.path.exists(os.path.join(directory, 'model.json')):
-    raise MarianError(
-      f'{directory} is a training workdir of this package, not a Marian model: give it as --workdir'
-    )
+    hf = hf_bart.read_config(directory)
+  except hf_bart.HuggingFaceError as e:
+    raise MarianError(str(e)) from None
   if hf.get('model_type') not in (None, 'marian') or 'pad_token_id' not in hf:
+    path = os.path.join(directory, 'config.json')
     raise MarianError(f"{path}: model_type {hf.get('model_type')!r} is not 'marian'")
   return hf
 
@@ -144,14 +141,8 @@ def generation_defaults(directory: str) -> dict[str, Any]:
   generation fields of config.json), in this package's terms: `forced_eos` (the last allowed
   token is EOS) and `beam_size` (None where the directory says nothing). Its `max_length` is
   not taken: each sentence's limit is its source length + `extra_length`, as for every model."""
-  hf = read_config(directory)
-  path = os.path.join(directory, 'generation_config.json')
-  if os.path.isfile(path):
-    try:
-      with open(path, encoding='utf-8') as f:
-        hf = {**hf, **json.load(f)}
-    except (OSError, ValueError) as e:
-      raise MarianError(f'{path}: cannot be read as JSON ({e})') from None
+  read_config(directory)  # a Marian model's
+  hf = hf_bart.generation_config(directory)
   beams = hf.get('num_beams')
   return {
     'forced_eos': hf.get('forced_eos_token_id') is not None,
@@ -174,36 +165,19 @@ def _processor(path: str) -> spm.SentencePieceProcessor:
 
 def config_from_marian(hf: dict[str, Any], dtype: str = 'float32') -> TransformerConfig:
   """The TransformerConfig of a Marian `config.json`."""
-  for encoder_key, decoder_key in (
-    ('encoder_attention_heads', 'decoder_attention_heads'),
-    ('encoder_ffn_dim', 'decoder_ffn_dim'),
-  ):
-    if hf[encoder_key] != hf[decoder_key]:
-      raise MarianError(
-        f'{encoder_key}={hf[encoder_key]} differs from {decoder_key}={hf[decoder_key]}'
-      )
-  activation = hf.get('activation_function', 'swish')
-  if activation not in _ACTIVATIONS:
-    raise MarianError(f'activation_function={activation!r} is not one of {sorted(_ACTIVATIONS)}')
+  try:
+    fields = hf_bart.shared_config(hf, default_activation='swish')
+  except hf_bart.HuggingFaceError as e:
+    raise MarianError(str(e)) from None
   shared = hf.get('share_encoder_decoder_embeddings', True)
   return TransformerConfig(
-    vocab_size=hf['vocab_size'],
-    d_model=hf['d_model'],
-    num_heads=hf['encoder_attention_heads'],
-    d_ff=hf['encoder_ffn_dim'],
-    num_encoder_layers=hf['encoder_layers'],
-    num_decoder_layers=hf['decoder_layers'],
-    dropout_rate=hf.get('dropout', 0.1),
-    attention_dropout_rate=hf.get('attention_dropout', 0.0),
-    relu_dropout_rate=hf.get('activation_dropout', 0.0),
+    **fields,
     max_positions=hf.get('max_position_embeddings', 512),
     norm_position='post',
     dtype=dtype,
     pad_id=hf['pad_token_id'],
     bos_id=hf.get('decoder_start_token_id', hf['pad_token_id']),
     eos_id=hf['eos_token_id'],
-    activation=_ACTIVATIONS[activation],
-    scale_embedding=hf.get('scale_embedding', True),
     sinusoid_layout='halves',
     layer_norm_epsilon=1e-5,
     logits_bias=True,
@@ -212,135 +186,14 @@ def config_from_marian(hf: dict[str, Any], dtype: str = 'float32') -> Transforme
   )
 
 
-def _read_weights(directory: str) -> dict[str, np.ndarray]:
-  safetensors_file = os.path.join(directory, 'model.safetensors')
-  if os.path.exists(safetensors_file):
-    from safetensors.numpy import load_file
-
-    return {k: np.asarray(v, np.float32) for k, v in load_file(safetensors_file).items()}
-  torch_file = os.path.join(directory, 'pytorch_model.bin')
-  if not os.path.exists(torch_file):
-    raise MarianError(f'{directory}: no model.safetensors (or pytorch_model.bin)')
-  try:
-    import torch
-  except ImportError:
-    raise MarianError(
-      f'{torch_file}: reading a PyTorch checkpoint needs torch (pip install torch), or convert it '
-      'to model.safetensors'
-    ) from None
-  state = torch.load(torch_file, map_location='cpu', weights_only=True)
-  return {k: v.float().numpy() for k, v in state.items()}
-
-
-def _linear(tensors: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
-  """A PyTorch Linear's (weight [in, out], bias [out]) for x @ weight + bias."""
-  return tensors[f'{name}.weight'].T, tensors[f'{name}.bias']
-
-
-def _attention_params(tensors, prefix: str, heads: int, cross: bool) -> dict[str, np.ndarray]:
-  """Our attention parameters from Marian's q/k/v/out projections (the key bias dropped)."""
-  (wq, bq), (wk, _), (wv, bv), (wo, bo) = (
-    _linear(tensors, f'{prefix}.{p}_proj') for p in ('q', 'k', 'v', 'out')
-  )
-
-  d_model = wq.shape[0]
-  split = lambda w: w.reshape(d_model, heads, d_model // heads)
-  params = {
-    'b_q': bq.reshape(heads, -1),
-    'b_v': bv.reshape(heads, -1),
-    'w_o': wo.reshape(heads, d_model // heads, d_model),
-    'b_o': bo,
-  }
-  if cross:
-    params.update(w_q=split(wq), w_kv=np.stack([split(wk), split(wv)], axis=1))
-  else:
-    params['w_qkv'] = np.stack([split(wq), split(wk), split(wv)], axis=1)
-  return params
-
-
-def _norm_params(tensors, name: str) -> dict[str, dict[str, np.ndarray]]:
-  return {'norm': {'scale': tensors[f'{name}.weight'], 'bias': tensors[f'{name}.bias']}}
-
-
-def _ffn_params(tensors, prefix: str) -> dict[str, dict[str, np.ndarray]]:
-  (w1, b1), (w2, b2) = _linear(tensors, f'{prefix}.fc1'), _linear(tensors, f'{prefix}.fc2')
-  return {'w_1': {'kernel': w1, 'bias': b1}, 'w_2': {'kernel': w2, 'bias': b2}}
-
-
-def _layer_params(tensors, prefix: str, heads: int, decoder: bool) -> dict[str, Any]:
-  layer = {
-    'self_attention': _attention_params(tensors, f'{prefix}.self_attn', heads, cross=False),
-    'self_attention_norm': _norm_params(tensors, f'{prefix}.self_attn_layer_norm'),
-    'feed_forward': _ffn_params(tensors, prefix),
-    'feed_forward_norm': _norm_params(tensors, f'{prefix}.final_layer_norm'),
-  }
-  if decoder:
-    layer['cross_attention'] = _attention_params(
-      tensors, f'{prefix}.encoder_attn', heads, cross=True
-    )
-    layer['cross_attention_norm'] = _norm_params(tensors, f'{prefix}.encoder_attn_layer_norm')
-  return layer
-
-
-def params_from_marian(tensors: dict[str, np.ndarray], config: TransformerConfig) -> dict[str, Any]:
-  """Our parameter tree (as nested dicts) from a MarianMTModel state dict."""
-  heads = config.num_heads
-  if config.share_embeddings:
-    source = target = tensors.get(
-      'model.shared.weight', tensors.get('model.encoder.embed_tokens.weight')
-    )
-  else:
-    source, target = (
-      tensors['model.encoder.embed_tokens.weight'],
-      tensors['model.decoder.embed_tokens.weight'],
-    )
-  params: dict[str, Any] = {
-    'embed': {'table': {'embedding': source}},
-    'encoder': {
-      'layers': {
-        i: _layer_params(tensors, f'model.encoder.layers.{i}', heads, False)
-        for i in range(config.num_encoder_layers)
-      }
-    },
-    'decoder': {
-      'layers': {
-        i: _layer_params(tensors, f'model.decoder.layers.{i}', heads, True)
-        for i in range(config.num_decoder_layers)
-      }
-    },
-    'logits_bias': tensors.get('final_logits_bias', np.zeros((1, config.target_vocabulary)))[0],
-  }
-  if not config.share_embeddings:
-    params['target_embed'] = {'table': {'embedding': target}}
-  return params
-
-
 def load(directory: str, *, dtype: str = 'float32') -> tuple[Transformer, MarianTokenizer]:
   """A Marian (opus-mt) directory as this package's Transformer (eval mode) and its tokenizer."""
   config = config_from_marian(read_config(directory), dtype)
-  graphdef, abstract, rest = abstract_model(config)
-  values = params_from_marian(_read_weights(directory), config)
-  _check_shapes(nnx.to_pure_dict(abstract), values)
-  nnx.replace_by_pure_dict(abstract, values)
-  model = nnx.merge(graphdef, abstract, rest)
-  model.eval()
+  model = hf_bart.load_model(hf_bart.StateDict(directory), config)
   tokenizer = MarianTokenizer(
     directory, pad_id=config.pad_id, eos_id=config.eos_id, bos_id=config.bos_id
   )
   return model, tokenizer
-
-
-def _check_shapes(expected: dict, values: dict, path: str = '') -> None:
-  """Raises MarianError naming the first parameter whose shape does not fit the model."""
-  for key, want in expected.items():
-    if key not in values:
-      raise MarianError(f'no weights for {path}{key}')
-    if isinstance(want, dict):
-      _check_shapes(want, values[key], f'{path}{key}.')
-    elif tuple(np.shape(values[key])) != tuple(want.shape):
-      raise MarianError(
-        f'{path}{key}: {np.shape(values[key])} in the checkpoint, {tuple(want.shape)} in the model'
-      )
 
 
 def unexpressible(config: TransformerConfig) -> str | None:
@@ -351,6 +204,8 @@ def unexpressible(config: TransformerConfig) -> str | None:
     return "positional_encoding='learned': Marian's positions are fixed sinusoids"
   if not config.decoder_causal_mask:
     return "decoder_causal_mask=False: Marian's decoder always masks future positions"
+  if config.sinusoid_layout == 'fairseq' or config.position_offset:
+    return "fairseq's sinusoids (M2M100, NLLB): Marian's start at position 0 with other frequencies"
   return None
 
 
@@ -386,57 +241,6 @@ def _permute_features(tree: dict, order: np.ndarray, parent: str = '') -> dict:
         np.take(np.asarray(value), order, axis=axis) if axis is not None else np.asarray(value)
       )
   return out
-
-
-def _attention_tensors(params: dict, prefix: str, d_model: int) -> dict[str, np.ndarray]:
-  if 'w_qkv' in params:
-    wq, wk, wv = (params['w_qkv'][:, i].reshape(d_model, d_model) for i in range(3))
-  else:
-    wq = params['w_q'].reshape(d_model, d_model)
-    wk, wv = (params['w_kv'][:, i].reshape(d_model, d_model) for i in range(2))
-  tensors = {f'{prefix}.{name}_proj.weight': w.T for name, w in (('q', wq), ('k', wk), ('v', wv))}
-  tensors[f'{prefix}.q_proj.bias'] = params['b_q'].reshape(-1)
-  tensors[f'{prefix}.k_proj.bias'] = np.zeros(d_model, np.float32)  # the softmax cancels it
-  tensors[f'{prefix}.v_proj.bias'] = params['b_v'].reshape(-1)
-  tensors[f'{prefix}.out_proj.weight'] = params['w_o'].reshape(d_model, d_model).T
-  tensors[f'{prefix}.out_proj.bias'] = params['b_o']
-  return tensors
-
-
-def _layer_tensors(layer: dict, prefix: str, d_model: int) -> dict[str, np.ndarray]:
-  tensors = _attention_tensors(layer['self_attention'], f'{prefix}.self_attn', d_model)
-  names = {'self_attention_norm': 'self_attn_layer_norm', 'feed_forward_norm': 'final_layer_norm'}
-  if 'cross_attention' in layer:
-    tensors.update(_attention_tensors(layer['cross_attention'], f'{prefix}.encoder_attn', d_model))
-    names['cross_attention_norm'] = 'encoder_attn_layer_norm'
-  for ours, theirs in names.items():
-    tensors[f'{prefix}.{theirs}.weight'] = layer[ours]['norm']['scale']
-    tensors[f'{prefix}.{theirs}.bias'] = layer[ours]['norm']['bias']
-  for fc, w in (('fc1', 'w_1'), ('fc2', 'w_2')):
-    tensors[f'{prefix}.{fc}.weight'] = layer['feed_forward'][w]['kernel'].T
-    tensors[f'{prefix}.{fc}.bias'] = layer['feed_forward'][w]['bias']
-  return tensors
-
-
-def marian_tensors(params: dict, config: TransformerConfig) -> dict[str, np.ndarray]:
-  """A MarianMTModel state dict from our parameter tree (nested dicts)."""
-  d = config.d_model
-  tensors: dict[str, np.ndarray] = {}
-  for side, count in (
-    ('encoder', config.num_encoder_layers),
-    ('decoder', config.num_decoder_layers),
-  ):
-    for i in range(count):
-      tensors.update(_layer_tensors(params[side]['layers'][i], f'model.{side}.layers.{i}', d))
-  source = params['embed']['table']['embedding']
-  if config.share_embeddings:
-    tensors['model.shared.weight'] = source
-  else:
-    tensors['model.encoder.embed_tokens.weight'] = source
-    tensors['model.decoder.embed_tokens.weight'] = params['target_embed']['table']['embedding']
-  bias = params.get('logits_bias', np.zeros(config.target_vocabulary, np.float32))
-  tensors['final_logits_bias'] = np.asarray(bias).reshape(1, -1)
-  return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
 
 
 def marian_config(config: TransformerConfig) -> dict[str, Any]:
@@ -485,8 +289,7 @@ def save(model: Transformer, tokenizer, directory: str) -> None:
   problem = unexpressible(config)
   if problem:
     raise MarianError(f'Marian cannot express this model: {problem}')
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  params = jax_to_numpy(params)
+  params = hf_bart.numpy_params(model)
   if (
     config.sinusoid_layout == 'interleaved'
   ):  # halves = the interleaved table's even, then odd columns
@@ -495,55 +298,35 @@ def save(model: Transformer, tokenizer, directory: str) -> None:
     )
   os.makedirs(directory, exist_ok=True)
   save_file(
-    marian_tensors(params, config),
+    hf_bart.state_dict(params, config),
     os.path.join(directory, 'model.safetensors'),
     metadata={'format': 'pt'},
   )
   hf = marian_config(config)
-  _write_json(os.path.join(directory, 'config.json'), hf)
+  hf_bart.write_json(os.path.join(directory, 'config.json'), hf)
   generation = {
     key: hf[key]
     for key in ('decoder_start_token_id', 'eos_token_id', 'pad_token_id', 'forced_eos_token_id')
   }
   generation.update(bad_words_ids=[[config.pad_id]], num_beams=4, max_length=config.max_positions)
-  _write_json(os.path.join(directory, 'generation_config.json'), generation)
+  hf_bart.write_json(os.path.join(directory, 'generation_config.json'), generation)
   _save_tokenizer(tokenizer, directory, config)
-
-
-def jax_to_numpy(tree: dict) -> dict:
-  return {k: jax_to_numpy(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}
-
-
-def _write_json(path: str, value: Any) -> None:
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2)
 
 
 def _save_tokenizer(tokenizer, directory: str, config: TransformerConfig) -> None:
   """Marian's tokenizer files: copied from a Marian tokenizer, or made from this package's joint
   SentencePiece model (both sides use it; vocab.json maps its pieces to its own ids)."""
   if isinstance(tokenizer, MarianTokenizer):
-    for name in (
-      'source.spm',
-      'target.spm',
-      'vocab.json',
-      'target_vocab.json',
-      'tokenizer_config.json',
-    ):
-      source = os.path.join(tokenizer.path, name)
-      if os.path.exists(source) and os.path.abspath(source) != os.path.abspath(
-        os.path.join(directory, name)
-      ):
-        shutil.copyfile(source, os.path.join(directory, name))
+    hf_bart.copy_files(tokenizer.path, directory, hf_bart.TOKENIZER_FILES)
     return
   processor = tokenizer.processor
   for name in ('source.spm', 'target.spm'):
     shutil.copyfile(tokenizer.path, os.path.join(directory, name))
-  _write_json(
+  hf_bart.write_json(
     os.path.join(directory, 'vocab.json'),
     {processor.id_to_piece(i): i for i in range(processor.vocab_size())},
   )
-  _write_json(
+  hf_bart.write_json(
     os.path.join(directory, 'tokenizer_config.json'),
     {
       'tokenizer_class': 'MarianTokenizer',

@@ -34,7 +34,7 @@ ACTIVATIONS = {
 }
 _CHOICES = {
   'positional_encoding': ('sinusoidal', 'learned'),
-  'sinusoid_layout': ('interleaved', 'halves'),
+  'sinusoid_layout': ('interleaved', 'halves', 'fairseq'),
   'norm_position': ('post', 'pre'),
   'attention_implementation': IMPLEMENTATIONS,
   'activation': tuple(ACTIVATIONS),
@@ -85,7 +85,10 @@ class TransformerConfig:
   eos_id: int = special_ids.EOS_ID
   activation: str = 'relu'  # of the FFN: 'relu' (paper) | 'swish' | 'gelu'
   scale_embedding: bool = True  # embeddings × √d_model (paper)
-  sinusoid_layout: str = 'interleaved'  # sin/cos on even/odd features (paper) | 'halves'
+  sinusoid_layout: str = (
+    'interleaved'  # sin/cos on even/odd features (paper) | 'halves' | 'fairseq'
+  )
+  position_offset: int = 0  # the sinusoid of position p is that of p + offset (fairseq: pad + 1)
   layer_norm_epsilon: float = 1e-6
   logits_bias: bool = False  # a learned bias added to the output logits
   share_embeddings: bool = True  # one table for source, target and output (paper)
@@ -135,8 +138,12 @@ class TransformerConfig:
         raise ValueError(
           f'TransformerConfig.{name}={value} is outside the vocabulary [0, {self.vocab_size})'
         )
-    if self.eos_id in (self.pad_id, self.bos_id):
-      raise ValueError(f'eos_id must differ from pad_id and bos_id, got {ids}')
+    if self.eos_id == self.pad_id:
+      raise ValueError(f'eos_id must differ from pad_id, got {ids}')
+    if self.position_offset < 0:
+      raise ValueError(
+        f'TransformerConfig.position_offset must be >= 0, got {self.position_offset}'
+      )
 
   @property
   def target_vocabulary(self) -> int:
@@ -311,6 +318,7 @@ class _Stack(nnx.Module):
       config.d_model,
       learned=config.positional_encoding == 'learned',
       layout=config.sinusoid_layout,
+      offset=config.position_offset,
       param_dtype=config.parameter_dtype,
       rngs=rngs,
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from typing import Any, Iterator
 
 import jax
@@ -111,7 +110,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
   identity = {'train': train.identity, 'eval': validation.identity, 'test': test.identity}
   workdir_lib.check_data(identity, workdir)
   if config.init_from:
-    tokenizer, trained = _pretrained_tokenizer(config.init_from, workdir), False
+    tokenizer, trained = _pretrained_tokenizer(config, workdir), False
     vocab = (tokenizer.vocab_size, f"vocab {tokenizer.vocab_size} (the pretrained model's)")
   else:
     vocab = recipe.vocabulary(config, recipe.count_words(train, config.seed))
@@ -175,22 +174,24 @@ def _open_everywhere(config: ml_collections.ConfigDict, role: str):
   return source if jax.process_index() == 0 else _open(config, role)
 
 
-def _pretrained_tokenizer(directory: str, workdir: str):
-  """The tokenizer of the pretrained model the run starts from, copied into the workdir once
-  (process 0) so that resuming and translating need only the workdir."""
+def _pretrained_tokenizer(config: ml_collections.ConfigDict, workdir: str):
+  """The tokenizer of the pretrained model the run starts from (for the run's language pair, a
+  many-to-many model's), copied into the workdir once (process 0) so that resuming and
+  translating need only the workdir."""
+  from transformer import hf_bart, pretrained
+
+  directory = config.init_from
   folder = workdir_lib.tokenizer_path(workdir, pretrained=True)
   if jax.process_index() == 0 and not os.path.isdir(folder):
     temporary = f'{folder}.tmp{os.getpid()}'
     os.makedirs(temporary, exist_ok=True)
-    for name in ('source.spm', 'target.spm', 'vocab.json', 'target_vocab.json', 'config.json'):
-      if os.path.exists(os.path.join(directory, name)):
-        shutil.copyfile(os.path.join(directory, name), os.path.join(temporary, name))
+    hf_bart.copy_files(directory, temporary, pretrained.FILES)
     os.replace(temporary, folder)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices('tokenizer ready')
-  return workdir_lib.load_tokenizer(workdir)
+  return pretrained.load_tokenizer(folder, config.source_lang, config.target_lang)
 
 
 def _tokenizer(

@@ -5,6 +5,7 @@
     python -m transformer.export --workdir=DIR --format=stablehlo --out=OUT [--beam_sizes=1,4]
     python -m transformer.export --pretrained=opus-mt-en-de --format=ctranslate2 --out=OUT
     python -m transformer.export --workdir=DIR --format=marian --out=OUT   # post-LN models only
+    python -m transformer.export --workdir=DIR --format=m2m100 --out=OUT   # NLLB/M2M100 fine-tuned here
 
 Everything that can be checked is checked before the model loads (flags, paths, the libraries a
 format needs), and what the format cannot express is refused in one line before anything is
@@ -22,7 +23,7 @@ import sys
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-FORMATS = ('ctranslate2', 'stablehlo', 'marian')
+FORMATS = ('ctranslate2', 'stablehlo', 'marian', 'm2m100')
 QUANTIZATIONS = (
   'int8',
   'int8_float32',
@@ -41,7 +42,11 @@ class FlagError(ValueError):
 
 def _define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Training workdir to export.')
-  flags.DEFINE_string('pretrained', None, 'A Hugging Face Marian (opus-mt) directory to export.')
+  flags.DEFINE_string(
+    'pretrained', None, 'A Hugging Face Marian (opus-mt) or M2M100 (NLLB) directory to export.'
+  )
+  flags.DEFINE_string('source_lang', None, 'A many-to-many --pretrained model: the source code.')
+  flags.DEFINE_string('target_lang', None, 'A many-to-many --pretrained model: the target code.')
   flags.DEFINE_enum('format', 'ctranslate2', FORMATS, 'What to write.')
   flags.DEFINE_string('out', None, 'The directory to write (must not exist, unless --force).')
   flags.DEFINE_bool('force', False, 'Replace --out if it exists.')
@@ -103,7 +108,13 @@ def _load():
   """(model, tokenizer, a description) from --workdir or --pretrained."""
   from transformer import workdir
 
-  return workdir.load_model_or_pretrained(FLAGS.workdir, FLAGS.pretrained, which=FLAGS.checkpoint)
+  return workdir.load_model_or_pretrained(
+    FLAGS.workdir,
+    FLAGS.pretrained,
+    which=FLAGS.checkpoint,
+    source_lang=FLAGS.source_lang,
+    target_lang=FLAGS.target_lang,
+  )
 
 
 def tokenizer_files(tokenizer, *, with_vocab: bool) -> dict[str, str]:
@@ -121,8 +132,21 @@ def tokenizer_files(tokenizer, *, with_vocab: bool) -> dict[str, str]:
   return {name: os.path.join(tokenizer.path, name) for name in names}
 
 
-def _refusal(model) -> str | None:
-  """Why the chosen format cannot express `model`, or None."""
+def _refusal(model, tokenizer) -> str | None:
+  """Why the chosen format cannot express `model` (with its tokenizer), or None."""
+  from transformer import m2m100
+
+  many_to_many = isinstance(tokenizer, m2m100.M2M100Tokenizer)
+  if FLAGS.format == 'm2m100':
+    problem = m2m100.unexpressible(model.config)
+    if not many_to_many:
+      problem = problem or 'its tokenizer is not an NLLB/M2M100 one'
+    return problem and f'M2M100 cannot express this model: {problem}'
+  if many_to_many:
+    return (
+      f'--format={FLAGS.format} takes no NLLB/M2M100 model here: export it with --format=m2m100 '
+      "(CTranslate2's own ct2-transformers-converter converts that directory)"
+    )
   if FLAGS.format == 'marian':
     from transformer import marian
 
@@ -163,9 +187,9 @@ def _write(model, tokenizer, description: str, directory: str) -> None:
       length_normalization=FLAGS.length_normalization,
     )
   else:
-    from transformer import marian
+    from transformer import pretrained
 
-    marian.save(model, tokenizer, directory)
+    pretrained.save(model, tokenizer, directory)
 
 
 def main(argv: list[str]) -> int:
@@ -178,7 +202,7 @@ def main(argv: list[str]) -> int:
   except (OSError, ValueError, RuntimeError) as e:
     print(f'export: error: {e}', file=sys.stderr)
     return 2
-  problem = _refusal(model)
+  problem = _refusal(model, tokenizer)
   if problem:
     print(f'export: error: {problem}', file=sys.stderr)
     return 2

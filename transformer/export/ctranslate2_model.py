@@ -109,7 +109,9 @@ def _position_table(stack: dict, config: TransformerConfig) -> np.ndarray:
   learned = stack.get('positional_encoding', {}).get('table')
   if learned is not None:
     return np.asarray(learned, np.float32)
-  return layers.sinusoidal_table(config.max_positions, config.d_model, config.sinusoid_layout)
+  return layers.sinusoidal_table(
+    config.max_positions, config.d_model, config.sinusoid_layout, config.position_offset
+  )
 
 
 def _set_stack(spec, stack: dict, embedding: np.ndarray, config: TransformerConfig) -> None:
@@ -285,11 +287,9 @@ def save(
 
 def model_params(model) -> dict:
   """A `Transformer`'s parameter tree as nested dicts of NumPy arrays."""
-  from flax import nnx
+  from transformer.hf_bart import numpy_params
 
-  from transformer.marian import jax_to_numpy
-
-  return jax_to_numpy(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  return numpy_params(model)
 
 
 def convert(spec, directory: str, *, quantization: str | None = None, force: bool = False) -> str:

@@ -52,17 +52,14 @@ def test_two_different_models_decode_by_their_averaged_log_probabilities(models)
   alone = [np.asarray(search.generate(m, SRC, beam_size=1, max_new_tokens=10)) for m in models]
   assert not np.array_equal(alone[0], alone[1])  # the members disagree: the test can tell
   decoder_input = shift_right(jnp.asarray(tokens), models[0].config.bos_id)
-  log_probs = [
-    jax.nn.log_softmax(np.where(np.arange(40) == 0, -np.inf, m(jnp.asarray(SRC), decoder_input)))
-    for m in models
-  ]
-  mean = np.asarray((log_probs[0] + log_probs[1]) / 2)
+  log_probs = [jax.nn.log_softmax(m(jnp.asarray(SRC), decoder_input)) for m in models]
+  mean = np.where(np.arange(40) == 0, -np.inf, np.asarray((log_probs[0] + log_probs[1]) / 2))
   for row in range(len(SRC)):
     for i in range(tokens.shape[1]):
       assert tokens[row, i] == mean[row, i].argmax(), (row, i)
       if tokens[row, i] == 2:
         break
-  # log P of the ensemble's hypothesis: its renormalised average, token by token.
+  # log P of the ensemble's hypothesis: its renormalised average, token by token (pad excluded).
   scored = search.log_probability(ensemble, SRC, tokens)
   expected = jax.nn.log_softmax(mean)
   picked = np.take_along_axis(np.asarray(expected), tokens[..., None], -1)[..., 0]

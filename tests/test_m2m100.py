@@ -249,3 +249,24 @@ def test_translate_cli_and_fine_tuning(family, tmp_path):
   np.testing.assert_allclose(theirs, ours, atol=1e-4)
   refused = export('ctranslate2', str(tmp_path / 'ct2'))
   assert refused.returncode == 2 and 'export it with --format=m2m100' in refused.stderr
+
+
+def test_beam_scores_equal_transformers_where_the_pad_token_is_likely(family):
+  """transformers' bad_words_ids removes pad's probability without renormalising the others;
+  with 'hf' normalisation the search does the same, so a hypothesis scores what `generate`
+  scores it, even where the (random) model gives pad real probability."""
+  kind, _, hf, _ = family
+  model, tokenizer = _load(family, target=LANGUAGES[kind][2])
+  src = np.array([tokenizer.encode('The Lord is my shepherd; I shall not want.') + [2]], np.int32)
+  with torch.no_grad():
+    expected = hf.generate(
+      input_ids=torch.tensor(src), forced_bos_token_id=tokenizer.forced_bos_id, num_beams=4,
+      length_penalty=1.0, max_new_tokens=20, do_sample=False, early_stopping=False,
+      bad_words_ids=[[1]], output_scores=True, return_dict_in_generate=True,
+    )  # fmt: skip
+  tokens, scores, _ = search.generate_n_best(
+    model, src, n_best=1, beam_size=4, alpha=1.0, length_normalization='hf', max_new_tokens=20,
+    forced_bos=np.full(1, tokenizer.forced_bos_id),
+  )  # fmt: skip
+  _same(np.asarray(tokens)[:, 0], expected.sequences.numpy()[:, 1:])
+  np.testing.assert_allclose(np.asarray(scores)[:, 0], expected.sequences_scores.numpy(), atol=1e-4)

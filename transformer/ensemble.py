@@ -74,12 +74,10 @@ def members_of(model: Transformer | Ensemble) -> tuple[Transformer, ...]:
   return model.members if isinstance(model, Ensemble) else (model,)
 
 
-def average_log_probs(logits: Sequence[jax.Array], suppress: jax.Array) -> jax.Array:
-  """The ensemble's log-probabilities `[..., vocab]` from each member's logits `[..., vocab]`,
-  with the `suppress`ed tokens `[vocab]` excluded (probability 0) before normalising."""
-  log_probs = [
-    jax.nn.log_softmax(jnp.where(suppress, -jnp.inf, x.astype(jnp.float32))) for x in logits
-  ]
+def average_log_probs(logits: Sequence[jax.Array]) -> jax.Array:
+  """The ensemble's log-probabilities `[..., vocab]` from each member's logits `[..., vocab]`
+  (one member: its log-softmax)."""
+  log_probs = [jax.nn.log_softmax(x.astype(jnp.float32)) for x in logits]
   if len(log_probs) == 1:
     return log_probs[0]
   return jax.nn.log_softmax(sum(log_probs) / len(log_probs))

@@ -18,6 +18,10 @@ when its EOS extension ranks among the k best candidates (so beam size 1 is gree
 finished hypotheses stop growing; otherwise the loop exits early once no live beam can beat the
 finished ones.
 
+The pad token is never generated: with 'hf' its probability is removed after normalising, as
+transformers' `bad_words_ids` removes it; otherwise the other tokens are renormalised, as in
+CTranslate2 (whose exported models give pad no probability).
+
 A target prefix (`prefix`) forces each sentence's first tokens: at those steps every other token
 is excluded, so greedy search, sampling and every beam continue from the prefix, and the scores
 include the prefix tokens' log-probabilities.
@@ -388,9 +392,8 @@ class _BeamSearch:
     i, k = state.step, self.k
     previous = jnp.where(i == 0, self.bos_id, state.alive_seqs[:, :, jnp.maximum(i - 1, 0)])
     logits, cache = self.call(previous.reshape(-1, 1), i, state.cache)
-    if self.suppress is not None:
-      logits = jnp.where(self.suppress, -jnp.inf, logits)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(self.batch_size, k, -1)
+    log_probs = _log_probs(logits, self.suppress, self.normalization)
+    log_probs = log_probs.reshape(self.batch_size, k, -1)
     vocab = log_probs.shape[-1]
     if self.forced_eos:  # EOS alone, scored log 1 = 0 (as transformers' forced-EOS processor)
       forced = jnp.where(jnp.arange(vocab) == self.eos_id, 0.0, -jnp.inf)
@@ -440,6 +443,18 @@ class _BeamSearch:
     alive_scores = state.alive_log_probs / self.penalty(self.limits)[:, None]
     sequences = jnp.where(none_finished[:, None, None], state.alive_seqs, state.finished_seqs)
     return sequences, jnp.where(none_finished[:, None], alive_scores, state.finished_scores)
+
+
+def _log_probs(logits: jax.Array, suppress: jax.Array | None, normalization: str) -> jax.Array:
+  """`[rows, vocab]` log-probabilities of the next token, the `suppress`ed tokens excluded:
+  renormalised over the others, or with 'hf' removed after normalising, as transformers'
+  `bad_words_ids` removes them (so that scores equal `generate`'s; CTranslate2 renormalises)."""
+  logits = logits.astype(jnp.float32)
+  if suppress is None:
+    return jax.nn.log_softmax(logits)
+  if normalization == 'hf':
+    return jnp.where(suppress, -jnp.inf, jax.nn.log_softmax(logits))
+  return jax.nn.log_softmax(jnp.where(suppress, -jnp.inf, logits))
 
 
 def _with_invariant(step_fn: StepFn, invariant: Any) -> StepFn:
@@ -505,12 +520,11 @@ def _members_step_fn(
   if len(parts) == 1:
     return parts[0]
   steps, self_caches, cross_caches, grows = zip(*parts)
-  suppress = _suppressed(members[0].config)
 
   def step_fn(tokens, position, caches):
     selfs, crosses = caches
     outputs = [step(tokens, position, (s, c)) for step, s, c in zip(steps, selfs, crosses)]
-    log_probs = ensemble_lib.average_log_probs([logits for logits, _ in outputs], suppress)
+    log_probs = ensemble_lib.average_log_probs([logits for logits, _ in outputs])
     return log_probs, (tuple(cache[0] for _, cache in outputs), crosses)
 
   def grow(selfs, length: int):
@@ -716,7 +730,7 @@ def _log_probability(
     model.eval()
     logits.append(model(src_tokens, shift_right(tokens, model.config.bos_id)))
   config = model.config
-  log_probs = ensemble_lib.average_log_probs(logits, _suppressed(config))
+  log_probs = _log_probs(ensemble_lib.average_log_probs(logits), _suppressed(config), 'gnmt')
   picked = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
   return jnp.where(tokens != config.pad_id, picked, 0.0).sum(-1)
 

@@ -29,6 +29,8 @@ _EXPORTS = {
   'TransformerConfig': 'model',
   'count_params': 'model',
   'shift_right': 'model',
+  'DecodingOptions': 'decoding_options',
+  'Ensemble': 'ensemble',
 }
 __all__ = sorted(_EXPORTS)
 __version__ = '0.2.0'

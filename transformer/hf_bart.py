@@ -113,6 +113,43 @@ def shared_config(hf: dict[str, Any], default_activation: str) -> dict[str, Any]
   )
 
 
+def shared_hf_config(config: TransformerConfig) -> dict[str, Any]:
+  """The `config.json` fields every family writes alike (the inverse of `shared_config`)."""
+  return {
+    'is_encoder_decoder': True,
+    'vocab_size': config.vocab_size,
+    'd_model': config.d_model,
+    'encoder_layers': config.num_encoder_layers,
+    'decoder_layers': config.num_decoder_layers,
+    'encoder_attention_heads': config.num_heads,
+    'decoder_attention_heads': config.num_heads,
+    'encoder_ffn_dim': config.d_ff,
+    'decoder_ffn_dim': config.d_ff,
+    'activation_function': config.activation,
+    'max_position_embeddings': config.max_positions,
+    'scale_embedding': config.scale_embedding,
+    'dropout': config.dropout_rate,
+    'attention_dropout': config.attention_dropout_rate,
+    'activation_dropout': config.relu_dropout_rate,
+    'pad_token_id': config.pad_id,
+    'eos_token_id': config.eos_id,
+    'decoder_start_token_id': config.bos_id,
+  }
+
+
+def generation_defaults(directory: str) -> dict[str, Any]:
+  """How the directory's model asks to be decoded (its generation_config.json, else the
+  generation fields of config.json), in this package's terms: `forced_eos` (the last allowed
+  token is EOS) and `beam_size` (None where the directory says nothing). Its `max_length` is
+  not taken: each sentence's limit is its source length + `extra_length`, as for every model."""
+  hf = generation_config(directory)
+  beams = hf.get('num_beams')
+  return {
+    'forced_eos': hf.get('forced_eos_token_id') is not None,
+    'beam_size': beams if isinstance(beams, int) and beams >= 1 else None,
+  }
+
+
 def write_json(path: str, value: Any) -> None:
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(value, f, indent=2)

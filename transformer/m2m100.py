@@ -89,25 +89,8 @@ def m2m100_config(config: TransformerConfig) -> dict[str, Any]:
   return {
     'model_type': 'm2m_100',
     'architectures': ['M2M100ForConditionalGeneration'],
-    'is_encoder_decoder': True,
-    'vocab_size': config.vocab_size,
-    'd_model': config.d_model,
-    'encoder_layers': config.num_encoder_layers,
-    'decoder_layers': config.num_decoder_layers,
-    'encoder_attention_heads': config.num_heads,
-    'decoder_attention_heads': config.num_heads,
-    'encoder_ffn_dim': config.d_ff,
-    'decoder_ffn_dim': config.d_ff,
-    'activation_function': config.activation,
-    'max_position_embeddings': config.max_positions,
-    'scale_embedding': config.scale_embedding,
-    'dropout': config.dropout_rate,
-    'attention_dropout': config.attention_dropout_rate,
-    'activation_dropout': config.relu_dropout_rate,
-    'pad_token_id': config.pad_id,
+    **hf_bart.shared_hf_config(config),
     'bos_token_id': 0,
-    'eos_token_id': config.eos_id,
-    'decoder_start_token_id': config.bos_id,
     'tie_word_embeddings': True,
   }
 
@@ -263,12 +246,6 @@ def _distance(a: str, b: str) -> int:
 
 def load_tokenizer(directory: str, source_lang: str, target_lang: str) -> M2M100Tokenizer:
   return M2M100Tokenizer(directory, source_lang, target_lang)
-
-
-def generation_defaults(directory: str) -> dict[str, Any]:
-  """`beam_size` from the directory's generation config (None where it says nothing)."""
-  beams = hf_bart.generation_config(directory).get('num_beams')
-  return {'beam_size': beams if isinstance(beams, int) and beams > 1 else None, 'forced_eos': False}
 
 
 def load(

@@ -137,17 +137,9 @@ def read_config(directory: str) -> dict[str, Any]:
 
 
 def generation_defaults(directory: str) -> dict[str, Any]:
-  """How the directory's model asks to be decoded (its generation_config.json, else the
-  generation fields of config.json), in this package's terms: `forced_eos` (the last allowed
-  token is EOS) and `beam_size` (None where the directory says nothing). Its `max_length` is
-  not taken: each sentence's limit is its source length + `extra_length`, as for every model."""
-  read_config(directory)  # a Marian model's
-  hf = hf_bart.generation_config(directory)
-  beams = hf.get('num_beams')
-  return {
-    'forced_eos': hf.get('forced_eos_token_id') is not None,
-    'beam_size': beams if isinstance(beams, int) and beams >= 1 else None,
-  }
+  """A Marian directory's `hf_bart.generation_defaults` (MarianError for another model)."""
+  read_config(directory)
+  return hf_bart.generation_defaults(directory)
 
 
 def load_tokenizer(directory: str) -> MarianTokenizer:
@@ -248,28 +240,11 @@ def marian_config(config: TransformerConfig) -> dict[str, Any]:
   return {
     'model_type': 'marian',
     'architectures': ['MarianMTModel'],
-    'is_encoder_decoder': True,
-    'vocab_size': config.vocab_size,
+    **hf_bart.shared_hf_config(config),
     'decoder_vocab_size': config.target_vocabulary,
     'share_encoder_decoder_embeddings': config.share_embeddings,
     'tie_word_embeddings': True,
-    'd_model': config.d_model,
-    'encoder_layers': config.num_encoder_layers,
-    'decoder_layers': config.num_decoder_layers,
-    'encoder_attention_heads': config.num_heads,
-    'decoder_attention_heads': config.num_heads,
-    'encoder_ffn_dim': config.d_ff,
-    'decoder_ffn_dim': config.d_ff,
-    'activation_function': config.activation,
-    'max_position_embeddings': config.max_positions,
-    'scale_embedding': config.scale_embedding,
     'static_position_embeddings': True,
-    'dropout': config.dropout_rate,
-    'attention_dropout': config.attention_dropout_rate,
-    'activation_dropout': config.relu_dropout_rate,
-    'pad_token_id': config.pad_id,
-    'eos_token_id': config.eos_id,
-    'decoder_start_token_id': config.bos_id,
     'forced_eos_token_id': config.eos_id,
   }
 

@@ -82,14 +82,10 @@ def load(
 
 
 def generation_defaults(directory: str) -> dict[str, Any]:
-  """How the directory's model asks to be decoded: `beam_size`, `forced_eos`."""
-  if family(directory) == 'marian':
-    from transformer import marian
-
-    return marian.generation_defaults(directory)
-  from transformer import m2m100
-
-  return m2m100.generation_defaults(directory)
+  """How the directory's model asks to be decoded: `beam_size`, `forced_eos`
+  (`hf_bart.generation_defaults`, for either family)."""
+  family(directory)  # one this package loads
+  return hf_bart.generation_defaults(directory)
 
 
 def save(model, tokenizer, directory: str) -> None:

@@ -123,6 +123,42 @@ def _prefix_at(
   return (step < prefix.shape[1]) & (token != pad_id), token
 
 
+@dataclasses.dataclass(frozen=True)
+class Forced:
+  """Tokens a search takes whatever the model prefers, the same rules for greedy, sampling and
+  beam search: each sentence's `first` token (`[batch]`; transformers' `forced_bos_token_id`,
+  scored log 1 = 0), its `prefix` tokens (`[batch, width]`, right-padded with `pad_id`; scored
+  with their log probabilities) and, with `eos`, EOS at its last allowed step (transformers'
+  `forced_eos_token_id`, scored 0)."""
+
+  eos_id: int
+  pad_id: int
+  eos: bool = False
+  first: jax.Array | None = None
+  prefix: jax.Array | None = None
+
+  def apply(self, scores: jax.Array, step: jax.Array, limits: jax.Array) -> jax.Array:
+    """`scores` `[batch, beams, vocab]` (log probabilities or logits) with every token but the
+    forced one excluded (-inf) in the sentences that have one at `step`."""
+    batch = scores.shape[0]
+    if self.first is not None:
+      scores = _only(scores, jnp.full((batch,), step == 0), self.first, scored=False)
+    in_prefix = _prefix_at(self.prefix, step, self.pad_id)
+    if in_prefix is not None:
+      scores = _only(scores, *in_prefix, scored=True)
+    if self.eos:
+      scores = _only(scores, step + 1 >= limits, jnp.full((batch,), self.eos_id), scored=False)
+    return scores
+
+
+def _only(scores: jax.Array, forcing: jax.Array, token: jax.Array, scored: bool) -> jax.Array:
+  """`scores` `[batch, beams, vocab]` where, in the sentences `forcing` `[batch]`, only `token`
+  `[batch]` stays: with its score (`scored`) or with log 1 = 0."""
+  is_token = (jnp.arange(scores.shape[-1])[None, :] == token[:, None])[:, None, :]
+  allowed = jnp.where(is_token, scores if scored else 0.0, -jnp.inf)
+  return jnp.where(forcing[:, None, None], allowed, scores)
+
+
 def greedy_search(
   step_fn: StepFn,
   cache: Any,
@@ -135,10 +171,8 @@ def greedy_search(
   limits: jax.Array | None = None,
   suppress: jax.Array | None = None,
   grow: Callable[[Any, int], Any] | None = None,
-  forced_eos: bool = False,
   pick: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-  prefix: jax.Array | None = None,
-  forced_bos: jax.Array | None = None,
+  forced: Forced | None = None,
 ) -> jax.Array:
   """Picks the most likely token at each step (or, with `pick`, what it picks).
 
@@ -147,12 +181,9 @@ def greedy_search(
     suppress: `[vocab]` bool, tokens never generated (e.g. a pad token that is a real id).
     grow: `(cache, length) -> cache` with room for `length` tokens; given, the cache starts at
       the first of `cache_lengths(buffer_length)` and grows through them.
-    forced_eos: a sentence's last allowed token is EOS (transformers' `forced_eos_token_id`).
     pick: `(logits [batch, vocab], step) -> [batch]` tokens, e.g. `sampling.picker` (default:
       the argmax).
-    prefix: `[batch, width]` tokens each sentence starts with, right-padded with `pad_id`.
-    forced_bos: `[batch]` the first token of each sentence (transformers' `forced_bos_token_id`,
-      a many-to-many model's target language).
+    forced: tokens taken whatever the model prefers (a prefix, a first token, a final EOS).
 
   Returns:
     `[batch, buffer_length]` int32 generated tokens (EOS included), `pad_id` after the end.
@@ -169,14 +200,9 @@ def greedy_search(
     logits, cache = step_fn(previous[:, None], i, cache)
     if suppress is not None:
       logits = jnp.where(suppress, -jnp.inf, logits)
-    token = argmax_last(logits) if pick is None else pick(logits, i)
-    forced = _prefix_at(prefix, i, pad_id)
     if forced is not None:
-      token = jnp.where(forced[0], forced[1], token)
-    if forced_bos is not None:
-      token = jnp.where(i == 0, forced_bos, token)
-    if forced_eos:
-      token = jnp.where(i + 1 >= limits, eos_id, token)
+      logits = forced.apply(logits[:, None], i, limits)[:, 0]
+    token = argmax_last(logits) if pick is None else pick(logits, i)
     token = jnp.where(finished, pad_id, token)
     tokens = tokens.at[:, i].set(token)
     return i + 1, tokens, cache, finished | (token == eos_id) | (i + 1 >= limits)
@@ -291,9 +317,7 @@ def beam_search(
   length_normalization: str = 'gnmt',
   suppress: jax.Array | None = None,
   grow: Callable[[Any, int], Any] | None = None,
-  forced_eos: bool = False,
-  prefix: jax.Array | None = None,
-  forced_bos: jax.Array | None = None,
+  forced: Forced | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Beam search with a length penalty (GNMT's by default; see the module docstring).
 
@@ -307,12 +331,7 @@ def beam_search(
     length_normalization: 'gnmt', 'hf' or 'ctranslate2'.
     suppress: `[vocab]` bool, tokens never generated.
     grow: `(cache, length) -> cache` with room for `length` tokens (see `greedy_search`).
-    forced_eos: at a sentence's last allowed step only EOS may extend a beam, and it adds 0 to
-      the beam's log probability, as transformers' `forced_eos_token_id` does.
-    prefix: `[batch, width]` tokens every beam of a sentence starts with (right-padded with
-      `pad_id`); at those steps only the prefix token extends a beam, with its log probability.
-    forced_bos: `[batch]` each sentence's first token, scored log 1 = 0, as transformers'
-      `forced_bos_token_id` does.
+    forced: tokens every beam takes (see `Forced`): only they extend a beam at their steps.
 
   Returns:
     sequences `[batch, beam, buffer_length]` (best first; `pad_id` after EOS) and their scores
@@ -329,10 +348,7 @@ def beam_search(
     suppress=suppress,
     batch_size=batch_size,
     k=beam_size,
-    forced_eos=forced_eos,
-    prefix=prefix,
-    forced_bos=forced_bos,
-    pad_id=pad_id,
+    forced=forced,
   )
   state = _loop_in_segments(
     lambda state: search.searching(state).any(),
@@ -359,10 +375,7 @@ class _BeamSearch:
   suppress: jax.Array | None
   batch_size: int
   k: int
-  forced_eos: bool = False
-  prefix: jax.Array | None = None  # [batch, width], right-padded with pad_id
-  forced_bos: jax.Array | None = None  # [batch] first tokens
-  pad_id: int = 0
+  forced: Forced | None = None
 
   def __post_init__(self):
     if self.normalization not in LENGTH_NORMALIZATIONS:
@@ -394,19 +407,9 @@ class _BeamSearch:
     logits, cache = self.call(previous.reshape(-1, 1), i, state.cache)
     log_probs = _log_probs(logits, self.suppress, self.normalization)
     log_probs = log_probs.reshape(self.batch_size, k, -1)
+    if self.forced is not None:
+      log_probs = self.forced.apply(log_probs, i, self.limits)
     vocab = log_probs.shape[-1]
-    if self.forced_eos:  # EOS alone, scored log 1 = 0 (as transformers' forced-EOS processor)
-      forced = jnp.where(jnp.arange(vocab) == self.eos_id, 0.0, -jnp.inf)
-      last = (i + 1 >= self.limits)[:, None, None]
-      log_probs = jnp.where(last, forced[None, None, :], log_probs)
-    if self.forced_bos is not None:  # the first token alone, scored log 1 = 0
-      first = jnp.where(jnp.arange(vocab)[None, :] == self.forced_bos[:, None], 0.0, -jnp.inf)
-      log_probs = jnp.where(i == 0, first[:, None, :], log_probs)
-    forced_prefix = _prefix_at(self.prefix, i, self.pad_id)
-    if forced_prefix is not None:  # the prefix token alone, with its log probability
-      inside, token = forced_prefix
-      other = jnp.arange(vocab)[None, :] != token[:, None]
-      log_probs = jnp.where((inside[:, None] & other)[:, None, :], -jnp.inf, log_probs)
     candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(self.batch_size, -1)
     top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * k)
     top_beams, top_tokens = top_indices // vocab, (top_indices % vocab).astype(jnp.int32)
@@ -599,45 +602,47 @@ def search_model(
   """
   members = list(model) if isinstance(model, (list, tuple)) else [model]
   config = members[0].config
-  beams = options.beam_size
   step_fn, self_cache, cross_cache, grow = _members_step_fn(
-    members, src_tokens, buffer_length, beams
+    members, src_tokens, buffer_length, options.beam_size
   )
-  common = dict(
-    buffer_length=buffer_length,
-    limits=limits,
-    suppress=_suppressed(config),
-    forced_eos=options.forced_eos,
-    prefix=prefix,
-    forced_bos=forced_bos,
-    bos_id=config.bos_id,
-    eos_id=config.eos_id,
-    pad_id=config.pad_id,
+  forced = Forced(
+    config.eos_id, config.pad_id, eos=options.forced_eos, first=forced_bos, prefix=prefix
   )
+  common = dict(buffer_length=buffer_length, limits=limits, suppress=_suppressed(config))
+  common.update(forced=forced, bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id)
   batch = src_tokens.shape[0]
-  if beams == 1:
-    sampling = options.sampling
-    seeds = jnp.arange(batch) if row_seeds is None else row_seeds
-    tokens = greedy_search(
-      step_fn,
-      (self_cache, cross_cache),
-      batch,
-      grow=lambda caches, length: (grow(caches[0], length), caches[1]),
-      pick=None if sampling is None else picker(sampling, seeds),
-      **common,
+  if options.beam_size == 1:
+    return _one_row_each(
+      step_fn, (self_cache, cross_cache), grow, batch, options, row_seeds, common
     )
-    return tokens[:, None], jnp.zeros((batch, 1))
   return beam_search(
     step_fn,
     self_cache,  # reordered with the beams; the cross-attention caches are shared by them
     batch,
-    beam_size=beams,
+    beam_size=options.beam_size,
     alpha=options.alpha,
     beam_invariant_cache=cross_cache,
     length_normalization=options.length_normalization,
     grow=grow,
     **common,
   )
+
+
+def _one_row_each(
+  step_fn: StepFn,
+  caches: Any,
+  grow: Callable,
+  batch: int,
+  options: DecodingOptions,
+  row_seeds: jax.Array | None,
+  common: dict[str, Any],
+) -> tuple[jax.Array, jax.Array]:
+  """`search_model`'s greedy search or sampling: tokens `[batch, 1, length]`, scores 0."""
+  seeds = jnp.arange(batch) if row_seeds is None else row_seeds
+  pick = None if options.sampling is None else picker(options.sampling, seeds)
+  regrow = lambda caches, length: (grow(caches[0], length), caches[1])
+  tokens = greedy_search(step_fn, caches, batch, grow=regrow, pick=pick, **common)
+  return tokens[:, None], jnp.zeros((batch, 1))
 
 
 def bucket(length: int, limit: int) -> int:

@@ -251,8 +251,7 @@ def translate_n_best(
       of sentence i has seed number i * num_samples + j, whatever its batch.
     batch_size, max_batch_tokens: sentences are sorted by length and decoded `batch_size` at a
       time, or as many as fit in `max_batch_tokens` padded source tokens (CTranslate2's
-      `batch_type='tokens'`, fairseq's `--max-tokens`), with lengths padded to a multiple of
-      16 and fixed rows per length, so only a few shapes compile.
+      `batch_type='tokens'`); lengths padded to multiples of 16, few shapes compile.
     prefixes: one target text per sentence that its translations start with ('' for none).
     alignment: 'words' or 'pieces' fills each hypothesis's Pharaoh alignment.
     warn: told of truncated inputs (default: stderr). A source or prefix longer than the model's
@@ -260,7 +259,6 @@ def translate_n_best(
 
   A sentence's translation does not depend on the others.
   """
-  from transformer import alignment as alignment_lib
   from transformer.decoding_options import with_overrides
 
   options = with_overrides(options, overrides)
@@ -272,21 +270,14 @@ def translate_n_best(
   outputs = [[Hypothesis('', 0.0, 0.0)] * (n_best * copies) for _ in sentences]
   rows_for = lambda length: max(1, max_batch_tokens // length) if max_batch_tokens else batch_size
   lengths = {
-    i * copies + j: len(ids)
-    for i, ids in enumerate(encoded)
-    if ids is not None
-    for j in range(copies)
+    i * copies + j: len(ids) for i, ids in enumerate(encoded) if ids for j in range(copies)
   }
   for chunk, length in batches(lengths, rows_for, config.max_positions):
     src, seeds = _batch_sources(chunk, length, rows_for(length), encoded, copies, config.pad_id)
     prefix = _batch_prefixes(chunk, len(src), targets, copies, config)
-    forced_bos = _forced_bos(tokenizer, len(src), prefix)
-    decoded = _decode(model, src, (prefix, forced_bos, seeds), options, n_best, scores)
-    aligned = None
-    if alignment:
-      aligned = alignment_lib.alignments(model, tokenizer, src, decoded[0], alignment)
-    for row, unit in enumerate(chunk):
-      found = _hypotheses(tokenizer, decoded, row, aligned)
+    wanted = (n_best, scores, alignment)
+    hypotheses = _decode_rows(model, tokenizer, src, (prefix, seeds), options, wanted, len(chunk))
+    for unit, found in zip(chunk, hypotheses):
       if options.sampling is None:
         outputs[unit] = found
       else:
@@ -374,18 +365,30 @@ def _decode(model, src, forced: tuple, options, n_best: int, scores: bool):
   return tokens, np.zeros(tokens.shape[:2]), np.zeros(tokens.shape[:2])
 
 
-def _hypotheses(
-  tokenizer, decoded: tuple[np.ndarray, ...], row: int, aligned: list[list[str]] | None
-) -> list[Hypothesis]:
-  tokens, score, log_prob = decoded
+def _decode_rows(
+  model, tokenizer, src: np.ndarray, given: tuple, options, wanted: tuple, rows: int
+) -> list[list[Hypothesis]]:
+  """The hypotheses of the batch's first `rows` rows (the others pad it to its fixed size);
+  `given`: (prefix, row seeds), `wanted`: (n_best, scores, an alignment level or None)."""
+  from transformer import alignment as alignment_lib
+
+  (prefix, seeds), (n_best, scores, alignment) = given, wanted
+  forced = (prefix, _forced_bos(tokenizer, len(src), prefix), seeds)
+  tokens, score, log_prob = _decode(model, src, forced, options, n_best, scores)
+  aligned = None
+  if alignment:
+    aligned = alignment_lib.alignments(model, tokenizer, src, tokens, alignment)
   return [
-    Hypothesis(
-      tokenizer.decode(tokens[row, n]),
-      float(score[row, n]),
-      float(log_prob[row, n]),
-      None if aligned is None else aligned[row][n],
-    )
-    for n in range(tokens.shape[1])
+    [
+      Hypothesis(
+        tokenizer.decode(tokens[row, n]),
+        float(score[row, n]),
+        float(log_prob[row, n]),
+        None if aligned is None else aligned[row][n],
+      )
+      for n in range(tokens.shape[1])
+    ]
+    for row in range(rows)
   ]
 
 

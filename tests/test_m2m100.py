@@ -6,6 +6,7 @@ M2M100ForConditionalGeneration models with NLLB's and M2M100's configurations an
 own NllbTokenizer / M2M100Tokenizer over a SentencePiece model trained on the embedded corpus.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from benchmarks import tiny_run
 from tests.helpers import m2m100_fixture
 from transformer import m2m100, pretrained, search, translate
+from transformer.input_pipeline import pipeline
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -55,6 +57,7 @@ def test_tokenizer_gives_transformers_ids(family):
   _, _, _, hf_tokenizer = family
   _, tokenizer = _load(family)
   eos = tokenizer.special_ids['eos_id']
+  assert tokenizer.end_ids('source') == tokenizer.end_ids('target') == [eos]
   for sentence in SENTENCES:
     assert tokenizer.encode(sentence) + [eos] == hf_tokenizer(sentence)['input_ids'], sentence
     labels = hf_tokenizer(text_target=sentence)['input_ids']
@@ -134,6 +137,45 @@ def test_one_source_into_two_languages_as_transformers(family):
       model, pair, short, beam_size=4, alpha=1.0, length_normalization='hf', max_new_tokens=20
     )
     assert ours == hf_tokenizer.batch_decode(expected[:, 1:], skip_special_tokens=True), target
+
+
+def test_nllb_legacy_source_convention_as_transformers(family, tmp_path):
+  kind, directory, hf, _ = family
+  source, target, _ = LANGUAGES[kind]
+  if kind == 'm2m100':
+    with pytest.raises(m2m100.M2M100Error, match='legacy_behaviour is an NLLB tokenizer option'):
+      m2m100.load_tokenizer(directory, source, target, legacy_behaviour=True)
+    return
+  legacy = transformers.AutoTokenizer.from_pretrained(
+    directory, src_lang=source, tgt_lang=target, legacy_behaviour=True
+  )
+  tokenizer = m2m100.load_tokenizer(directory, source, target, legacy_behaviour=True)
+  language = tokenizer.languages[source]
+  assert tokenizer.end_ids('source') == [2, language]
+  for sentence in SENTENCES:
+    ids = legacy(sentence)['input_ids']
+    assert ids[-2:] == [2, language] and tokenizer.encode(sentence) + [2, language] == ids
+  # The directory's tokenizer_config.json field selects it too; the target side keeps the
+  # language first, as forced decoding starts with it.
+  copy = tmp_path / 'legacy'
+  copy.mkdir()
+  for name in os.listdir(directory):
+    os.link(os.path.join(directory, name), copy / name)
+  settings = json.loads((copy / 'tokenizer_config.json').read_text())
+  (copy / 'tokenizer_config.json').unlink()
+  (copy / 'tokenizer_config.json').write_text(json.dumps({**settings, 'legacy_behaviour': True}))
+  from_file = pretrained.load_tokenizer(str(copy), source, target)
+  assert from_file.legacy_behaviour and from_file.loader().legacy_behaviour
+  pairs, _ = pipeline.tokenize_pairs([(SENTENCES[0], SENTENCES[1])], from_file, max_length=64)
+  assert list(pairs[0]['inputs']) == from_file.encode(SENTENCES[0]) + [2, language]
+  assert list(pairs[0]['targets'][:1]) == [from_file.forced_bos_id]
+  # translate encodes legacy sources as transformers does, and so decodes as it does.
+  model, _ = _load(family)
+  short = SENTENCES[:4]
+  batch = legacy(short, return_tensors='pt', padding=True)
+  expected = _generated(hf, batch, tokenizer.forced_bos_id, num_beams=1)
+  ours = translate.translate(model, tokenizer, short, beam_size=1, max_new_tokens=20)
+  assert ours == legacy.batch_decode(expected[:, 1:], skip_special_tokens=True)
 
 
 def test_a_language_the_model_does_not_have_is_one_line_naming_the_nearest(family):

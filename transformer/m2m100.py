@@ -16,8 +16,11 @@ safetensors, tensor by tensor), optionally straight into bfloat16.
 The tokenizer (`M2M100Tokenizer`) splits text with the directory's SentencePiece model and maps
 pieces to fairseq's ids (NLLB: `<s> <pad> </s> <unk>` first, then the pieces shifted by one;
 M2M100: `vocab.json`), with one token per language (`eng_Latn`, `__en__`). A source is
-`[source language] tokens </s>` (NLLB's current convention; M2M100's), and the target
-language is forced as the first generated token, as `generate(forced_bos_token_id=...)` does.
+`[source language] tokens </s>` (NLLB's current convention; M2M100's), or, for an NLLB
+tokenizer with `legacy_behaviour` (the argument, or tokenizer_config.json's field, as for
+transformers' `NllbTokenizer`), `tokens </s> [source language]`. The target is always
+`[target language] tokens </s>`: the target language is forced as the first generated token,
+as `generate(forced_bos_token_id=...)` does, in either convention.
 """
 
 from __future__ import annotations
@@ -119,11 +122,19 @@ class M2M100Tokenizer:
 
   The interface of `transformer.input_pipeline.tokenizer.Tokenizer`: `encode(text, side)` (the
   source language's token first on the source side, the target language's on the target side;
-  no EOS), `decode`, `pieces`, `vocab_size`, `pad_id`, `special_ids`, `loader`; and
-  `forced_bos_id`, the target language's token that decoding starts with.
+  no EOS; with `legacy_behaviour`, no source language either), `end_ids(side)` (what follows:
+  `</s>`, or `</s> [source language]` on a legacy source), `decode`, `pieces`, `vocab_size`,
+  `pad_id`, `special_ids`, `loader`; and `forced_bos_id`, the target language's token that
+  decoding starts with.
   """
 
-  def __init__(self, directory: str, source_lang: str, target_lang: str):
+  def __init__(
+    self,
+    directory: str,
+    source_lang: str,
+    target_lang: str,
+    legacy_behaviour: bool | None = None,
+  ):
     self.path = directory
     model = os.path.join(directory, SENTENCEPIECE)
     if not os.path.exists(model):
@@ -133,6 +144,7 @@ class M2M100Tokenizer:
     self.languages = _language_ids(directory, self.vocab)
     self.source_lang = self._checked(source_lang)
     self.target_lang = self._checked(target_lang)
+    self.legacy_behaviour = _legacy_behaviour(directory, legacy_behaviour)
     self._pieces = {i: piece for piece, i in {**self.vocab, **self.languages}.items()}
     self._special = {0, 1, 2, *self.languages.values()}
 
@@ -146,7 +158,7 @@ class M2M100Tokenizer:
     )
 
   def with_languages(self, source_lang: str, target_lang: str) -> 'M2M100Tokenizer':
-    return load_tokenizer(self.path, source_lang, target_lang)
+    return load_tokenizer(self.path, source_lang, target_lang, self.legacy_behaviour)
 
   @property
   def vocab_size(self) -> int:
@@ -167,14 +179,26 @@ class M2M100Tokenizer:
   @property
   def loader(self) -> Callable[[], 'M2M100Tokenizer']:
     """A picklable function that loads this tokenizer again (in another process)."""
-    return functools.partial(load_tokenizer, self.path, self.source_lang, self.target_lang)
+    return functools.partial(
+      load_tokenizer, self.path, self.source_lang, self.target_lang, self.legacy_behaviour
+    )
 
   def encode(self, text: str, side: str = 'source') -> list[int]:
-    """`[language] ids` of `text` (without EOS), the language of `side`."""
-    language = self.source_lang if side == 'source' else self.target_lang
+    """`[language] ids` of `text` (without EOS), the language of `side`; a legacy source
+    without its language (`end_ids` adds it after EOS)."""
     unknown = self.vocab['<unk>']
-    pieces = self.processor.encode(text, out_type=str)
-    return [self.languages[language]] + [self.vocab.get(piece, unknown) for piece in pieces]
+    ids = [self.vocab.get(piece, unknown) for piece in self.processor.encode(text, out_type=str)]
+    if side == 'source' and self.legacy_behaviour:
+      return ids
+    language = self.source_lang if side == 'source' else self.target_lang
+    return [self.languages[language]] + ids
+
+  def end_ids(self, side: str = 'source') -> list[int]:
+    """The ids that follow `encode(text, side)`: `[</s>]`, `[</s>, source language]` on a
+    legacy source."""
+    if side == 'source' and self.legacy_behaviour:
+      return [2, self.languages[self.source_lang]]
+    return [2]
 
   def encode_batch(self, texts: Sequence[str], side: str = 'source') -> list[list[int]]:
     return [self.encode(text, side) for text in texts]
@@ -244,8 +268,26 @@ def _distance(a: str, b: str) -> int:
   return row[-1]
 
 
-def load_tokenizer(directory: str, source_lang: str, target_lang: str) -> M2M100Tokenizer:
-  return M2M100Tokenizer(directory, source_lang, target_lang)
+def _legacy_behaviour(directory: str, requested: bool | None) -> bool:
+  """`requested`, else tokenizer_config.json's `legacy_behaviour` (default False); only NLLB
+  tokenizers (no vocab.json) have the legacy convention."""
+  if requested is None:
+    config_file = os.path.join(directory, 'tokenizer_config.json')
+    if os.path.exists(config_file):
+      with open(config_file, encoding='utf-8') as f:
+        requested = json.load(f).get('legacy_behaviour')
+  if requested and os.path.exists(os.path.join(directory, 'vocab.json')):
+    raise M2M100Error(
+      f'{directory}: legacy_behaviour is an NLLB tokenizer option; M2M100 tokenizers have '
+      'only `[source language] tokens </s>`'
+    )
+  return bool(requested)
+
+
+def load_tokenizer(
+  directory: str, source_lang: str, target_lang: str, legacy_behaviour: bool | None = None
+) -> M2M100Tokenizer:
+  return M2M100Tokenizer(directory, source_lang, target_lang, legacy_behaviour)
 
 
 def load(
@@ -255,14 +297,14 @@ def load(
   target_lang: str,
   dtype: str = 'float32',
   param_dtype: str = 'float32',
+  legacy_behaviour: bool | None = None,
 ) -> tuple[Transformer, M2M100Tokenizer]:
   """An M2M100/NLLB directory as this package's Transformer (eval mode) and its tokenizer for
   one language pair. `param_dtype='bfloat16'` loads the weights straight into bfloat16 (half
-  the memory of float32)."""
+  the memory of float32); `legacy_behaviour` as `M2M100Tokenizer`'s."""
   config = config_from_m2m100(read_config(directory), dtype, param_dtype)
-  tokenizer = load_tokenizer(
-    directory, source_lang, target_lang
-  )  # a bad language: before the weights
+  # A bad language or option is reported before the weights are read.
+  tokenizer = load_tokenizer(directory, source_lang, target_lang, legacy_behaviour)
   return hf_bart.load_model(hf_bart.StateDict(directory), config), tokenizer
 
 

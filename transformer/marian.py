@@ -45,8 +45,8 @@ class MarianTokenizer:
   """Text <-> ids as transformers' MarianTokenizer makes them (see the module docstring).
 
   The interface of `transformer.input_pipeline.tokenizer.Tokenizer`: `encode` (source side),
-  `encode_batch(texts, side)`, `decode` (target side), `pieces(ids, side)`, `vocab_size`,
-  `pad_id`, `special_ids`.
+  `encode_batch(texts, side)`, `end_ids(side)` (EOS), `decode` (target side), `pieces(ids, side)`,
+  `vocab_size`, `pad_id`, `special_ids`.
   """
 
   def __init__(self, directory: str, *, pad_id: int, eos_id: int, bos_id: int):
@@ -104,6 +104,10 @@ class MarianTokenizer:
     pieces += self.spm[side].encode(text[code.end() :] if code else text, out_type=str)
     vocab, unknown = self.vocab[side], self.unk_id[side]
     return [vocab.get(piece, unknown) for piece in pieces]
+
+  def end_ids(self, side: str = 'source') -> list[int]:
+    """The ids that follow `encode(text, side)` in an example: EOS."""
+    return [self._ids['eos_id']]
 
   def encode_batch(self, texts: Sequence[str], side: str = 'source') -> list[list[int]]:
     return [self.encode(text, side) for text in texts]

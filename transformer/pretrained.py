@@ -44,8 +44,14 @@ def _languages(directory: str, source_lang: str | None, target_lang: str | None)
     )
 
 
-def load_tokenizer(directory: str, source_lang: str | None = None, target_lang: str | None = None):
-  """The directory's tokenizer (for one language pair, for a many-to-many model)."""
+def load_tokenizer(
+  directory: str,
+  source_lang: str | None = None,
+  target_lang: str | None = None,
+  legacy_behaviour: bool | None = None,
+):
+  """The directory's tokenizer (for one language pair, and NLLB's `legacy_behaviour` as
+  `m2m100.M2M100Tokenizer`'s, for a many-to-many model)."""
   if family(directory) == 'marian':
     from transformer import marian
 
@@ -53,7 +59,7 @@ def load_tokenizer(directory: str, source_lang: str | None = None, target_lang: 
   from transformer import m2m100
 
   _languages(directory, source_lang, target_lang)
-  return m2m100.load_tokenizer(directory, source_lang, target_lang)
+  return m2m100.load_tokenizer(directory, source_lang, target_lang, legacy_behaviour)
 
 
 def load(
@@ -63,8 +69,10 @@ def load(
   target_lang: str | None = None,
   dtype: str = 'float32',
   param_dtype: str = 'float32',
+  legacy_behaviour: bool | None = None,
 ) -> tuple[Any, Any]:
-  """(model in eval mode, tokenizer) of a Marian or M2M100 directory."""
+  """(model in eval mode, tokenizer) of a Marian or M2M100 directory (the many-to-many options as
+  `m2m100.load`'s)."""
   if family(directory) == 'marian':
     from transformer import marian
 
@@ -78,6 +86,7 @@ def load(
     target_lang=target_lang,
     dtype=dtype,
     param_dtype=param_dtype,
+    legacy_behaviour=legacy_behaviour,
   )
 
 

@@ -170,9 +170,12 @@ def read_input(path: str | None) -> list[str]:
 
 
 def _encode_sources(
-  tokenizer, sentences: Sequence[str], eos_id: int, max_source: int, warn: Callable[[str], None]
+  tokenizer, sentences: Sequence[str], max_positions: int, warn: Callable[[str], None]
 ) -> list[list[int] | None]:
-  """Ids (+EOS) of each sentence, None for an empty one; over-long ones truncated (with a warning)."""
+  """Ids of each sentence with the tokenizer's source end (EOS, or what `end_ids` says), None for
+  an empty one; over-long ones truncated (with a warning)."""
+  end = list(tokenizer.end_ids('source'))
+  max_source = max_positions - len(end)
   encoded: list[list[int] | None] = []
   for number, sentence in enumerate(sentences, start=1):
     if not sentence.strip():
@@ -182,7 +185,7 @@ def _encode_sources(
     if len(ids) > max_source:
       warn(f"line {number}: {len(ids)} tokens, longer than the model's {max_source}; truncated")
       ids = ids[:max_source]
-    encoded.append(ids + [eos_id])
+    encoded.append(ids + end)
   return encoded
 
 
@@ -264,7 +267,7 @@ def translate_n_best(
   options = with_overrides(options, overrides)
   config = model.config
   warn = warn or (lambda message: print(message, file=sys.stderr))
-  encoded = _encode_sources(tokenizer, sentences, config.eos_id, config.max_positions - 1, warn)
+  encoded = _encode_sources(tokenizer, sentences, config.max_positions, warn)
   targets = _encode_prefixes(tokenizer, prefixes, len(sentences), config.max_positions - 2, warn)
   copies = 1 if options.sampling is None else num_samples  # rows per sentence: its samples
   outputs = [[Hypothesis('', 0.0, 0.0)] * (n_best * copies) for _ in sentences]

@@ -72,24 +72,21 @@ class TokenizedPairs:
     cls,
     inputs: Sequence[Sequence[int]],
     targets: Sequence[Sequence[int]],
-    append: int | None = None,
+    ends: dict[str, Sequence[int]] | None = None,
   ) -> 'TokenizedPairs':
-    """From token lists per example (with `append`, that id is added at the end of each)."""
+    """From token lists per example; `ends` (feature name -> ids, e.g. `{'inputs': [EOS],
+    'targets': [EOS]}`) are added at the end of each example of that feature."""
     flat, offsets = {}, {}
     for name, seqs in (('inputs', inputs), ('targets', targets)):
-      lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-      tokens = np.fromiter(
-        itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(lengths.sum())
+      end = list((ends or {}).get(name, ()))
+      lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)) + len(end)
+      pieces = (
+        itertools.chain.from_iterable(itertools.chain(s, end) for s in seqs)
+        if end
+        else (itertools.chain.from_iterable(seqs))
       )
-      if append is not None:
-        ends = np.cumsum(lengths + 1) - 1  # where each example's extra token goes
-        with_end = np.full(len(tokens) + len(seqs), append, np.int32)
-        keep = np.ones(len(with_end), bool)
-        keep[ends] = False
-        with_end[keep] = tokens
-        tokens, lengths = with_end, lengths + 1
+      flat[name] = np.fromiter(pieces, dtype=np.int32, count=int(lengths.sum()))
       offsets[name] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-      flat[name] = tokens
     return cls(flat, offsets)
 
   def __len__(self) -> int:
@@ -108,20 +105,24 @@ class TokenizedPairs:
 def tokenize_pairs(
   pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, *, max_length: int, overlong: str = 'drop'
 ) -> tuple[TokenizedPairs, TokenizeStats]:
-  """Tokenizes `(source, target)` pairs, appends EOS and applies the over-long policy.
+  """Tokenizes `(source, target)` pairs, appends each side's end (`tokenizer.end_ids`: EOS, or
+  e.g. `</s> [language]` on a legacy NLLB source) and applies the over-long policy.
 
   Args:
-    max_length: the most tokens (EOS included) a side may have.
-    overlong: 'drop' the pair, or 'truncate' each side to `max_length - 1` tokens + EOS.
+    max_length: the most tokens (the end included) a side may have.
+    overlong: 'drop' the pair, or 'truncate' each side to `max_length` tokens with its end.
   """
   if overlong not in OVERLONG_POLICIES:
     raise ValueError(f'overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}')
+  ends = {'inputs': tokenizer.end_ids('source'), 'targets': tokenizer.end_ids('target')}
   sources = tokenizer.encode_batch([s for s, _ in pairs], side='source')
   targets = tokenizer.encode_batch([t for _, t in pairs], side='target')
-  longest = np.fromiter(
-    (max(len(s), len(t)) for s, t in zip(sources, targets)), np.int64, len(pairs)
+  room = {name: max_length - len(end) for name, end in ends.items()}
+  over = np.fromiter(
+    (len(s) > room['inputs'] or len(t) > room['targets'] for s, t in zip(sources, targets)),
+    bool,
+    len(pairs),
   )
-  over = longest + 1 > max_length  # + EOS
   stats = TokenizeStats(examples=len(pairs))
   if overlong == 'drop':
     stats.dropped_overlong = int(over.sum())
@@ -130,8 +131,8 @@ def tokenize_pairs(
   else:
     stats.truncated = int(over.sum())
     for i in np.flatnonzero(over):
-      sources[i], targets[i] = sources[i][: max_length - 1], targets[i][: max_length - 1]
-  tokenized = TokenizedPairs.from_lists(sources, targets, append=tokenizer.special_ids['eos_id'])
+      sources[i], targets[i] = sources[i][: room['inputs']], targets[i][: room['targets']]
+  tokenized = TokenizedPairs.from_lists(sources, targets, ends)
   stats.kept = len(tokenized)
   stats.tokens = len(tokenized.flat['inputs']) + len(tokenized.flat['targets'])
   return tokenized, stats

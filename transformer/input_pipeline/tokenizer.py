@@ -67,6 +67,10 @@ class Tokenizer:
     """Ids of `text`, without BOS/EOS (one vocabulary: `side` changes nothing)."""
     return self.processor.encode(text)
 
+  def end_ids(self, side: str = 'source') -> list[int]:
+    """The ids that follow `encode(text, side)` in an example: EOS."""
+    return [EOS_ID]
+
   def encode_batch(self, texts: Sequence[str], side: str = 'source') -> list[list[int]]:
     """Ids of each text, on this thread (the input pipeline parallelises with processes)."""
     return self.processor.encode(list(texts), num_threads=1)

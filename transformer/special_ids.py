@@ -10,3 +10,10 @@ PAD_ID = 0
 BOS_ID = 1
 EOS_ID = 2
 UNK_ID = 3
+
+
+def end_ids(tokenizer, side: str, eos_id: int) -> list[int]:
+  """The ids that end an example on `side`: the tokenizer's `end_ids(side)` where it has one
+  (e.g. `</s> [language]` on a legacy NLLB source), else `[eos_id]`."""
+  method = getattr(tokenizer, 'end_ids', None)
+  return list(method(side)) if method is not None else [eos_id]

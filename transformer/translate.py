@@ -170,11 +170,14 @@ def read_input(path: str | None) -> list[str]:
 
 
 def _encode_sources(
-  tokenizer, sentences: Sequence[str], max_positions: int, warn: Callable[[str], None]
+  tokenizer, sentences: Sequence[str], config, warn: Callable[[str], None]
 ) -> list[list[int] | None]:
-  """Ids of each sentence with the tokenizer's source end (EOS, or what `end_ids` says), None for
-  an empty one; over-long ones truncated (with a warning)."""
-  end = list(tokenizer.end_ids('source'))
+  """Ids of each sentence with the tokenizer's source end (EOS, or what its `end_ids` says),
+  None for an empty one; over-long ones truncated (with a warning)."""
+  from transformer.special_ids import end_ids
+
+  end = end_ids(tokenizer, 'source', config.eos_id)
+  max_positions = config.max_positions
   max_source = max_positions - len(end)
   encoded: list[list[int] | None] = []
   for number, sentence in enumerate(sentences, start=1):
@@ -267,7 +270,7 @@ def translate_n_best(
   options = with_overrides(options, overrides)
   config = model.config
   warn = warn or (lambda message: print(message, file=sys.stderr))
-  encoded = _encode_sources(tokenizer, sentences, config.max_positions, warn)
+  encoded = _encode_sources(tokenizer, sentences, config, warn)
   targets = _encode_prefixes(tokenizer, prefixes, len(sentences), config.max_positions - 2, warn)
   copies = 1 if options.sampling is None else num_samples  # rows per sentence: its samples
   outputs = [[Hypothesis('', 0.0, 0.0)] * (n_best * copies) for _ in sentences]

@@ -28,8 +28,10 @@ import numpy as np
 
 from transformer.input_pipeline.corpus import DataError
 from transformer.input_pipeline.tokenizer import Tokenizer
+from transformer.special_ids import end_ids
 
 FEATURES = ('inputs', 'targets')
+SIDES = {'inputs': 'source', 'targets': 'target'}  # feature -> tokenizer side
 FIELDS = tuple(
   f'{name}{suffix}' for name in FEATURES for suffix in ('', '_segment_ids', '_positions')
 )
@@ -114,7 +116,8 @@ def tokenize_pairs(
   """
   if overlong not in OVERLONG_POLICIES:
     raise ValueError(f'overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}')
-  ends = {'inputs': tokenizer.end_ids('source'), 'targets': tokenizer.end_ids('target')}
+  eos = tokenizer.special_ids['eos_id']
+  ends = {name: end_ids(tokenizer, side, eos) for name, side in SIDES.items()}
   sources = tokenizer.encode_batch([s for s, _ in pairs], side='source')
   targets = tokenizer.encode_batch([t for _, t in pairs], side='target')
   room = {name: max_length - len(end) for name, end in ends.items()}

@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
       norm_position='pre',
       attention_implementation='reference',
       dtype='float32',
+      remat='none',  # 'none' | 'minimal' | 'full': activations recomputed in the backward pass
     )
   )
 
@@ -75,7 +76,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate_scale = 0.45
   config.label_smoothing = 0.1
   config.max_grad_norm = placeholder(float)  # None = no clipping
-  config.parallelism = 'shard_map'  # 'shard_map' | 'pmap' | 'none'
+  config.parallelism = 'shard_map'  # 'shard_map' | 'pmap' | 'gspmd' | 'none'
+  # The ('data', 'fsdp', 'tensor') device mesh of parallelism='gspmd' (-1: the devices left);
+  # the other modes split over data only. README: choosing a mesh.
+  config.mesh = (-1, 1, 1)
 
   # Loop.
   config.log_every = 50

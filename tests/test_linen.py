@@ -1,9 +1,10 @@
 from flax import linen, nnx
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from transformer import Transformer, linen as transformer_linen, search, shift_right
+from transformer import Transformer, linen as transformer_linen, search, sharding, shift_right
 
 SRC = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
 TGT = jnp.array([[20, 21, 2, 0], [22, 2, 0, 0]])
@@ -29,7 +30,7 @@ def test_linen_wrapper_inside_a_linen_parent_matches_nnx(tiny_config):
   lin_vars = linen_model.init(jax.random.key(1), SRC, dec_in)
   nnx_model = Transformer(config, rngs=nnx.Rngs(7))
   nnx_model.eval()
-  nnx.update(nnx_model, lin_vars['params']['transformer'])
+  nnx.update(nnx_model, linen.meta.unbox(lin_vars['params']['transformer']))
   np.testing.assert_allclose(
     linen_model.apply(lin_vars, SRC, dec_in), nnx_model(SRC, dec_in), atol=1e-6
   )
@@ -41,13 +42,18 @@ def test_linen_wrapper_inside_a_linen_parent_matches_nnx(tiny_config):
     lin_vars, SRC, dec_in, deterministic=False, rngs={'dropout': jax.random.key(2)}
   )
   assert not np.allclose(train, nnx_model(SRC, dec_in))
+  # The parameters carry their logical axis names to Linen: its partition specs follow the rules.
+  with nnx.logical_axis_rules(sharding.RULES):
+    specs = linen.get_partition_spec(lin_vars)['params']['transformer']
+  assert specs['embed']['table']['embedding'] == P('tensor', 'fsdp')  # [vocab, embed]
+  assert specs['encoder']['layers'][0]['feed_forward']['w_1']['kernel'] == P('fsdp', 'tensor')
 
 
 def test_linen_users_can_translate_with_the_same_tokens_as_nnx(tiny_config):
   linen_model = transformer_linen.Transformer(tiny_config)
   variables = linen_model.init(jax.random.key(1), SRC, shift_right(TGT, tiny_config.bos_id))
   nnx_model = Transformer(tiny_config, rngs=nnx.Rngs(7))
-  nnx.update(nnx_model, variables['params']['transformer'])
+  nnx.update(nnx_model, linen.meta.unbox(variables['params']['transformer']))
   for beam_size in (1, 2):
     tokens = linen_model.apply(
       variables, SRC, beam_size=beam_size, max_new_tokens=6, method='generate'

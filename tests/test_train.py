@@ -149,8 +149,8 @@ def test_exact_resume_after_sigterm(tmp_path, corpus):
     assert resumed_loss[step] == pytest.approx(straight_loss[step], abs=1e-5), step
 
 
-def test_checkpoints_restore_across_device_counts(tmp_path, corpus):
-  def overrides(steps, parallelism='shard_map'):
+def test_checkpoints_restore_across_device_counts_and_meshes(tmp_path, corpus):
+  def overrides(steps, parallelism='shard_map', mesh='(-1,1,1)'):
     # No dropout: each replica draws its own masks, so different device counts would differ.
     # rsqrt: its learning rate does not depend on num_train_steps, which the resume raises 4 -> 8.
     return tiny_run.tiny_overrides(
@@ -161,6 +161,7 @@ def test_checkpoints_restore_across_device_counts(tmp_path, corpus):
       log_every=1,
       test_beam_sizes='(1,)',
       parallelism=parallelism,
+      mesh=mesh,
       lr_schedule='rsqrt',
       **{'model.dropout_rate': 0.0},
     )
@@ -168,21 +169,29 @@ def test_checkpoints_restore_across_device_counts(tmp_path, corpus):
   reference = str(tmp_path / 'eight')
   tiny_run.run_train(reference, overrides(8), devices=8)
   _, expected = tiny_run.final_params(reference)
-  for first, second in ((1, 8),):  # a single-device run ('none') resumed on 8 (shard_map)
-    workdir = str(tmp_path / f'{first}_to_{second}')
-    tiny_run.run_train(workdir, overrides(4, 'none' if first == 1 else 'shard_map'), devices=first)
-    result = tiny_run.run_train(workdir, overrides(8), devices=second)
+  # A single-device run ('none') resumed on 8 replicas (shard_map); an 8-replica run resumed on
+  # a (2, 2, 2) mesh (gspmd: FSDP and tensor parallelism), which also validates and tests
+  # with the sharded parameters.
+  cases = {
+    '1_to_8': (1, overrides(4, 'none'), 8, overrides(8)),
+    '8_to_2x2x2': (8, overrides(4), 8, overrides(8, 'gspmd', '(2,2,2)')),
+  }
+  for name, (first, first_flags, second, second_flags) in cases.items():
+    workdir = str(tmp_path / name)
+    tiny_run.run_train(workdir, first_flags, devices=first)
+    result = tiny_run.run_train(workdir, second_flags, devices=second)
     assert 'resumed from checkpoint at step 4' in result.stdout
     assert f'on {second} device(s)' in result.stdout
     step, params = tiny_run.final_params(workdir)
     assert step == 8
-    for name in expected:
+    for key in expected:
       # Sums over 1 or 8 devices round differently; Adam turns that noise into up to lr-sized
       # steps where a gradient is near zero (a rare embedding row), so a few entries may differ
       # by ~1e-3 while the rest agree to 2e-4.
-      difference = np.abs(params[name] - expected[name])
-      assert difference.max() < 2e-3, f'{first}->{second} {name}'
-      assert (difference > 2e-4).mean() < 1e-3, f'{first}->{second} {name}'
+      difference = np.abs(params[key] - expected[key])
+      assert difference.max() < 2e-3, f'{name} {key}'
+      assert (difference > 2e-4).mean() < 1e-3, f'{name} {key}'
+  assert '(gspmd)' in result.stdout and 'test BLEU' in result.stdout
 
 
 def _free_port() -> int:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from transformer import masks, precision
+from transformer.sharding import logical_axes
 
 Implementation = Literal['reference', 'xla', 'cudnn']
 IMPLEMENTATIONS = ('reference', 'xla', 'cudnn')
@@ -146,10 +147,13 @@ class _MultiHeadAttention(nnx.Module):
     self.dtype = dtype
     h, d_k = num_heads, self.head_dim
     self._init_own(rngs, param_dtype)
-    self.b_q = nnx.Param(jnp.zeros((h, d_k), param_dtype))
-    self.b_v = nnx.Param(jnp.zeros((h, d_k), param_dtype))
-    self.w_o = nnx.Param(_glorot((0, 1), 2)(rngs.params(), (h, d_k, d_model), param_dtype))
-    self.b_o = nnx.Param(jnp.zeros((d_model,), param_dtype))
+    self.b_q = nnx.Param(jnp.zeros((h, d_k), param_dtype), **logical_axes('heads', 'kv'))
+    self.b_v = nnx.Param(jnp.zeros((h, d_k), param_dtype), **logical_axes('heads', 'kv'))
+    self.w_o = nnx.Param(
+      _glorot((0, 1), 2)(rngs.params(), (h, d_k, d_model), param_dtype),
+      **logical_axes('heads', 'kv', 'embed'),
+    )
+    self.b_o = nnx.Param(jnp.zeros((d_model,), param_dtype), **logical_axes('embed'))
     self.attention_dropout = nnx.Dropout(dropout_rate, rngs=rngs)
     # Set to True to keep the attention weights of each call as an nnx.Intermediate
     # ('attention_weights', [batch, heads, q_length, kv_length]), e.g. to plot them.
@@ -194,7 +198,10 @@ class SelfAttention(_MultiHeadAttention):
 
   def _init_own(self, rngs: nnx.Rngs, param_dtype) -> None:
     shape = (self.d_model, 3, self.num_heads, self.head_dim)
-    self.w_qkv = nnx.Param(_glorot(0, (2, 3), (1,))(rngs.params(), shape, param_dtype))
+    self.w_qkv = nnx.Param(
+      _glorot(0, (2, 3), (1,))(rngs.params(), shape, param_dtype),
+      **logical_axes('embed', None, 'heads', 'kv'),
+    )
     self.cache_index: Cache | None = nnx.data(None)
 
   def init_cache(self, batch_size: int, max_length: int) -> None:
@@ -271,9 +278,13 @@ class CrossAttention(_MultiHeadAttention):
 
   def _init_own(self, rngs: nnx.Rngs, param_dtype) -> None:
     h, d_k = self.num_heads, self.head_dim
-    self.w_q = nnx.Param(_glorot(0, (1, 2))(rngs.params(), (self.d_model, h, d_k), param_dtype))
+    self.w_q = nnx.Param(
+      _glorot(0, (1, 2))(rngs.params(), (self.d_model, h, d_k), param_dtype),
+      **logical_axes('embed', 'heads', 'kv'),
+    )
     self.w_kv = nnx.Param(
-      _glorot(0, (2, 3), (1,))(rngs.params(), (self.d_model, 2, h, d_k), param_dtype)
+      _glorot(0, (2, 3), (1,))(rngs.params(), (self.d_model, 2, h, d_k), param_dtype),
+      **logical_axes('embed', None, 'heads', 'kv'),
     )
 
   def project_kv(self, encoded: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer import precision
+from transformer.sharding import logical_axes, partitioned
 
 
 class Embed(nnx.Module):
@@ -38,7 +39,7 @@ class Embed(nnx.Module):
       d_model,
       dtype=dtype,
       param_dtype=param_dtype,
-      embedding_init=nnx.initializers.normal(stddev=d_model**-0.5),
+      embedding_init=partitioned(nnx.initializers.normal(stddev=d_model**-0.5), 'vocab', 'embed'),
       rngs=rngs,
     )
 
@@ -121,7 +122,8 @@ class PositionalEncoding(nnx.Module):
     self.offset = offset  # the sinusoid of position p is that of p + offset
     if learned:
       self.table = nnx.Param(
-        nnx.initializers.normal(stddev=0.02)(rngs.params(), (max_positions, d_model), param_dtype)
+        nnx.initializers.normal(stddev=0.02)(rngs.params(), (max_positions, d_model), param_dtype),
+        **logical_axes('positions', 'embed'),
       )
     else:
       # The sinusoids are a constant of the traced program, not state: no gradient, no checkpoint.
@@ -167,8 +169,16 @@ class FeedForward(nnx.Module):
     self.activation = activation
     # nnx.Linear holds the parameters (kernel [in, out], bias [out]); the matmuls go through
     # precision.project, which is what makes bfloat16 fast on CPU.
-    self.w_1 = nnx.Linear(d_model, d_ff, kernel_init=init, param_dtype=param_dtype, rngs=rngs)
-    self.w_2 = nnx.Linear(d_ff, d_model, kernel_init=init, param_dtype=param_dtype, rngs=rngs)
+    linear = lambda d_in, d_out, axes: nnx.Linear(
+      d_in,
+      d_out,
+      kernel_init=partitioned(init, *axes),
+      bias_init=partitioned(nnx.initializers.zeros_init(), axes[1]),
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
+    self.w_1 = linear(d_model, d_ff, ('embed', 'mlp'))
+    self.w_2 = linear(d_ff, d_model, ('mlp', 'embed'))
     # Dropout on the hidden ReLU activations, as in tensor2tensor's "relu_dropout" (0 in the paper).
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 

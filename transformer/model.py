@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from transformer import masks, special_ids
 from transformer.attention import IMPLEMENTATIONS, CrossAttention, SelfAttention
 from transformer.layers import Embed, FeedForward, PositionalEncoding
+from transformer.sharding import logical_axes
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -32,6 +33,11 @@ ACTIVATIONS = {
   'swish': jax.nn.swish,
   'gelu': functools.partial(jax.nn.gelu, approximate=False),
 }
+# What the backward pass keeps of a layer's forward pass (TransformerConfig.remat).
+REMAT_POLICIES = {
+  'minimal': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'full': jax.checkpoint_policies.nothing_saveable,
+}
 _CHOICES = {
   'positional_encoding': ('sinusoidal', 'learned'),
   'sinusoid_layout': ('interleaved', 'halves', 'fairseq'),
@@ -40,6 +46,7 @@ _CHOICES = {
   'activation': tuple(ACTIVATIONS),
   'dtype': tuple(_DTYPES),
   'param_dtype': tuple(_DTYPES),
+  'remat': ('none', 'minimal', 'full'),
 }
 _POSITIVE = (
   'vocab_size',
@@ -96,6 +103,10 @@ class TransformerConfig:
   # False removes the decoder's causal mask: a model that can read the future while training and
   # then cannot translate (what notebooks/teacher_forcing.ipynb shows). Never for real use.
   decoder_causal_mask: bool = True
+  # Activations the backward pass recomputes instead of keeping (`REMAT_POLICIES`): 'none'
+  # keeps all; 'minimal' keeps the matmul outputs of each layer; 'full' keeps only each layer's
+  # input. Less memory for one more forward pass's work.
+  remat: str = 'none'
 
   def __post_init__(self):
     for name in _POSITIVE:
@@ -323,6 +334,7 @@ class _Stack(nnx.Module):
       rngs=rngs,
     )
     self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+    self.remat = config.remat
     if config.norm_position == 'pre':
       self.final_norm = nnx.LayerNorm(
         config.d_model,
@@ -333,6 +345,13 @@ class _Stack(nnx.Module):
       )
     else:
       self.final_norm = nnx.data(None)
+
+  def _layer(self, layer: nnx.Module, *args: Any) -> jax.Array:
+    """`layer(*args)`, under `nnx.remat` with the config's policy unless it is 'none'."""
+    if self.remat == 'none':
+      return layer(*args)
+    policy = REMAT_POLICIES[self.remat]
+    return nnx.remat(lambda module, *inputs: module(*inputs), policy=policy)(layer, *args)
 
   def _inputs(self, embedded: jax.Array, positions: jax.Array | None) -> jax.Array:
     return self.dropout(self.positional_encoding(embedded, positions))
@@ -356,7 +375,7 @@ class Encoder(_Stack):
     """`embedded` `[batch, src_length, d_model]` -> encoder output `[batch, src_length, d_model]`."""
     x = self._inputs(embedded, positions)
     for layer in self.layers:
-      x = layer(x, bias)
+      x = self._layer(layer, x, bias)
     return self._output(x)
 
 
@@ -382,7 +401,10 @@ class Decoder(_Stack):
     """`embedded` `[batch, tgt_length, d_model]` -> `[batch, tgt_length, d_model]`."""
     x = self._inputs(embedded, positions)
     for layer in self.layers:
-      x = layer(x, encoded, self_bias, cross_bias, use_cache=use_cache)
+      if use_cache:  # decoding: one token, no backward pass to save memory for
+        x = layer(x, encoded, self_bias, cross_bias, use_cache=True)
+      else:
+        x = self._layer(layer, x, encoded, self_bias, cross_bias)
     return self._output(x)
 
 
@@ -415,7 +437,9 @@ class Transformer(nnx.Module):
     self.encoder = Encoder(config, rngs=rngs)
     self.decoder = Decoder(config, rngs=rngs)
     if config.logits_bias:
-      self.logits_bias = nnx.Param(jnp.zeros((config.target_vocabulary,), config.parameter_dtype))
+      self.logits_bias = nnx.Param(
+        jnp.zeros((config.target_vocabulary,), config.parameter_dtype), **logical_axes('vocab')
+      )
     else:
       self.logits_bias = nnx.data(None)
 

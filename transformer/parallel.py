@@ -1,14 +1,18 @@
-"""Data parallelism: where the train state and batches live, and how steps are compiled.
+"""Parallelism: where the train state and batches live, and how steps are compiled.
 
     ShardMap      (default) jax.jit(jax.shard_map(step)) over a 1-D 'data' mesh of every device
                   of every host: the state is replicated, the batch split along its rows.
     Pmap          the same per-replica step under jax.pmap (state with a leading device axis).
+    Gspmd         jax.jit with shardings over the ('data', 'fsdp', 'tensor') mesh of
+                  `transformer.sharding`: parameters and Adam moments split as their logical
+                  axes say (FSDP, tensor parallelism), the batch's rows over data × fsdp.
     SingleDevice  one device, plain jax.jit.
 
-The step functions (`transformer.training`) are per-replica: they reduce gradients and metrics
-with one `psum` over `AXIS` (sums over tokens, divided once), so every mode computes the same
-numbers as one device. The state on the host is always one plain copy, so checkpoints do not
-depend on the mode or the device count.
+The step functions (`transformer.training`) compute sums over tokens, divided once. Under
+ShardMap and Pmap they are per-replica and reduce with one `psum` over `AXIS`; under Gspmd they
+see the global batch and XLA adds the collectives. Every mode computes the same numbers as one
+device. The state on the host is always one plain copy, so checkpoints do not depend on the mode,
+the mesh or the device count.
 """
 
 from __future__ import annotations
@@ -169,14 +173,77 @@ class Pmap(DataParallel):
     return super().metrics(jax.tree.map(lambda x: x[0], metrics))
 
 
-MODES: dict[str, type[DataParallel]] = {'shard_map': ShardMap, 'pmap': Pmap, 'none': SingleDevice}
+class Gspmd(DataParallel):
+  """`jax.jit` with shardings over a ('data', 'fsdp', 'tensor') mesh (`transformer.sharding`)."""
+
+  name = 'gspmd'
+  axis_name = None  # the step sees the global batch; XLA inserts the collectives
+
+  def __init__(self, devices: Sequence[jax.Device] | None = None, mesh: Sequence[int] = (-1, 1, 1)):
+    from transformer import sharding
+
+    self.sharding = sharding
+    self.mesh = sharding.make_mesh(mesh, devices)
+    self.rows = NamedSharding(self.mesh, sharding.BATCH)
+    self.replicated = NamedSharding(self.mesh, P())
+
+  @property
+  def num_replicas(self) -> int:
+    return self.mesh.shape['data'] * self.mesh.shape['fsdp']
+
+  def device_state(self, tree: Any) -> Any:
+    """Each array split as `sharding.shardings` says; every process fills its own shards."""
+    place = lambda x, where: jax.make_array_from_callback(
+      np.shape(x), where, lambda index: np.asarray(x)[index]
+    )
+    return jax.tree.map(place, tree, self.sharding.shardings(tree, self.mesh))
+
+  def host_state(self, tree: Any) -> Any:
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+  def device_batch(self, local_batch: dict[str, np.ndarray]) -> Batch:
+    return {k: jax.make_array_from_process_local_data(self.rows, v) for k, v in local_batch.items()}
+
+  def compile_train_step(self, step: Callable) -> Callable:
+    """Compiled at the first call, with the state's shardings as the new state's."""
+    compiled: list[Callable] = []
+
+    def run(state, rngs, batch, learning_rate):
+      if not compiled:
+        keep = jax.tree.map(lambda x: x.sharding, state)
+        compiled.append(jax.jit(step, out_shardings=(keep, self.replicated), donate_argnums=(0,)))
+      return compiled[0](state, rngs, batch, learning_rate)
+
+    return run
+
+  def compile_eval_step(self, step: Callable) -> Callable:
+    return jax.jit(step, out_shardings=self.replicated)
+
+
+MODES: dict[str, type[DataParallel]] = {
+  'shard_map': ShardMap,
+  'pmap': Pmap,
+  'gspmd': Gspmd,
+  'none': SingleDevice,
+}
 PARALLELISMS = tuple(MODES)
 
 
 def make(
-  parallelism: str = 'shard_map', devices: Sequence[jax.Device] | None = None
+  parallelism: str = 'shard_map',
+  devices: Sequence[jax.Device] | None = None,
+  mesh: Sequence[int] = (-1, 1, 1),
 ) -> DataParallel:
-  """The `DataParallel` for `parallelism` ('shard_map', 'pmap' or 'none')."""
+  """The mode for `parallelism` ('shard_map', 'pmap', 'gspmd' or 'none'); `mesh` (data, fsdp,
+  tensor) is Gspmd's, and the others split over data only."""
   if parallelism not in MODES:
     raise ValueError(f'parallelism must be one of {PARALLELISMS}, got {parallelism!r}')
+  if parallelism == 'gspmd':
+    return Gspmd(devices, mesh)
+  if tuple(mesh)[1:] != (1, 1):
+    raise ValueError(
+      f"mesh {tuple(mesh)} splits the model (fsdp or tensor > 1): that needs parallelism='gspmd'"
+    )
   return MODES[parallelism](devices)

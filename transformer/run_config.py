@@ -91,6 +91,22 @@ class ConfigError(ValueError):
   """The config is invalid or incompatible with the workdir."""
 
 
+def _check_mesh(config: ml_collections.ConfigDict) -> None:
+  """`config.mesh`: three sizes (data, fsdp, tensor), -1 at most once; splitting the model (fsdp or
+  tensor > 1) needs parallelism='gspmd'. Whether it fits the devices is checked with them."""
+  mesh = tuple(config.get('mesh', (-1, 1, 1)))
+  valid = lambda s: isinstance(s, int) and not isinstance(s, bool) and (s >= 1 or s == -1)
+  if len(mesh) != 3 or not all(map(valid, mesh)) or mesh.count(-1) > 1:
+    raise ConfigError(
+      f'config.mesh must be three sizes (data, fsdp, tensor), each >= 1 or one of them -1; got {mesh}'
+    )
+  if mesh[1:] != (1, 1) and config.parallelism != 'gspmd':
+    raise ConfigError(
+      f'config.mesh={mesh} splits the model (fsdp or tensor > 1): that needs '
+      f"config.parallelism='gspmd', not {config.parallelism!r}"
+    )
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field."""
   from transformer import training  # the schedules' names; optax is needed to train anyway
@@ -117,6 +133,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name, allowed in choices.items():
     if config[name] not in allowed:
       raise ConfigError(f'config.{name} must be one of {allowed}, got {config[name]!r}')
+  _check_mesh(config)
   if config.source_lang == config.target_lang:
     raise ConfigError(
       f'config.source_lang and config.target_lang are both {config.source_lang!r}: a model '

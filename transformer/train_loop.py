@@ -167,7 +167,10 @@ def set_up(
   from transformer import run_data  # grain and TFDS: training only
 
   validate_config(asked)
-  parallel = parallel_lib.make(asked.parallelism)
+  try:
+    parallel = parallel_lib.make(asked.parallelism, mesh=asked.get('mesh', (-1, 1, 1)))
+  except ValueError as e:  # a mesh that does not fit the devices
+    raise ConfigError(f'config.mesh: {e}') from e
   _check_batch_sizes(asked, parallel.num_replicas)
   warnings = (
     workdir_lib.check_resume(asked, workdir) if resume_warnings is None else resume_warnings

@@ -159,6 +159,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   if saved is None:
     return []
   saved, current = saved.to_dict(), json.loads(config.to_json_best_effort())
+  for values in (saved, current):  # how activations are kept changes no parameter
+    values.get('model', {}).pop('remat', None)
   changed = [k for k in INCOMPATIBLE_ON_RESUME if saved.get(k) != current.get(k)]
   if changed and not checkpoint_steps(workdir):
     _everyone_here('an abandoned start found')  # every process has read the saved config

@@ -2,7 +2,7 @@
 can: Colab's jax comes with the GPU or TPU support of the runtime.
 
     python notebooks/colab_install.py [REPOSITORY_DIR] [--extras=data,notebook] [--no-upgrade]
-                                      [--dry-run] [pip arguments]
+                                      [--print-commands] [pip arguments]
 
 - The installed jax is at least the package's floor (`jax>=` in pyproject.toml): jax, jaxlib,
   the CUDA plugins and libtpu are pinned as pip constraints, so pip keeps them or fails instead
@@ -13,8 +13,8 @@ can: Colab's jax comes with the GPU or TPU support of the runtime.
   again after the restart. With `--no-upgrade` it stops instead with one line saying what to do.
 
 `--extras` names the package extras a notebook needs (the walkthrough: `notebook`; notebooks that
-read TFDS datasets: `data,notebook`). `--dry-run` prints the pip commands instead of running them.
-Other arguments go to `pip install`.
+read TFDS datasets: `data,notebook`). `--print-commands` prints the pip commands instead of
+running them. Other arguments go to `pip install` (e.g. its `--dry-run --report FILE`).
 """
 
 from __future__ import annotations
@@ -93,25 +93,25 @@ def plan(
 
 
 def _options(argv: list[str]) -> tuple[str, str, bool, bool, list[str]]:
-  """(repository, extras, upgrade, dry_run, pip arguments) from the command line."""
+  """(repository, extras, upgrade, print_only, pip arguments) from the command line."""
   repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if argv and not argv[0].startswith('-'):
     repository, argv = argv[0], argv[1:]
-  extras, upgrade, dry_run, rest = 'data,notebook', True, False, []
+  extras, upgrade, print_only, rest = 'data,notebook', True, False, []
   for arg in argv:
     if arg.startswith('--extras='):
       extras = arg.split('=', 1)[1]
     elif arg == '--no-upgrade':
       upgrade = False
-    elif arg == '--dry-run':
-      dry_run = True
+    elif arg == '--print-commands':
+      print_only = True
     else:
       rest.append(arg)
-  return repository, extras, upgrade, dry_run, rest
+  return repository, extras, upgrade, print_only, rest
 
 
 def main(argv: list[str]) -> int:
-  repository, extras, upgrade, dry_run, pip_args = _options(argv)
+  repository, extras, upgrade, print_only, pip_args = _options(argv)
   pins = installed_jax_pins()
   commands, message, status = plan(
     pins, jax_floor(repository), repository, extras, upgrade, pip_args
@@ -121,7 +121,7 @@ def main(argv: list[str]) -> int:
   for arguments in commands:
     command = [sys.executable, '-m', 'pip', 'install', '-q']
     command += [a.replace('{constraints}', constraints.name) for a in arguments]
-    if dry_run:
+    if print_only:
       print(' '.join(command))
     elif subprocess.run(command).returncode != 0:
       print(f'colab_install: `{" ".join(command)}` failed (see pip above)', file=sys.stderr)

@@ -47,20 +47,20 @@ def test_an_older_jax_is_upgraded_with_its_runtime_and_a_restart_asked(template,
 
 def test_an_older_jax_without_upgrade_stops_in_one_line(capsys, monkeypatch):
   monkeypatch.setattr(colab_install, 'installed_jax_pins', lambda: _pins(GPU, '0.4.33'))
-  status = colab_install.main([ROOT, '--no-upgrade', '--dry-run'])
+  status = colab_install.main([ROOT, '--no-upgrade', '--print-commands'])
   captured = capsys.readouterr()
   assert status == 2 and captured.out == ''
   line = captured.err.strip()
   assert '\n' not in line and 'jax 0.4.33, older than the 0.8.1' in line and 'jax[cuda12]' in line
 
 
-def test_dry_run_prints_the_pip_commands(capsys, monkeypatch):
+def test_print_only_prints_the_pip_commands(capsys, monkeypatch):
   monkeypatch.setattr(colab_install, 'installed_jax_pins', lambda: _pins(TPU, '0.4.33'))
-  assert colab_install.main([ROOT, '--extras=notebook', '--dry-run']) == 3
+  assert colab_install.main([ROOT, '--extras=notebook', '--print-commands']) == 3
   printed = capsys.readouterr().out.strip().splitlines()
   assert printed[0].endswith('pip install -q -U jax[tpu]>=0.8.1')
   assert printed[1].endswith(f'pip install -q -e {ROOT}[notebook]')
   monkeypatch.setattr(colab_install, 'installed_jax_pins', lambda: _pins(GPU, '0.10.2'))
-  assert colab_install.main([ROOT, '--dry-run']) == 0
+  assert colab_install.main([ROOT, '--print-commands']) == 0
   command = capsys.readouterr().out.strip().splitlines()[0].split()
   assert command[command.index('-c') + 1].endswith('.txt') and f'{ROOT}[data,notebook]' in command

@@ -10,9 +10,9 @@
 
 The parameters live in the Linen `params` collection under `transformer/...` with the same tree as
 `nnx.state(nnx_model, nnx.Param)`. Each is boxed with its logical axis names (the bridge's
-`NNXMeta`, a `linen.meta.AxisMetadata`: `linen.get_partition_spec(variables)` reads them, under
-Linen's `logical_axis_rules`, e.g. `transformer.sharding.RULES`), so weights move between the
-two with `nnx.update(nnx_model, linen.meta.unbox(variables['params']['transformer']))`.
+`NNXMeta`, a `linen.meta.AxisMetadata`, its `metadata['out_sharding']`; see
+`transformer.sharding`), so weights move between the two with
+`nnx.update(nnx_model, linen.meta.unbox(variables['params']['transformer']))`.
 """
 
 from __future__ import annotations

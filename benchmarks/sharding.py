@@ -146,6 +146,9 @@ def main() -> None:
   parser.add_argument('--rows', type=int, default=8)
   parser.add_argument('--length', type=int, default=256)
   parser.add_argument('--vocab', type=int, default=32000)
+  parser.add_argument(
+    '--layers', type=int, default=None, help='layers per stack (default: the model)'
+  )
   parser.add_argument('--json', action='store_true')
   parser.add_argument('--run', action='store_true', help='run steps under FSDP (accelerators)')
   parser.add_argument('--steps', type=int, default=10)
@@ -164,7 +167,10 @@ def main() -> None:
     )
     print(json.dumps(numbers))
     return
-  config = TransformerConfig(vocab_size=args.vocab, max_positions=args.length, **MODELS[args.model])
+  spec = dict(MODELS[args.model])
+  if args.layers:
+    spec.update(num_encoder_layers=args.layers, num_decoder_layers=args.layers)
+  config = TransformerConfig(vocab_size=args.vocab, max_positions=args.length, **spec)
   _, state, _, _ = abstract_train_state(config)
   total = sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
   report = {'model': args.model, 'device': jax.devices()[0].device_kind, 'state_bytes': int(total)}

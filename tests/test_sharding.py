@@ -167,3 +167,23 @@ def test_the_fsdp_step_benchmark_runs_small_and_splits_the_state():
   assert numbers['devices'] == 8 and numbers['step_ms'] > 0 and numbers['tokens_per_second'] > 0
   whole_state = numbers['parameters'] * 4 * 3  # float32 parameters and two Adam moments
   assert numbers['state_bytes_per_device'] < 0.2 * whole_state  # split 8 ways, norms whole
+
+
+def test_gradient_accumulation_on_a_mesh_equals_one_device():
+  model = training.create_model(CONFIG, seed=0)
+  optimizer, _ = training.make_optimizer(CONFIG.d_model, warmup_steps=10)
+  graphdef, state, rngs = training.init_train_state(model, optimizer, seed=0)
+  host = jax.tree.map(np.asarray, state)
+  results = []
+  for mode, accumulate in ((parallel.make('none'), 1), (parallel.make('gspmd', mesh=(2, 2, 2)), 2)):
+    step = mode.compile_train_step(
+      training.make_train_step(
+        graphdef, optimizer, label_smoothing=0.1, grad_accum_steps=accumulate, axis_name=None
+      )
+    )
+    new, metrics = step(mode.device_state(host), rngs, mode.device_batch(_packed_batch()), 1e-3)
+    results.append((mode.metrics(metrics)['loss'], mode.host_state(new).params))
+  (loss, params), (mesh_loss, mesh_params) = results
+  assert mesh_loss == pytest.approx(loss, rel=1e-6)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(mesh_params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)

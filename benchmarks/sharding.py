@@ -8,7 +8,7 @@ Without `--run`, nothing is allocated (a 1–3B-parameter shape runs on a laptop
     from the shardings `transformer.sharding` gives the abstract train state;
 (b) for each remat policy ('none', 'minimal', 'full'): trace + compile time of the train step
     and its peak temporary memory from XLA's `memory_analysis()` on one device, with a batch of
-    `--rows` rows of `--length` tokens.
+    `--rows` rows of `--length` tokens (`--layers=N` per stack, `--scan_layers` scanned).
 
 `--run` (for a lent GPU/TPU): the bfloat16 train step of `--model` under FSDP over every local
 device (mesh (1, devices, 1)), the state created already sharded: step time, tokens/s, MFU and
@@ -170,7 +170,9 @@ def main() -> None:
   spec = dict(MODELS[args.model])
   if args.layers:
     spec.update(num_encoder_layers=args.layers, num_decoder_layers=args.layers)
-  config = TransformerConfig(vocab_size=args.vocab, max_positions=args.length, **spec)
+  config = TransformerConfig(
+    vocab_size=args.vocab, max_positions=args.length, scan_layers=args.scan_layers, **spec
+  )
   _, state, _, _ = abstract_train_state(config)
   total = sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
   report = {'model': args.model, 'device': jax.devices()[0].device_kind, 'state_bytes': int(total)}

@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
       attention_implementation='reference',
       dtype='float32',
       remat='none',  # 'none' | 'minimal' | 'full': activations recomputed in the backward pass
+      scan_layers=False,  # True: each stack's layers stacked and run by nnx.scan (deep models)
     )
   )
 

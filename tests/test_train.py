@@ -571,3 +571,36 @@ def test_a_trained_workdir_exports_to_ctranslate2_which_translates_as_translate_
   assert not os.path.exists(tmp_path / 'hf')
   inside = _export([f'--workdir={workdir}', f'--out={os.path.join(workdir, "x")}'])
   assert inside.returncode == 2 and 'would write into the model it exports' in inside.stderr
+
+
+def test_a_run_with_scanned_layers_trains_tests_translates_and_averages(tmp_path, corpus):
+  import jax.numpy as jnp
+
+  workdir = str(tmp_path / 'scanned')
+  overrides = tiny_run.tiny_overrides(
+    corpus,
+    num_train_steps=6,
+    checkpoint_every=3,
+    **{'model.scan_layers': True, 'model.num_encoder_layers': 2, 'model.num_decoder_layers': 2},
+  )
+  result = tiny_run.run_train(workdir, overrides)
+  assert 'test BLEU (greedy' in result.stdout  # decoding ran on the unrolled model
+  stacked, _, _ = workdir_lib.load_model(workdir, unroll=False)
+  unrolled, _, step = workdir_lib.load_model(workdir)
+  assert step == 6 and stacked.config.scan_layers and not unrolled.config.scan_layers
+  assert (
+    stacked.encoder.layers.self_attention.w_qkv.shape[0] == 2 and len(unrolled.encoder.layers) == 2
+  )
+  src, tgt = jnp.array([[5, 6, 7, 2]]), jnp.array([[1, 9, 10, 11]])
+  np.testing.assert_allclose(stacked(src, tgt), unrolled(src, tgt), atol=1e-5)
+  command = [sys.executable, '-m', 'transformer.translate', f'--workdir={workdir}']
+  translated = subprocess.run(
+    command, input='He wept.\n', capture_output=True, text=True, cwd=ROOT, env=tiny_run.env(),
+    timeout=300,
+  )  # fmt: skip
+  assert translated.returncode == 0 and translated.stdout.strip(), translated.stderr[-2000:]
+  averaged = subprocess.run(
+    [sys.executable, '-m', 'transformer.average', f'--workdir={workdir}', '--last=2'],
+    capture_output=True, text=True, cwd=ROOT, env=tiny_run.env(), timeout=300,
+  )  # fmt: skip
+  assert averaged.returncode == 0, averaged.stderr[-2000:]

@@ -73,7 +73,8 @@ def main(argv: list[str]) -> int:
   from transformer import workdir
 
   try:
-    model, _, _ = workdir.load_model(FLAGS.workdir)  # the shapes and dtypes to restore into
+    # The shapes and dtypes to restore into, in the checkpoints' own layout.
+    model, _, _ = workdir.load_model(FLAGS.workdir, unroll=False)
     checkpointer = checkpoints.Checkpointer(FLAGS.workdir, keep_best=False)
     try:
       params, steps = average_checkpoints(checkpointer, nnx.state(model, nnx.Param), FLAGS.last)

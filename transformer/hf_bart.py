@@ -420,7 +420,11 @@ def state_dict(params: dict, config: TransformerConfig) -> dict[str, np.ndarray]
 
 
 def numpy_params(model: Transformer) -> dict:
-  """The model's parameters as nested dicts of NumPy arrays."""
+  """The model's parameters as nested dicts of NumPy arrays, one entry per layer (a model with
+  scanned stacks is unrolled first)."""
+  from transformer import scanned
+
+  model = scanned.unrolled(model)
   to_numpy: Callable = lambda tree: {
     k: to_numpy(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()
   }

@@ -20,7 +20,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from transformer import masks, special_ids
+from transformer import masks, scanned, special_ids
 from transformer.attention import IMPLEMENTATIONS, CrossAttention, SelfAttention
 from transformer.layers import Embed, FeedForward, PositionalEncoding
 from transformer.sharding import logical_axes
@@ -107,6 +107,9 @@ class TransformerConfig:
   # keeps all; 'minimal' keeps the matmul outputs of each layer; 'full' keeps only each layer's
   # input. Less memory for one more forward pass's work.
   remat: str = 'none'
+  # Each stack's layers as one block with stacked parameters, run by nnx.scan: compile time
+  # that does not grow with depth (transformer/scanned.py; decoding uses `scanned.unrolled`).
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in _POSITIVE:
@@ -320,6 +323,14 @@ class DecoderBlock(nnx.Module):
     return self.feed_forward_norm(x, self.feed_forward)
 
 
+def _unrolled_only(scan_layers: bool) -> None:
+  if scan_layers:
+    raise ValueError(
+      'token-by-token decoding needs one block per layer: decode with '
+      'transformer.scanned.unrolled(model) (a model with scan_layers=True trains scanned)'
+    )
+
+
 class _Stack(nnx.Module):
   """Positional encoding + dropout on the embedded input, then the layers (and, for pre-LN, a final norm)."""
 
@@ -335,6 +346,7 @@ class _Stack(nnx.Module):
     )
     self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
     self.remat = config.remat
+    self.scan_layers = config.scan_layers
     if config.norm_position == 'pre':
       self.final_norm = nnx.LayerNorm(
         config.d_model,
@@ -346,12 +358,28 @@ class _Stack(nnx.Module):
     else:
       self.final_norm = nnx.data(None)
 
-  def _layer(self, layer: nnx.Module, *args: Any) -> jax.Array:
-    """`layer(*args)`, under `nnx.remat` with the config's policy unless it is 'none'."""
-    if self.remat == 'none':
-      return layer(*args)
-    policy = REMAT_POLICIES[self.remat]
-    return nnx.remat(lambda module, *inputs: module(*inputs), policy=policy)(layer, *args)
+  def _blocks(self, block_class: type, config: TransformerConfig, count: int, rngs: nnx.Rngs):
+    """The stack's layers: a list, or one block of stacked layers (`scan_layers`)."""
+    if self.scan_layers:
+      return scanned.stacked_blocks(block_class, config, count, rngs)
+    return nnx.List([block_class(config, rngs=rngs) for _ in range(count)])
+
+  def _run_layers(self, x: jax.Array, *args: Any) -> jax.Array:
+    """`x` through every layer (`layer(x, *args)`), scanned or in a loop, each under `nnx.remat`
+    with the config's policy unless it is 'none'."""
+    remat = self.remat
+
+    def call(layer: nnx.Module, x: jax.Array, *args: Any) -> jax.Array:
+      if remat == 'none':
+        return layer(x, *args)
+      apply = lambda module, *inputs: module(*inputs)
+      return nnx.remat(apply, policy=REMAT_POLICIES[remat])(layer, x, *args)
+
+    if self.scan_layers:
+      return scanned.run(self.layers, x, call, *args)
+    for layer in self.layers:
+      x = call(layer, x, *args)
+    return x
 
   def _inputs(self, embedded: jax.Array, positions: jax.Array | None) -> jax.Array:
     return self.dropout(self.positional_encoding(embedded, positions))
@@ -365,18 +393,14 @@ class Encoder(_Stack):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)
-    self.layers = nnx.List(
-      [EncoderBlock(config, rngs=rngs) for _ in range(config.num_encoder_layers)]
-    )
+    self.layers = self._blocks(EncoderBlock, config, config.num_encoder_layers, rngs)
 
   def __call__(
     self, embedded: jax.Array, bias: jax.Array | None = None, positions: jax.Array | None = None
   ) -> jax.Array:
     """`embedded` `[batch, src_length, d_model]` -> encoder output `[batch, src_length, d_model]`."""
     x = self._inputs(embedded, positions)
-    for layer in self.layers:
-      x = self._layer(layer, x, bias)
-    return self._output(x)
+    return self._output(self._run_layers(x, bias))
 
 
 class Decoder(_Stack):
@@ -384,9 +408,7 @@ class Decoder(_Stack):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)
-    self.layers = nnx.List(
-      [DecoderBlock(config, rngs=rngs) for _ in range(config.num_decoder_layers)]
-    )
+    self.layers = self._blocks(DecoderBlock, config, config.num_decoder_layers, rngs)
 
   def __call__(
     self,
@@ -400,11 +422,11 @@ class Decoder(_Stack):
   ) -> jax.Array:
     """`embedded` `[batch, tgt_length, d_model]` -> `[batch, tgt_length, d_model]`."""
     x = self._inputs(embedded, positions)
-    for layer in self.layers:
-      if use_cache:  # decoding: one token, no backward pass to save memory for
-        x = layer(x, encoded, self_bias, cross_bias, use_cache=True)
-      else:
-        x = self._layer(layer, x, encoded, self_bias, cross_bias)
+    if not use_cache:
+      return self._output(self._run_layers(x, encoded, self_bias, cross_bias))
+    _unrolled_only(self.scan_layers)
+    for layer in self.layers:  # decoding: one token, no backward pass to save memory for
+      x = layer(x, encoded, self_bias, cross_bias, use_cache=True)
     return self._output(x)
 
 
@@ -555,6 +577,7 @@ class Transformer(nnx.Module):
         f'max_decode_length={max_decode_length} exceeds the positional encoding '
         f'length max_positions={self.config.max_positions}'
       )
+    _unrolled_only(self.config.scan_layers)
     for layer in self.decoder.layers:
       layer.self_attention.init_cache(encoded.shape[0] * beams, max_decode_length)
       if layer.cross_attention is not None:
@@ -592,9 +615,4 @@ def abstract_model(config: TransformerConfig) -> tuple[nnx.GraphDef, Any, Any]:
   without initialising any parameter."""
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  concrete = lambda x: (
-    jax.random.key(0)
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-    else jnp.zeros(x.shape, x.dtype)
-  )
-  return graphdef, params, jax.tree.map(concrete, rest)
+  return graphdef, params, jax.tree.map(scanned.placeholder, rest)

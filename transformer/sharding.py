@@ -42,6 +42,7 @@ RULES = (
   ('mlp', 'tensor'),
   ('kv', None),
   ('positions', None),
+  ('layers', None),  # the leading axis of scanned stacks (scan_layers)
 )
 BATCH = P(('data', 'fsdp'))
 

@@ -85,9 +85,12 @@ class Run:
     self.writer.say(message)
 
   def eval_model(self, params: Any) -> Transformer:
+    """The model of `params` in eval mode, unrolled for decoding if it trains scanned."""
+    from transformer import scanned
+
     model = nnx.merge(self.graphdef, params, self.rngs)
     model.eval()
-    return model
+    return scanned.unrolled(model)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -236,13 +239,18 @@ def _build_model(
       target_lang=config.target_lang,
       dtype=config.model.dtype,
     )
-    mconfig = pretrained.config
+    # How the layers run (not what they are) is the run's choice.
+    how = {k: config.model.get(k) for k in ('remat', 'scan_layers') if config.model.get(k)}
+    mconfig = pretrained.config.replace(**how)
   else:
     mconfig = model_config(config, tokenizer.vocab_size, **tokenizer.special_ids)
   workdir_lib.save_model_config(mconfig, workdir)
   model = training.create_model(mconfig, config.seed)
   if config.init_from:
-    nnx.update(model, nnx.state(pretrained, nnx.Param))
+    from transformer import scanned
+
+    laid_out = scanned.scanned(pretrained) if mconfig.scan_layers else pretrained
+    nnx.update(model, nnx.state(laid_out, nnx.Param))
   return mconfig, model
 
 

@@ -252,7 +252,8 @@ def make_train_step(
     # A fresh copy of the rng Variables at this trace level, so that reseeding may mutate them.
     rngs = jax.tree.map(lambda x: x, rngs)
     model = nnx.merge(graphdef, params, rngs)
-    nnx.reseed(model, dropout=dropout_key)
+    # match_shape: a scanned stack's dropout streams hold one key per layer.
+    nnx.reseed(model, dropout=dropout_key, policy='match_shape')
     logits, labels, weights = _forward(model, batch)
     loss_sum, weight_sum = label_smoothed_cross_entropy(logits, labels, weights, label_smoothing)
     return loss_sum, weight_sum

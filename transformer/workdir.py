@@ -313,8 +313,11 @@ def write_json_atomically(path: str, value: Any) -> None:
     raise
 
 
-def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Any, int]:
-  """The trained model (newest or best checkpoint) in eval mode, its tokenizer and its step.
+def load_model(
+  workdir: str, *, which: str = 'latest', unroll: bool = True
+) -> tuple[Transformer, Any, int]:
+  """The trained model (newest or best checkpoint) in eval mode, its tokenizer and its step;
+  a model trained with scanned layers comes unrolled for decoding unless `unroll=False`.
 
   Raises:
     FileNotFoundError: not a workdir, or no checkpoint of `which`.
@@ -335,6 +338,10 @@ def load_model(workdir: str, *, which: str = 'latest') -> tuple[Transformer, Any
     raise FileNotFoundError(f'{workdir} has no {which} checkpoint')
   model = nnx.merge(graphdef, restored.state, rest)
   model.eval()
+  if unroll:
+    from transformer import scanned
+
+    model = scanned.unrolled(model)
   return model, tokenizer, restored.step
 
 

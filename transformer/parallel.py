@@ -23,6 +23,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from transformer import sharding
+
 AXIS = 'data'
 Batch = dict[str, jax.Array]
 
@@ -180,9 +182,6 @@ class Gspmd(DataParallel):
   axis_name = None  # the step sees the global batch; XLA inserts the collectives
 
   def __init__(self, devices: Sequence[jax.Device] | None = None, mesh: Sequence[int] = (-1, 1, 1)):
-    from transformer import sharding
-
-    self.sharding = sharding
     self.mesh = sharding.make_mesh(mesh, devices)
     self.rows = NamedSharding(self.mesh, sharding.BATCH)
     self.replicated = NamedSharding(self.mesh, P())
@@ -196,7 +195,7 @@ class Gspmd(DataParallel):
     place = lambda x, where: jax.make_array_from_callback(
       np.shape(x), where, lambda index: np.asarray(x)[index]
     )
-    return jax.tree.map(place, tree, self.sharding.shardings(tree, self.mesh))
+    return jax.tree.map(place, tree, sharding.shardings(tree, self.mesh))
 
   def host_state(self, tree: Any) -> Any:
     from jax.experimental import multihost_utils

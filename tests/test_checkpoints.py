@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -99,6 +100,36 @@ def test_an_array_that_fails_its_checksum_is_damage(tmp_path, caplog):
     assert reader.restore(_state(0.0)).step == 1
   reader.close()
   assert "params['w'] fails its checksum" in caplog.text
+
+
+def _crc32s(tree) -> dict[str, int]:
+  """What manifests before `checkpoints.CHECKSUM` recorded: each whole array's CRC-32."""
+  return {
+    jax.tree_util.keystr(path): checkpoints._crc32(np.asarray(leaf))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+
+
+def test_a_manifest_of_crc32s_from_before_the_layout_free_checksum_is_still_verified(
+  tmp_path, caplog
+):
+  workdir = str(tmp_path)
+  _save(workdir, (1, 2))
+  for step, flip in ((1, 0), (2, 1)):  # checkpoint 2's CRC of params['w'] is wrong
+    path = os.path.join(workdir, 'checkpoints', str(step), 'manifest', 'metadata')
+    contents = json.load(open(path))
+    del contents['checksum']
+    state = _state(float(step))
+    for part, tree in (('params', state.params), ('train', checkpoints._train_part(state))):
+      for name, crc in _crc32s(tree).items():
+        contents[part][name][2] = crc ^ (flip if name == "['w']" else 0)
+    json.dump(contents, open(path, 'w'))
+  reader = checkpoints.Checkpointer(workdir, keep=5, keep_best=False)
+  with caplog.at_level('WARNING'):
+    restored = reader.restore(_state(0.0))
+  reader.close()
+  assert restored.step == 1 and "params['w'] fails its checksum" in caplog.text
+  np.testing.assert_array_equal(restored.state.params['w'], _state(1.0).params['w'])
 
 
 def test_a_checkpoint_of_another_shape_is_refused_naming_the_leaf(tmp_path):

@@ -89,6 +89,8 @@ def test_each_device_holds_its_share_of_parameters_and_adam_moments(layout, ways
 
 
 def _steps(mode: parallel.DataParallel, state, count: int, first: int):
+  """`count` steps from `state` (host arrays, or arrays already in `mode`'s layout): the state
+  in `mode`'s layout and the last step's metrics."""
   model = training.create_model(CONFIG, seed=0)
   optimizer, _ = training.make_optimizer(CONFIG.d_model, warmup_steps=10)
   graphdef, _, rngs = training.init_train_state(model, optimizer, seed=0)
@@ -98,7 +100,7 @@ def _steps(mode: parallel.DataParallel, state, count: int, first: int):
   device_state = mode.device_state(state)
   for index in range(first, first + count):
     device_state, metrics = step(device_state, rngs, mode.device_batch(_packed_batch(index)), 1e-3)
-  return mode.host_state(device_state), mode.metrics(metrics)
+  return device_state, mode.metrics(metrics)
 
 
 def test_a_checkpoint_moves_from_8_replicas_to_a_2x2x2_mesh_to_one_device(tmp_path):
@@ -108,23 +110,67 @@ def test_a_checkpoint_moves_from_8_replicas_to_a_2x2x2_mesh_to_one_device(tmp_pa
   initial = jax.tree.map(np.asarray, initial)  # a host copy: the steps donate their inputs
   straight, _ = _steps(parallel.make('none'), initial, 4, 0)
 
-  first, _ = _steps(parallel.make('shard_map'), initial, 2, 0)  # 8 replicas
+  replicas = parallel.make('shard_map')  # 8 replicas
+  first, _ = _steps(replicas, initial, 2, 0)
   saver = checkpoints.Checkpointer(str(tmp_path / 'a'))
-  saver.save(2, first)
+  saver.save(2, replicas.checkpoint_state(first))
   saver.wait()
-  restored = checkpoints.Checkpointer(str(tmp_path / 'a')).restore(initial)
-  assert restored.step == 2
   mesh = parallel.make('gspmd', mesh=(2, 2, 2))
+  restored = checkpoints.Checkpointer(str(tmp_path / 'a')).restore(mesh.restore_target(initial))
+  assert restored.step == 2
+  # Orbax read the arrays straight into the mesh's shardings; placing them moves nothing.
+  embedding = restored.state.params['embed']['table']['embedding'][...]
+  assert (
+    embedding.sharding.spec
+    == mesh.device_state(initial).params['embed']['table']['embedding'][...].sharding.spec
+  )
+  assert embedding.sharding.shard_shape(embedding.shape) == (32, 16)
+  assert mesh.device_state(restored.state).params['embed']['table']['embedding'][...] is embedding
+
   second, _ = _steps(mesh, restored.state, 2, 2)
   saver = checkpoints.Checkpointer(str(tmp_path / 'b'))
-  saver.save(4, second)
+  saved = mesh.checkpoint_state(second)
+  assert not saved.params['embed']['table']['embedding'][...].sharding.is_fully_replicated
+  saver.save(4, saved)  # each device's shards, none gathered
+  jax.tree.map(lambda x: x.delete(), saved)  # the save copied what it needs before returning
   saver.wait()
   on_one = checkpoints.Checkpointer(str(tmp_path / 'b'), read_only=True).restore(
     initial.params, params_only=True
   )
   for path, value in nnx.to_flat_state(on_one.state):
+    assert isinstance(value[...], np.ndarray)
     reference = dict(nnx.to_flat_state(straight.params))[path][...]
     np.testing.assert_allclose(np.asarray(value[...]), np.asarray(reference), atol=2e-4)
+
+
+def test_the_checksum_does_not_depend_on_the_layout():
+  """The manifest's checksums of a host array and of the same array split any way agree; one
+  changed element (or two swapped) changes them."""
+  rng = np.random.default_rng(0)
+  host = {
+    'w': rng.normal(size=(64, 32)).astype(np.float32),
+    'b': rng.normal(size=(8,)).astype(jax.numpy.bfloat16),
+    'step': np.int32(7),
+  }
+  expected = checkpoints.manifest(host)
+  for layout in LAYOUTS:
+    mode = parallel.make('gspmd', mesh=layout)
+    placed = jax.tree.map(
+      lambda x, where: jax.device_put(x, where),
+      host,
+      {
+        'w': jax.sharding.NamedSharding(mode.mesh, jax.P(('data', 'fsdp'), 'tensor')),
+        'b': jax.sharding.NamedSharding(mode.mesh, jax.P('tensor')),
+        'step': mode.replicated,
+      },
+    )
+    assert checkpoints.manifest(placed) == expected
+  changed = dict(host, w=host['w'].copy())
+  changed['w'][3, 5] = np.nextafter(changed['w'][3, 5], np.float32(1))
+  swapped = dict(host, w=host['w'][::-1].copy())
+  for other in (changed, swapped):
+    assert checkpoints.manifest(other)["['w']"] != expected["['w']"]
+    assert checkpoints.manifest(other)["['b']"] == expected["['b']"]
 
 
 def test_mesh_sizes_resolve_or_stop_in_one_line():

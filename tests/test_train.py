@@ -10,11 +10,14 @@ import subprocess
 import sys
 import time
 
+from flax import nnx
+import jax
 import numpy as np
 import pytest
 
 from benchmarks import tiny_run
-from transformer import train_loop, workdir as workdir_lib
+from tests.helpers import configs
+from transformer import checkpoints, train_loop, training, workdir as workdir_lib
 
 ROOT = tiny_run.ROOT
 pytestmark = pytest.mark.slow
@@ -200,37 +203,49 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
+def _multihost_step(out: str, processes: int, devices: int, *options: str) -> np.lib.npyio.NpzFile:
+  """tests/helpers/multihost_step.py run as `processes` processes of `devices` devices each."""
   script = os.path.join(ROOT, 'tests', 'helpers', 'multihost_step.py')
-  single = str(tmp_path / 'single.npz')
-  subprocess.run(
-    [sys.executable, script, '0', '1', '0', single],
-    cwd=ROOT,
-    env=tiny_run.env(4),
-    check=True,
-    capture_output=True,
-    timeout=300,
-  )
-  port = str(_free_port())
-  multi = str(tmp_path / 'multi.npz')
+  port = str(_free_port()) if processes > 1 else '0'
   workers = [
     subprocess.Popen(
-      [sys.executable, script, str(i), '2', port, multi],
+      [sys.executable, script, str(i), str(processes), port, out, *options],
       cwd=ROOT,
-      env=tiny_run.env(2),
+      env=tiny_run.env(devices),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
     )
-    for i in range(2)
+    for i in range(processes)
   ]
   for worker in workers:
     _, err = worker.communicate(timeout=300)
     assert worker.returncode == 0, err.decode()[-3000:]
-  a, b = np.load(single), np.load(multi)
+  return np.load(out)
+
+
+def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
+  a = _multihost_step(str(tmp_path / 'single.npz'), 1, 4)
+  b = _multihost_step(str(tmp_path / 'multi.npz'), 2, 2)
   assert int(a['devices']) == int(b['devices']) == 4
   np.testing.assert_allclose(b['loss'], a['loss'], atol=1e-6)
   for key in a.files:
     np.testing.assert_allclose(b[key], a[key], atol=1e-5, err_msg=key)
+
+
+def test_two_processes_save_their_shards_of_a_sharded_state_and_restore_them(tmp_path):
+  """gspmd on a (1, 2, 2) mesh over 2 processes: each writes its own shards; the checkpoint
+  restores into the same layout and, whole, onto one device."""
+  a = _multihost_step(str(tmp_path / 'single.npz'), 1, 4, 'gspmd')
+  directory = str(tmp_path / 'checkpoint')
+  b = _multihost_step(str(tmp_path / 'multi.npz'), 2, 2, 'gspmd', directory)
+  np.testing.assert_allclose(b['loss'], a['loss'], atol=1e-6)
+  model = training.create_model(configs.tiny_config(), seed=0)
+  params = nnx.split(model, nnx.Param, ...)[1]
+  reader = checkpoints.Checkpointer(directory, keep_best=False, read_only=True)
+  on_one = jax.tree.leaves(reader.restore(params, params_only=True).state)
+  for index, leaf in enumerate(on_one):
+    np.testing.assert_allclose(b[str(index)], a[str(index)], atol=1e-5, err_msg=str(index))
+    np.testing.assert_array_equal(leaf, b[str(index)])
 
 
 def test_default_config_loss_decreases_on_the_embedded_corpus(tmp_path):

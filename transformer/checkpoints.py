@@ -2,18 +2,21 @@
 
 Layout in the workdir (one folder per step, each item a sub-folder):
 
-    checkpoints/<step>/params     the model parameters (a PyTree of host arrays, no pickle)
+    checkpoints/<step>/params     the model parameters (a PyTree of arrays, no pickle)
     checkpoints/<step>/train      step, optimizer state and the base RNG key
-    checkpoints/<step>/manifest   shape, dtype and CRC-32 of every array of params and train
+    checkpoints/<step>/manifest   shape, dtype and checksum of every array of params and train
     checkpoints/<step>/data       the data iterator's position (one JSON per process)
     best/<step>/...               the checkpoint with the best validation BLEU so far
     average/<step>/               parameters averaged over the last checkpoints (`transformer.average`)
     damaged/<folder>-<step>[...]  checkpoints that could not be read, moved aside for inspection
 
-The state is saved as plain host arrays, independent of how many devices held it, so a checkpoint
-written on 8 devices restores on 1 or 2 and the other way. A restore first compares the manifest
-with the model it restores into (a mismatch is an error that names the first leaf that differs),
-then checks every array's CRC-32. A checkpoint that cannot be read or whose data is damaged is
+Each array is stored whole (Orbax, tensorstore), whatever held it: host arrays, or jax.Arrays split
+over a mesh, whose processes each write their own shards. A restore reads into the layout the
+caller asks for: ShapeDtypeStructs with shardings (each process reads only its shards: a
+checkpoint written on 8 replicas resumes on a (2, 2, 2) FSDP mesh), or host arrays (`translate`
+on one device). It first compares the manifest with the model it restores into (a mismatch is an
+error that names the first leaf that differs), then checks every array's checksum (`_sum32`, the
+same on every layout). A checkpoint that cannot be read or whose data is damaged is
 reported, moved aside (so that the run can save that step again) and the previous one is used.
 Inference restores the parameters alone.
 """
@@ -32,6 +35,7 @@ import zlib
 
 from etils import epath
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -169,18 +173,74 @@ def _crc32(array: np.ndarray) -> int:
   return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast('B'))
 
 
-def manifest(tree: Any, *, checksums: bool = True) -> dict[str, list]:
-  """`{leaf path: [shape, dtype(, crc32)]}` of a PyTree of host arrays."""
-  out = {}
+def _fmix32(h: jax.Array) -> jax.Array:
+  """MurmurHash3's finaliser: a bijection of uint32 that spreads every input bit."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of `x` as uint32 words: `[...]`, or `[..., 2]` for 8-byte dtypes."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _sum32(x: jax.Array) -> jax.Array:
+  """A 32-bit checksum of the global array `x`: the sum (mod 2³²) over its elements of a mix of
+  each element's bits with its position. Integer sums are exact in any order, so the checksum does
+  not depend on how `x` is split over devices or processes: a checkpoint written on one mesh is
+  verified on another, each process reading only its own shards."""
+  words = _words(x)
+  position = jnp.zeros(words.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(words.ndim)):
+    position = position + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * jnp.uint32(
+      stride % 2**32
+    )
+    stride *= words.shape[axis]
+  return jnp.sum(_fmix32(words ^ _fmix32(position + jnp.uint32(1))), dtype=jnp.uint32)
+
+
+_sum32_each = jax.jit(lambda leaves: [_sum32(x) for x in leaves])
+
+
+def checksums(leaves: list[Any]) -> list[int]:
+  """`_sum32` of each leaf: of a jax.Array where its shards are, of anything else on the host's
+  CPU device. One program per set of devices, each finished before the next starts, so that the
+  processes of a multi-host run meet at its collectives in the same order."""
+  groups: dict[tuple[int, ...], list[tuple[int, jax.Array]]] = {}
+  for index, leaf in enumerate(leaves):
+    if not isinstance(leaf, jax.Array):
+      leaf = jax.device_put(np.asarray(leaf), jax.devices('cpu')[0])
+    devices = tuple(sorted(device.id for device in leaf.sharding.device_set))
+    groups.setdefault(devices, []).append((index, leaf))
+  found: list[int] = [0] * len(leaves)
+  for group in groups.values():
+    values = jax.device_get(_sum32_each([leaf for _, leaf in group]))
+    for (index, _), value in zip(group, values, strict=True):
+      found[index] = int(value)
+  return found
+
+
+CHECKSUM = 'sum32'  # the manifest's checksum; manifests without the field hold CRC-32s
+
+
+def manifest(tree: Any, *, with_checksums: bool = True) -> dict[str, list]:
+  """`{leaf path: [shape, dtype(, checksum)]}` of a PyTree of arrays (host arrays, or jax.Arrays
+  laid out on any mesh: the checksums are computed where the shards are)."""
+  out, arrays = {}, {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if isinstance(leaf, jax.ShapeDtypeStruct):
-      entry = [list(leaf.shape), str(np.dtype(leaf.dtype))]
-    else:
-      array = np.asarray(leaf)
-      entry = [list(array.shape), str(array.dtype)]
-      if checksums:
-        entry.append(_crc32(array))
-    out[jax.tree_util.keystr(path)] = entry
+    name = jax.tree_util.keystr(path)
+    out[name] = [list(np.shape(leaf)), str(np.dtype(leaf.dtype))]
+    if with_checksums and not isinstance(leaf, jax.ShapeDtypeStruct):
+      arrays[name] = leaf
+  for name, value in zip(arrays, checksums(list(arrays.values())), strict=True):
+    out[name].append(value)
   return out
 
 
@@ -200,23 +260,56 @@ def _first_difference(saved: dict[str, list], target: dict[str, list], what: str
   return None
 
 
-def _verify_checksums(restored: Any, saved: dict[str, list], what: str) -> None:
-  for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
-    name = jax.tree_util.keystr(path)
-    if _crc32(np.asarray(leaf)) != saved[name][2]:
+def _legacy_crc32(leaf: Any) -> int:
+  """The CRC-32 that manifests before `CHECKSUM` recorded, of the whole array."""
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    from jax.experimental import multihost_utils
+
+    leaf = multihost_utils.process_allgather(leaf, tiled=True)
+  return _crc32(np.asarray(leaf))
+
+
+def _verify_checksums(restored: Any, saved: dict[str, list], what: str, kind: str | None) -> None:
+  """Compares `restored` with the manifest's checksums (`kind`: CHECKSUM, or None for CRC-32)."""
+  if kind == CHECKSUM:
+    sums = {name: entry[2] for name, entry in manifest(restored).items()}
+  else:
+    leaves = jax.tree_util.tree_flatten_with_path(restored)[0]
+    sums = {jax.tree_util.keystr(path): _legacy_crc32(leaf) for path, leaf in leaves}
+  for name, value in sums.items():
+    if value != saved[name][2]:
       raise _DamagedCheckpoint(f'{what}{name} fails its checksum (damaged data)')
 
 
 def _abstract(tree: Any) -> Any:
-  """The restore target: same tree, ShapeDtypeStruct leaves (restored as host NumPy arrays)."""
+  """The restore target: same tree, ShapeDtypeStruct leaves. A ShapeDtypeStruct with a sharding
+  is restored as a jax.Array laid out so (each process reads its shards); anything else as a
+  host NumPy array."""
   return jax.tree.map(
     lambda x: (
       x
       if isinstance(x, jax.ShapeDtypeStruct)
-      else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+      else jax.ShapeDtypeStruct(np.shape(x), np.dtype(x.dtype))
     ),
     tree,
   )
+
+
+def _restore_args(abstract: Any) -> Any:
+  """Orbax's restore arguments for `_abstract`'s leaves: into their sharding, or to the host."""
+  return jax.tree.map(
+    lambda x: (
+      ocp.ArrayRestoreArgs(sharding=x.sharding)
+      if x.sharding is not None
+      else ocp.RestoreArgs(restore_type=np.ndarray)
+    ),
+    abstract,
+  )
+
+
+def _restore_item(tree: Any) -> ocp.args.PyTreeRestore:
+  abstract = _abstract(tree)
+  return ocp.args.PyTreeRestore(abstract, restore_args=_restore_args(abstract))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +383,7 @@ class Checkpointer:
   def save(
     self,
     step: int,
-    host_state: Any,
+    state: Any,
     data_iterator: Any | None = None,
     *,
     bleu: float | None = None,
@@ -300,15 +393,16 @@ class Checkpointer:
     minutes: float | None = None,
     train_loss: float | None = None,
   ) -> None:
-    """Saves asynchronously (returns once the arrays are copied). `bleu` is recorded with the
+    """Saves `state` (host arrays, or jax.Arrays on any mesh: each process writes its own shards)
+    asynchronously (returns once the arrays are copied). `bleu` is recorded with the
     checkpoint; `best` also keeps it as the best one (replacing the previous best). A step
     that is already saved is not saved again.
     `evaluation_due` records that this step's evaluation has not run yet (a preempted run), for
     the resumed run to do it; `minutes`, the training loop's time so far (a time budget counts
     the runs it resumes); `train_loss`, the last one logged (for the results of a run resumed at
     its last step)."""
-    train = _train_part(host_state)
-    contents = {'params': manifest(host_state.params), 'train': manifest(train)}
+    train = _train_part(state)
+    contents = {'params': manifest(state.params), 'train': manifest(train), 'checksum': CHECKSUM}
     if bleu is not None:
       contents['metrics'] = {'bleu': float(bleu)}
     if evaluation_due:
@@ -318,8 +412,8 @@ class Checkpointer:
     if train_loss is not None:
       contents['train_loss'] = float(train_loss)
     items = {
-      'params': ocp.args.StandardSave(host_state.params),
-      'train': ocp.args.StandardSave(train),
+      'params': ocp.args.PyTreeSave(state.params),
+      'train': ocp.args.PyTreeSave(train),
       'manifest': ocp.args.JsonSave(contents),
     }
     if data_iterator is not None:
@@ -380,30 +474,31 @@ class Checkpointer:
       raise _DamagedCheckpoint(f'manifest: {type(e).__name__}: {e}') from e
     where = f'checkpoint {step} in {manager.directory}'
     params = target if params_only else target.params
-    problem = _first_difference(saved['params'], manifest(params, checksums=False), 'params')
+    problem = _first_difference(saved['params'], manifest(params, with_checksums=False), 'params')
     if problem:
       raise CheckpointMismatch(f'{where} does not fit this model: {problem}')
-    items = {'params': ocp.args.StandardRestore(_abstract(params))}
+    items = {'params': _restore_item(params)}
     if not params_only:
       train = _train_part(target)
-      problem = _first_difference(saved['train'], manifest(train, checksums=False), 'train')
+      problem = _first_difference(saved['train'], manifest(train, with_checksums=False), 'train')
       if problem:
         raise CheckpointMismatch(
           f'{where} holds a different optimizer state than this config builds ({problem}): '
           'the config changes the optimizer (e.g. max_grad_norm); use the original values or a new workdir'
         )
-      items['train'] = ocp.args.StandardRestore(_abstract(train))
+      items['train'] = _restore_item(train)
     if with_data and 'data' in _item_names(manager, step):
       items['data'] = DataRestore()
     try:
       restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001  torn or unreadable array files
       raise _DamagedCheckpoint(f'{type(e).__name__}: {e}') from e
-    _verify_checksums(restored['params'], saved['params'], 'params')
-    metadata = {k: v for k, v in saved.items() if k not in ('params', 'train')}
+    kind = saved.get('checksum')
+    _verify_checksums(restored['params'], saved['params'], 'params', kind)
+    metadata = {k: v for k, v in saved.items() if k not in ('params', 'train', 'checksum')}
     if params_only:
       return Restored(restored['params'], step, metadata=metadata)
-    _verify_checksums(restored['train'], saved['train'], 'train')
+    _verify_checksums(restored['train'], saved['train'], 'train', kind)
     train = restored['train']
     state = target.replace(
       params=restored['params'], step=train['step'], opt_state=train['opt_state'], rng=train['rng']
@@ -461,8 +556,8 @@ class Checkpointer:
     for old in manager.all_steps():
       manager.delete(old)
     items = {
-      'params': ocp.args.StandardSave(params),
-      'manifest': ocp.args.JsonSave({'params': manifest(params), **contents}),
+      'params': ocp.args.PyTreeSave(params),
+      'manifest': ocp.args.JsonSave({'params': manifest(params), 'checksum': CHECKSUM, **contents}),
     }
     with _writing(manager.directory, step):
       manager.save(step, args=ocp.args.Composite(**items), force=True)

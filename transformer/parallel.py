@@ -11,8 +11,8 @@
 The step functions (`transformer.training`) compute sums over tokens, divided once. Under
 ShardMap and Pmap they are per-replica and reduce with one `psum` over `AXIS`; under Gspmd they
 see the global batch and XLA adds the collectives. Every mode computes the same numbers as one
-device. The state on the host is always one plain copy, so checkpoints do not depend on the mode,
-the mesh or the device count.
+device. Checkpoints do not depend on the mode, the mesh or the device count: the replicated modes
+save one host copy; Gspmd saves and restores its shards where they are (`transformer.checkpoints`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ class DataParallel:
   def host_state(self, tree: Any) -> Any:
     """The on-device layout -> one host copy (NumPy)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
+
+  def checkpoint_state(self, tree: Any) -> Any:
+    """The on-device layout -> what a checkpoint saves (here: one host copy)."""
+    return self.host_state(tree)
+
+  def restore_target(self, tree: Any) -> Any:
+    """What a checkpoint restores into, for `device_state` to place (here: host arrays)."""
+    return tree
 
   def device_batch(self, local_batch: dict[str, np.ndarray]) -> Batch:
     """This host's rows `[local_rows, ...]` -> the step's batch layout."""
@@ -191,16 +199,32 @@ class Gspmd(DataParallel):
     return self.mesh.shape['data'] * self.mesh.shape['fsdp']
 
   def device_state(self, tree: Any) -> Any:
-    """Each array split as `sharding.shardings` says; every process fills its own shards."""
-    place = lambda x, where: jax.make_array_from_callback(
-      np.shape(x), where, lambda index: np.asarray(x)[index]
-    )
+    """Each array split as `sharding.shardings` says; every process fills its own shards (an
+    array already laid out so, e.g. restored from a checkpoint, is kept)."""
+
+    def place(x: Any, where: NamedSharding) -> jax.Array:
+      if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(where, np.ndim(x)):
+        return x
+      return jax.make_array_from_callback(np.shape(x), where, lambda index: np.asarray(x)[index])
+
     return jax.tree.map(place, tree, sharding.shardings(tree, self.mesh))
 
   def host_state(self, tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
+
+  def checkpoint_state(self, tree: Any) -> Any:
+    """The sharded arrays themselves: each process writes its own shards, none gathers."""
+    return tree
+
+  def restore_target(self, tree: Any) -> Any:
+    """ShapeDtypeStructs with this mesh's shardings: each process reads only its shards."""
+    return jax.tree.map(
+      lambda x, where: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=where),
+      tree,
+      sharding.shardings(tree, self.mesh),
+    )
 
   def device_batch(self, local_batch: dict[str, np.ndarray]) -> Batch:
     return {k: jax.make_array_from_process_local_data(self.rows, v) for k, v in local_batch.items()}

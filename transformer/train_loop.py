@@ -193,7 +193,9 @@ def set_up(
   )
   checkpointer = checkpoints.Checkpointer(workdir, keep=resolved.keep_checkpoints)
   batches = data.train_batches()
-  host_state, start_step, metadata = _restore(checkpointer, host_state, batches, writer.say)
+  host_state, start_step, metadata = _restore(
+    checkpointer, host_state, parallel.restore_target(host_state), batches, writer.say
+  )
   train_step, eval_step = _compile_steps(resolved, parallel, graphdef, optimizer)
   evaluator = evaluation.Evaluator(
     data.tokenizer,
@@ -297,13 +299,17 @@ def _learning_rate(config: ml_collections.ConfigDict, schedule: Callable) -> Bud
 
 
 def _restore(
-  checkpointer: checkpoints.Checkpointer, host_state: Any, batches: Any, say: Callable[[str], None]
+  checkpointer: checkpoints.Checkpointer,
+  host_state: Any,
+  target: Any,
+  batches: Any,
+  say: Callable[[str], None],
 ) -> tuple[Any, int, dict[str, Any]]:
   """(state, step, what the checkpoint recorded: `evaluation_due`, `loop_minutes`) from the
-  newest readable checkpoint, with the data iterator moved to its saved position; the fresh
-  state if none."""
+  newest readable checkpoint restored into `target` (the parallelism's layout), with the data
+  iterator moved to its saved position; the fresh state if none."""
   try:
-    restored = checkpointer.restore(host_state, with_data=True)
+    restored = checkpointer.restore(target, with_data=True)
   except checkpoints.CheckpointMismatch as e:
     raise ConfigError(str(e)) from None
   if restored is None:
@@ -434,7 +440,7 @@ def _meter(run: Run) -> 'Meter':
 
 def _save(run: Run, step: int, meter: 'Meter', train_loss: float | None = None, **kwargs) -> None:
   minutes = run.minutes_before + meter.minutes()
-  state = run.parallel.host_state(run.state)
+  state = run.parallel.checkpoint_state(run.state)
   run.checkpointer.save(step, state, run.batches, minutes=minutes, train_loss=train_loss, **kwargs)
 
 

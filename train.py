@@ -67,10 +67,25 @@ def _unknown_override(argv: list[str]) -> str | None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, plus `--config.KEY=None` for the fields where None has a meaning (absl's
+  parser of an int or float field does not read 'None')."""
+  from transformer.run_config import RANGES
+
+  nones = [a for a in argv[1:] if a.startswith('--config.') and a.lower().endswith('=none')]
+  keys = [a[len('--config.') : -len('=none')] for a in nones]
   try:
-    return FLAGS(argv)
+    rest = FLAGS([a for a in argv if a not in nones])
   except Exception as e:  # noqa: BLE001  flag and config-override errors are the user's to fix
     _fail(_unknown_override(argv[1:]) or str(e).splitlines()[0])
+  for key in keys:
+    if key not in RANGES or not RANGES[key].none:
+      _fail(_unknown_override([f'--config.{key}=']) or f'--config.{key} cannot be None')
+    node = FLAGS.config
+    *parents, name = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[name] = None
+  return rest
 
 
 def main(argv: list[str]) -> int:

@@ -45,9 +45,11 @@ def test_validate_config_names_the_field():
 def test_data_dependent_defaults_follow_their_documented_rules():
   from transformer import recipe
 
-  assert recipe.vocab_size_for(1.6e6) == 8000  # the embedded corpus: ~1.6M words
-  assert recipe.vocab_size_for(350e3) == 4000  # a 16k-pair corpus of everyday sentences
-  assert recipe.vocab_size_for(1e3) == 2000 and recipe.vocab_size_for(250e6) == 32000  # the bounds
+  assert recipe.vocab_size_for(1.4e6) == 8000  # the embedded corpus: ~1.4M words
+  assert recipe.vocab_size_for(350e3) == 8000  # a 16k-pair corpus of everyday sentences
+  assert recipe.vocab_size_for(120e3) == 8000  # 5k short pairs (docs/results.md): still 8,000
+  assert recipe.vocab_size_for(4e6) == 13000  # above ~1.6M words, 6.4·√words
+  assert recipe.vocab_size_for(1e3) == 8000 and recipe.vocab_size_for(250e6) == 32000  # the bounds
   passes = (0.5, 3.3, 4.0, 4.5, 8.0, 20.0)
   assert [recipe.dropout_for(e) for e in passes] == [0.0, 0.0, 0.0, 0.2, 0.2, 0.3]
 
@@ -68,6 +70,29 @@ def test_the_plan_caps_passes_and_scales_dropout_with_them():
   assert any('at most 20 passes' in line for line in tiny.report)
   config.model.dropout_rate = 0.15  # set by the user: kept
   assert recipe.length_and_dropout(config, 500, 30.0, (2000, 'vocab')).dropout_rate == 0.15
+
+
+def test_a_run_the_budget_ends_takes_its_dropout_from_the_passes_its_measured_speed_allows():
+  from configs import default
+  from transformer import recipe
+
+  config = default.get_config()
+  config.num_train_steps = None  # until the 20-minute budget ends, at most 20 passes
+  assert recipe.needs_step_time(config)
+  # The embedded corpus: ~558.4 steps a pass, so the cap is 20 passes = 11,167 steps.
+  slow = recipe.length_and_dropout(config, 29_404, 70.0, (8000, 'vocab'), step_seconds=1.0)
+  fast = recipe.length_and_dropout(config, 29_404, 70.0, (8000, 'vocab'), step_seconds=0.05)
+  assert slow.num_train_steps == fast.num_train_steps == 11_167  # the budget ends the run
+  assert slow.dropout_rate == 0.0 and slow.epochs == pytest.approx(1200 / 558.4, rel=1e-3)
+  assert fast.dropout_rate == 0.3 and fast.epochs == pytest.approx(20, rel=1e-3)  # capped
+  assert 'about 1,200 at 1.000 s a step (measured)' in slow.report[1]
+  config.model.dropout_rate = 0.1
+  assert not recipe.needs_step_time(config)
+  config.max_train_minutes = None
+  with pytest.raises(
+    run_config.ConfigError, match='num_train_steps=None .* needs config.max_train_minutes'
+  ):
+    run_config.validate_config(config)
 
 
 def test_the_readme_config_reference_is_the_table_of_ranges():

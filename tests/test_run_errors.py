@@ -67,6 +67,21 @@ def test_a_vocabulary_the_corpus_cannot_fill_is_refused_first(tmp_path, corpus):
   )
 
 
+def test_the_recipes_vocabulary_is_at_most_what_the_corpus_can_fill(tmp_path, corpus):
+  """Set, a vocabulary too large is refused (above); left to the recipe (8,000 pieces), the tiny
+  corpus gets the most SentencePiece can make, and a resume accepts that tokenizer."""
+  from transformer import run_data
+
+  config = tiny_run.tiny_config(corpus, vocab_size=None)
+  workdir = str(tmp_path / 'run')
+  data = run_data.prepare(config, workdir)
+  assert 16 < data.tokenizer.vocab_size < 8000 == recipe.vocab_size_for(1.0)
+  assert data.config.vocab_size == data.tokenizer.vocab_size
+  assert f'vocab {data.tokenizer.vocab_size} (auto: the most SentencePiece makes' in data.report[0]
+  again = run_data.prepare(config, workdir)
+  assert again.tokenizer.vocab_size == data.tokenizer.vocab_size and 'reused' in again.report[3]
+
+
 def test_a_failed_first_run_does_not_block_a_corrected_one(tmp_path, corpus):
   workdir = str(tmp_path / 'run')
   _expect_error(tiny_run.tiny_config(corpus, vocab_size=30000), workdir, 'vocab_size')
@@ -128,6 +143,16 @@ def test_train_py_reports_user_errors_in_one_line(tmp_path, corpus):
     tmp_path,
   )
   assert 'Traceback' in verbose.stderr
+  # None from the command line, where a field gives it a meaning; refused where it has none.
+  budgetless = _train_py(
+    ['--config.num_train_steps=None', '--config.max_train_minutes=None'], tmp_path
+  )
+  assert budgetless.returncode == 2 and budgetless.stderr.strip().splitlines() == [
+    'train.py: error: config.num_train_steps=None trains until the time budget ends, within '
+    'max_epochs passes: it needs config.max_train_minutes (got None)'
+  ], budgetless.stderr
+  seedless = _train_py(['--config.seed=None'], tmp_path)
+  assert seedless.stderr.strip() == 'train.py: error: --config.seed cannot be None'
 
 
 # ---------------------------------------------------------------------------------------------

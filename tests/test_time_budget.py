@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from benchmarks import tiny_run
-from transformer import train_loop, training
+from transformer import recipe, train_loop, training
 from transformer.time_budget import BudgetedSchedule
 
 
@@ -72,3 +72,43 @@ def test_a_run_over_its_budget_ends_by_it_and_its_results_say_why(tmp_path):
   assert 0 < results['step'] < 100_000 and results['planned_steps'] == 100_000
   assert 'the time budget of 0.1 minutes ended the run' in results['ended']
   assert results['loop_minutes'] >= 0.1
+
+
+def test_a_run_the_budget_ends_times_its_steps_and_plans_its_dropout_from_them(tmp_path, capsys):
+  """`num_train_steps=None`: the run times its step, plans the passes the budget allows (dropout
+  by them), trains until the budget ends, and keeps the time for a resume."""
+  import json
+  import os
+
+  corpus = tiny_run.write_tiny_corpus(str(tmp_path / 'corpus'), train=120, eval_=8)
+  config = tiny_run.tiny_config(
+    corpus,
+    num_train_steps=None,
+    max_epochs=1000,
+    max_train_minutes=0.1,
+    eval_every=100_000,
+    **{'model.dropout_rate': None},
+  )
+  workdir = str(tmp_path / 'run')
+  results = train_loop.train_and_evaluate(config, workdir)
+  assert 'the time budget of 0.1 minutes ended the run' in results['ended']
+  seconds = json.load(open(os.path.join(workdir, 'step_time.json')))['seconds_per_step']
+  assert 0 < seconds < 6
+  log = capsys.readouterr().out
+  expected = min(int(6 / seconds), results['planned_steps'])
+  assert f'about {expected:,} at {seconds:.3f} s a step (measured)' in log
+  passes = expected / (results['planned_steps'] / 1000)  # the cap is 1,000 passes
+  assert f'dropout {recipe.dropout_for(passes)} (auto: {passes:.1f} passes' in log
+  assert 0 < results['step'] <= results['planned_steps']
+
+
+def test_a_resumed_run_plans_with_the_step_time_of_its_first_start(tmp_path):
+  from transformer import step_time
+
+  calls = []
+  measure = lambda: calls.append(1) or 0.25
+  assert step_time.saved_or_measured(str(tmp_path), measure) == (0.25, True)
+  assert step_time.saved_or_measured(str(tmp_path), lambda: 9.0) == (0.25, False)
+  assert calls == [1]
+  (tmp_path / step_time.FILE).write_text('{"seconds_per_step": ')  # torn: measured again
+  assert step_time.saved_or_measured(str(tmp_path), lambda: 0.5) == (0.5, True)

@@ -4,10 +4,15 @@ Left to the data in the run config (`vocab_size=None`, `model.dropout_rate=None`
 before the model exists, from the training split's size (measured on a seeded sample of at most
 `SAMPLE` pairs read by index, so the plan is the same on every resume):
 
-    vocabulary  6.4·√W SentencePiece pieces, rounded to 1,000, between 2,000 and 32,000, where W
-                is the number of words in the training split (source + target): small corpora
-                get small vocabularies (every piece must be seen often enough to be learned).
-    steps       `num_train_steps`, but at most `max_epochs` passes over the data (None = no cap).
+    vocabulary  6.4·√W SentencePiece pieces, rounded to 1,000, between 8,000 and 32,000, where W
+                is the number of words in the training split (source + target): the paper's
+                ~32k shared pieces at WMT scale, and 8,000 below ~1.6M words, where a smaller
+                vocabulary costs BLEU on every corpus of docs/results.md (over-fitting a small
+                corpus is dropout's to prevent, below).
+    steps       `num_train_steps`, but at most `max_epochs` passes over the data (None = no cap);
+                `num_train_steps=None`: until `max_train_minutes` ends, within `max_epochs`
+                passes (the run measures its step time first, `step_seconds`, to know how many
+                passes the budget allows).
     dropout     by E, the passes over the data the run will make: 0 for E <= 4 (the model is
                 still fitting the data, and dropout only slows it), 0.2 for E <= 8, 0.3 beyond.
 
@@ -39,8 +44,8 @@ class Plan:
 
 
 def vocab_size_for(words: float) -> int:
-  """6.4·√words, rounded to 1,000, between 2,000 and 32,000."""
-  return int(min(max(round(6.4 * math.sqrt(max(words, 0.0)), -3), 2000), 32000))
+  """6.4·√words, rounded to 1,000, between 8,000 and 32,000."""
+  return int(min(max(round(6.4 * math.sqrt(max(words, 0.0)), -3), 8000), 32000))
 
 
 def dropout_for(epochs: float) -> float:
@@ -93,19 +98,47 @@ def vocabulary(config: ml_collections.ConfigDict, words: float) -> tuple[int, st
   return size, f'vocab {size} (auto: {words / 1e3:,.0f}k words in the training split)'
 
 
+def needs_step_time(config: ml_collections.ConfigDict) -> bool:
+  """Whether the plan waits for the measured step time: the budget sets the length of the run
+  and the dropout is left to the passes it makes."""
+  return config.num_train_steps is None and config.model.dropout_rate is None
+
+
+def _steps(
+  config: ml_collections.ConfigDict, steps_per_epoch: float, step_seconds: float | None
+) -> tuple[int, float, str]:
+  """(planned steps, the steps the run expects to make, the report line)."""
+  cap = None
+  if config.max_epochs is not None:
+    cap = max(int(math.ceil(config.max_epochs * steps_per_epoch)), 1)
+  if config.num_train_steps is None:  # the budget decides, within the cap (run_config checks both)
+    line = (
+      f'steps: until the {config.max_train_minutes:g}-minute budget ends, '
+      f'at most {cap:,} ({config.max_epochs} passes)'
+    )
+    if not step_seconds:
+      return cap, cap, line
+    expected = min(cap, int(config.max_train_minutes * 60 / step_seconds))
+    return cap, expected, f'{line}; about {expected:,} at {step_seconds:.3f} s a step (measured)'
+  if cap is not None and config.num_train_steps > cap:
+    return cap, cap, f'steps {cap} (auto: at most {config.max_epochs} passes over the data)'
+  return config.num_train_steps, config.num_train_steps, f'steps {config.num_train_steps} (set)'
+
+
 def length_and_dropout(
-  config: ml_collections.ConfigDict, pairs: int, per_pair: float, vocab: tuple[int, str]
+  config: ml_collections.ConfigDict,
+  pairs: int,
+  per_pair: float,
+  vocab: tuple[int, str],
+  step_seconds: float | None = None,
 ) -> Plan:
-  """The plan, once the tokenizer can measure the data in tokens."""
+  """The plan, once the tokenizer can measure the data in tokens (and, where the budget sets
+  the length of the run, once the run has measured `step_seconds`)."""
   slots = config.batch_size * config.max_length * 2 * (PACKING_EFFICIENCY if config.pack else 0.5)
   steps_per_epoch = max(pairs * per_pair / slots, 1e-9)
-  steps, report = config.num_train_steps, [vocab[1]]
-  if config.max_epochs is not None and steps > config.max_epochs * steps_per_epoch:
-    steps = max(int(math.ceil(config.max_epochs * steps_per_epoch)), 1)
-    report.append(f'steps {steps} (auto: at most {config.max_epochs} passes over the data)')
-  else:
-    report.append(f'steps {steps} (set)')
-  epochs = steps / steps_per_epoch
+  steps, expected, line = _steps(config, steps_per_epoch, step_seconds)
+  report = [vocab[1], line]
+  epochs = expected / steps_per_epoch
   rate = config.model.dropout_rate
   if rate is None:
     rate = dropout_for(epochs)

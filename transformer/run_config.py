@@ -59,7 +59,9 @@ RANGES = {
   'data_workers': Range(int, 0, none='auto: none on a CPU backend, half the cores otherwise'),
   'batch_size': Range(int, 1),
   'grad_accum_steps': Range(int, 1),
-  'num_train_steps': Range(int, 1),
+  'num_train_steps': Range(
+    int, 1, none='as many as max_train_minutes allows, at most max_epochs passes'
+  ),
   'max_epochs': Range(int, 1, none='no cap on the passes over the data'),
   'max_train_minutes': Range(float, 0.0, above=True, none='no time budget'),
   'warmup_steps': Range(int, 1),
@@ -107,6 +109,17 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _check_budget(config: ml_collections.ConfigDict) -> None:
+  """`num_train_steps=None` trains until the time budget ends, within the cap on passes."""
+  if config.num_train_steps is None:
+    for name in ('max_train_minutes', 'max_epochs'):
+      if config.get(name) is None:
+        raise ConfigError(
+          f'config.num_train_steps=None trains until the time budget ends, within '
+          f'max_epochs passes: it needs config.{name} (got None)'
+        )
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field."""
   from transformer import training  # the schedules' names; optax is needed to train anyway
@@ -134,6 +147,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config[name] not in allowed:
       raise ConfigError(f'config.{name} must be one of {allowed}, got {config[name]!r}')
   _check_mesh(config)
+  _check_budget(config)
   if config.source_lang == config.target_lang:
     raise ConfigError(
       f'config.source_lang and config.target_lang are both {config.source_lang!r}: a model '

@@ -35,6 +35,8 @@ class RunData:
   validation_pairs: list[tuple[str, str]]
   test_pairs: list[tuple[str, str]]
   report: list[str]
+  # What the recipe planned from: (pairs kept, tokens per pair, (vocabulary, its report line)).
+  plan_inputs: tuple[int, float, tuple[int, str]] = (0, 0.0, (0, ''))
 
   def train_batches(self) -> pipeline.TrainBatches:
     """This process's training batches (`[batch_size / processes, max_length]`), with a position."""
@@ -115,9 +117,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
   else:
     vocab = recipe.vocabulary(config, recipe.count_words(train, config.seed))
     tokenizer, trained = _tokenizer(config, workdir, train, vocab[0])
+    if tokenizer.vocab_size != vocab[0]:
+      vocab = (
+        tokenizer.vocab_size,
+        f'vocab {tokenizer.vocab_size} (auto: the most SentencePiece makes from the training '
+        f'split; the rule asks {vocab[0]})',
+      )
   try:
     validation_pairs = sources.read_all(validation)
-    config, plan, tokenized, stats = _plan_and_check(
+    config, plan, tokenized, stats, plan_inputs = _plan_and_check(
       config, tokenizer, train, validation, validation_pairs, vocab
     )
   except corpus.DataError:
@@ -132,7 +140,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
     f'test: {_describe(test)}',
   ]
   test_pairs = sources.read_all(test)
-  return RunData(config, tokenizer, train, tokenized, validation_pairs, test_pairs, report)
+  return RunData(
+    config, tokenizer, train, tokenized, validation_pairs, test_pairs, report, plan_inputs
+  )
 
 
 def _plan_and_check(
@@ -142,9 +152,9 @@ def _plan_and_check(
   validation: Any,
   validation_pairs: list[tuple[str, str]],
   vocab: tuple[int, str],
-) -> tuple[ml_collections.ConfigDict, recipe.Plan, pipeline.TokenizedPairs, Any]:
-  """(resolved config, plan, tokenized validation pairs, their stats); DataError for a split
-  that has no example the pipeline would keep."""
+) -> tuple[ml_collections.ConfigDict, recipe.Plan, pipeline.TokenizedPairs, Any, tuple]:
+  """(resolved config, plan, tokenized validation pairs, their stats, what the plan was made
+  from); DataError for a split that has no example the pipeline would keep."""
   try:
     kept, per_pair = recipe.kept_pairs_and_tokens(train, tokenizer, config)
   except ValueError as e:
@@ -159,7 +169,7 @@ def _plan_and_check(
       f'eval split: {validation.description}: none of its {stats.examples} pairs fits '
       f'max_length={config.max_length} (use a larger config.max_length or config.overlong=truncate)'
     )
-  return config, plan, tokenized, stats
+  return config, plan, tokenized, stats, (kept, per_pair, vocab)
 
 
 def _open_everywhere(config: ml_collections.ConfigDict, role: str):
@@ -206,6 +216,7 @@ def _tokenizer(
         path,
         lambda: sample_training_sentences(train, config.vocab_max_sentences, config.seed),
         vocab_size=vocab_size,
+        at_most=config.vocab_size is None,  # the recipe's size: at most what the data makes
         character_coverage=config.character_coverage,
         max_sentences=config.vocab_max_sentences,
         seed=config.seed,

@@ -31,6 +31,8 @@ from transformer import (
   evaluation,
   flops,
   parallel as parallel_lib,
+  recipe,
+  step_time,
   training,
   workdir as workdir_lib,
 )
@@ -170,15 +172,12 @@ def set_up(
   from transformer import run_data  # grain and TFDS: training only
 
   validate_config(asked)
-  try:
-    parallel = parallel_lib.make(asked.parallelism, mesh=asked.get('mesh', (-1, 1, 1)))
-  except ValueError as e:  # a mesh that does not fit the devices
-    raise ConfigError(f'config.mesh: {e}') from e
-  _check_batch_sizes(asked, parallel.num_replicas)
+  parallel = _parallelism(asked)
   warnings = (
     workdir_lib.check_resume(asked, workdir) if resume_warnings is None else resume_warnings
   )
   data = run_data.prepare(asked, workdir)  # every split read and checked; tokenizer ready
+  data = _planned_with_step_time(asked, data, parallel, workdir)
   workdir_lib.save_config(asked, workdir)  # as asked (None where the data chooses)
   resolved = data.config
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -224,6 +223,42 @@ def set_up(
     minutes_before=float(metadata.get('loop_minutes', 0.0)),
     restored_train_loss=metadata.get('train_loss'),
   )
+
+
+def _parallelism(asked: ml_collections.ConfigDict) -> parallel_lib.DataParallel:
+  """The parallelism the config asks for, checked against the devices and the batch size."""
+  try:
+    parallel = parallel_lib.make(asked.parallelism, mesh=asked.get('mesh', (-1, 1, 1)))
+  except ValueError as e:  # a mesh that does not fit the devices
+    raise ConfigError(f'config.mesh: {e}') from e
+  _check_batch_sizes(asked, parallel.num_replicas)
+  return parallel
+
+
+def _planned_with_step_time(
+  asked: ml_collections.ConfigDict, data: Any, parallel: parallel_lib.DataParallel, workdir: str
+) -> Any:
+  """`data` with the plan remade once the step time is known, where the budget sets the length
+  of the run and the data the dropout (`transformer.step_time`): the saved time of an earlier
+  start, else a few steps of the model without dropout, timed."""
+  if not recipe.needs_step_time(asked):
+    return data
+
+  def measure_now() -> float:
+    probe = ml_collections.ConfigDict(data.config.to_dict())
+    probe.model.dropout_rate = 0.0  # timed without dropout
+    mconfig, model = _build_model(probe, data.tokenizer, workdir)
+    optimizer, _ = optimizer_for(probe, mconfig.d_model)
+    graphdef, host_state, rngs = training.init_train_state(model, optimizer, probe.seed)
+    train_step, _ = _compile_steps(probe, parallel, graphdef, optimizer)
+    rows = probe.batch_size // jax.process_count()
+    batch = step_time.full_rows(rows, probe.max_length, mconfig.vocab_size)
+    return step_time.measure(parallel, train_step, host_state, rngs, batch)
+
+  seconds, _ = step_time.saved_or_measured(workdir, measure_now)
+  plan = recipe.length_and_dropout(asked, *data.plan_inputs, step_seconds=seconds)
+  report = plan.report + data.report[len(plan.report) :]
+  return dataclasses.replace(data, config=recipe.resolve(asked, plan), report=report)
 
 
 def _build_model(

@@ -20,7 +20,12 @@ from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
 class TokenizerError(ValueError):
-  """A tokenizer cannot be trained on this data or loaded from this file."""
+  """A tokenizer cannot be trained on this data or loaded from this file. `most`: the largest
+  vocabulary SentencePiece can make from the data, where the asked one is larger."""
+
+  def __init__(self, message: str, most: int | None = None):
+    super().__init__(message)
+    self.most = most
 
 
 class Tokenizer:
@@ -153,7 +158,8 @@ def train_tokenizer(
     if too_high:
       raise TokenizerError(
         f'config.vocab_size={too_high[1]} is more than SentencePiece can make from '
-        f'the training data (at most {too_high[2]}): set a smaller vocab_size'
+        f'the training data (at most {too_high[2]}): set a smaller vocab_size',
+        most=int(too_high[2]),
       ) from None
     raise
   os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
@@ -165,19 +171,29 @@ def train_tokenizer(
 
 
 def load_or_train_tokenizer(
-  model_path: str, sentences_fn, *, vocab_size: int, **kwargs
+  model_path: str, sentences_fn, *, vocab_size: int, at_most: bool = False, **kwargs
 ) -> tuple[Tokenizer, bool]:
   """Loads the tokenizer at `model_path` if it exists (checking its size), else trains it.
+
+  `at_most`: `vocab_size` is a wish (the recipe's), not a requirement: where the data cannot make
+  that many pieces, the most it can make are trained, and a saved tokenizer of at most
+  `vocab_size` pieces is accepted.
 
   Returns:
     The tokenizer and whether it was trained now.
   """
   if os.path.exists(model_path):
     tokenizer = Tokenizer(model_path)
-    if tokenizer.vocab_size != vocab_size:
+    if tokenizer.vocab_size != vocab_size and not (at_most and tokenizer.vocab_size < vocab_size):
       raise TokenizerError(
         f'{model_path} has a vocabulary of {tokenizer.vocab_size}, but the config asks '
         f'for {vocab_size}: use another workdir or the same vocab_size'
       )
     return tokenizer, False
-  return train_tokenizer(model_path, sentences_fn(), vocab_size=vocab_size, **kwargs), True
+  try:
+    return train_tokenizer(model_path, sentences_fn(), vocab_size=vocab_size, **kwargs), True
+  except TokenizerError as e:
+    if not (at_most and e.most):
+      raise
+    most = e.most
+  return train_tokenizer(model_path, sentences_fn(), vocab_size=most, **kwargs), True

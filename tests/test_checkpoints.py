@@ -132,6 +132,22 @@ def test_a_manifest_of_crc32s_from_before_the_layout_free_checksum_is_still_veri
   np.testing.assert_array_equal(restored.state.params['w'], _state(1.0).params['w'])
 
 
+def test_a_checkpoint_written_by_orbaxs_standard_handler_still_restores(tmp_path, monkeypatch):
+  """Checkpoints before the sharded restore were written with `StandardSave`."""
+  import orbax.checkpoint as ocp
+
+  workdir = str(tmp_path)
+  with monkeypatch.context() as patch:
+    patch.setattr(ocp.args, 'PyTreeSave', ocp.args.StandardSave)
+    _save(workdir, (1,))
+  handlers = json.load(open(os.path.join(workdir, 'checkpoints', '1', '_CHECKPOINT_METADATA')))
+  assert 'StandardCheckpointHandler' in json.dumps(handlers)
+  reader = checkpoints.Checkpointer(workdir, keep_best=False)
+  restored = reader.restore(_state(0.0))
+  reader.close()
+  np.testing.assert_array_equal(restored.state.params['w'], _state(1.0).params['w'])
+
+
 def test_a_checkpoint_of_another_shape_is_refused_naming_the_leaf(tmp_path):
   workdir = str(tmp_path)
   _save(workdir, (1,))

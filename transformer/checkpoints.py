@@ -216,7 +216,7 @@ def checksums(leaves: list[Any]) -> list[int]:
   groups: dict[tuple[int, ...], list[tuple[int, jax.Array]]] = {}
   for index, leaf in enumerate(leaves):
     if not isinstance(leaf, jax.Array):
-      leaf = jax.device_put(np.asarray(leaf), jax.devices('cpu')[0])
+      leaf = jax.device_put(np.asarray(leaf), jax.local_devices(backend='cpu')[0])
     devices = tuple(sorted(device.id for device in leaf.sharding.device_set))
     groups.setdefault(devices, []).append((index, leaf))
   found: list[int] = [0] * len(leaves)

@@ -67,19 +67,24 @@ def _unknown_override(argv: list[str]) -> str | None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, plus `--config.KEY=None` for the fields where None has a meaning (absl's
-  parser of an int or float field does not read 'None')."""
+  """absl's parsing, plus `--config.KEY=None` for the numeric fields where None has a meaning
+  (absl's parser of an int or float field does not read 'None'; a string field, such as
+  `parallelism='none'`, keeps its own value)."""
   from transformer.run_config import RANGES
 
-  nones = [a for a in argv[1:] if a.startswith('--config.') and a.lower().endswith('=none')]
-  keys = [a[len('--config.') : -len('=none')] for a in nones]
+  prefix = '--config.'
+  nones = [
+    a
+    for a in argv[1:]
+    if a.startswith(prefix) and a.endswith('=None') and a[len(prefix) : -len('=None')] in RANGES
+  ]
   try:
     rest = FLAGS([a for a in argv if a not in nones])
   except Exception as e:  # noqa: BLE001  flag and config-override errors are the user's to fix
     _fail(_unknown_override(argv[1:]) or str(e).splitlines()[0])
-  for key in keys:
-    if key not in RANGES or not RANGES[key].none:
-      _fail(_unknown_override([f'--config.{key}=']) or f'--config.{key} cannot be None')
+  for key in (a[len(prefix) : -len('=None')] for a in nones):
+    if not RANGES[key].none:
+      _fail(f'--config.{key} cannot be None: it must be {RANGES[key].describe()}')
     node = FLAGS.config
     *parents, name = key.split('.')
     for part in parents:

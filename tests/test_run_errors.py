@@ -152,7 +152,9 @@ def test_train_py_reports_user_errors_in_one_line(tmp_path, corpus):
     'max_epochs passes: it needs config.max_train_minutes (got None)'
   ], budgetless.stderr
   seedless = _train_py(['--config.seed=None'], tmp_path)
-  assert seedless.stderr.strip() == 'train.py: error: --config.seed cannot be None'
+  assert seedless.stderr.strip() == (
+    'train.py: error: --config.seed cannot be None: it must be an integer >= 0'
+  )
 
 
 # ---------------------------------------------------------------------------------------------

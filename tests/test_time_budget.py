@@ -49,6 +49,19 @@ def test_between_readings_the_position_advances_at_the_measured_pace():
   assert budgeted.position(20) == pytest.approx(40.0)
 
 
+def test_a_pause_in_one_window_does_not_raise_the_learning_rate_in_the_next():
+  budgeted = BudgetedSchedule(_linear(), 100, budget_minutes=10.0, follows_budget=True)
+  rates, step, minutes = [], 0, 0.0
+  while not budgeted.finished(step):  # 0.1 minute a step, and a 2-minute pause at step 40
+    if step % 5 == 0:
+      budgeted.observe(step, minutes)
+    rates.append(budgeted(step))
+    step, minutes = step + 1, minutes + 0.1 + (2.0 if step == 40 else 0.0)
+  assert np.all(np.diff(rates[12:]) <= 1e-12), np.diff(rates[12:]).max()
+  assert rates[-1] < 0.05 * max(rates)
+  assert 78 <= step <= 82, step  # 80 steps fit: the pause is not counted twice
+
+
 def test_rsqrt_cannot_follow_a_budget_and_says_it_was_cut():
   schedule = training.rsqrt_schedule(64, 10)
   budgeted = BudgetedSchedule(schedule, 100, budget_minutes=1.0, follows_budget=False)

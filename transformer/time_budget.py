@@ -13,8 +13,9 @@ ends: the run stops there, annealed. The rsqrt schedule has no end to anneal to:
 binds cuts it, and the results say so.
 
 Time is read at log steps only, where the processes of a multi-host run agree on it (process 0's
-clock); between two readings the position advances at the rate the last window measured, so every
-process computes the same learning rate at every step.
+clock); between two readings the position advances at the rate the last window measured, and it
+never moves back, so the learning rate only decreases after the warm-up and every process computes
+the same learning rate at every step.
 """
 
 from __future__ import annotations
@@ -36,19 +37,30 @@ class BudgetedSchedule:
   total_steps: int
   budget_minutes: float | None = None
   follows_budget: bool = False
-  _time_position: float = 0.0  # the position the clock gave at the last reading ...
+  _clock_position: float = 0.0  # the position the clock gave at the last reading
+  _time_position: float = 0.0  # the position the schedule used at the last reading ...
   _read_at_step: int = 0  # ... at this step
   _per_step: float = 0.0  # positions per step the clock advanced in the last window
   _minutes: float = 0.0
 
   def observe(self, step: int, minutes: float) -> None:
-    """A reading of the loop's clock (minutes since the run started, resumes included)."""
+    """A reading of the loop's clock (minutes since the run started, resumes included).
+
+    The position never moves back: where the last window's pace (one with a validation pause,
+    say) carried it past the clock, it stays there and the next window advances that much slower,
+    so the learning rate only decreases after the warm-up and still reaches zero when the budget
+    ends.
+    """
     if self.budget_minutes is None:
       return
-    position = self.total_steps * minutes / self.budget_minutes
-    if step > self._read_at_step:
-      self._per_step = max(position - self._time_position, 0.0) / (step - self._read_at_step)
-    self._time_position, self._read_at_step, self._minutes = position, step, minutes
+    clock = self.total_steps * minutes / self.budget_minutes
+    window = step - self._read_at_step
+    reached = self._time_position + self._per_step * max(window, 0)
+    if window > 0:
+      ahead = max(reached - clock, 0.0)
+      self._per_step = max(clock - self._clock_position - ahead, 0.0) / window
+    self._clock_position, self._time_position = clock, max(clock, reached)
+    self._read_at_step, self._minutes = step, minutes
 
   def position(self, step: int) -> float:
     """How far the run is, in planned steps (at most `total_steps`)."""

@@ -6,6 +6,15 @@ import os
 # jax initialises its backends, hence here rather than in a fixture.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# The tests compile the same small programs many times over: in both xdist workers, in tests that
+# build the same model again, and in the train.py, translate and notebook processes they start
+# (which inherit this environment). jax's persistent compilation cache, keyed by the program, the
+# jax version and the devices, lets each program compile once per checkout; a size limit turns on
+# its file lock, which keeps concurrent writers and readers apart.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(_ROOT, '.pytest_cache', 'jax'))
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 << 30))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -50,8 +50,8 @@ def test_data_dependent_defaults_follow_their_documented_rules():
   assert recipe.vocab_size_for(120e3) == 8000  # 5k short pairs (docs/results.md): still 8,000
   assert recipe.vocab_size_for(4e6) == 13000  # above ~1.6M words, 6.4·√words
   assert recipe.vocab_size_for(1e3) == 8000 and recipe.vocab_size_for(250e6) == 32000  # the bounds
-  passes = (0.5, 3.3, 4.0, 4.5, 8.0, 20.0)
-  assert [recipe.dropout_for(e) for e in passes] == [0.0, 0.0, 0.0, 0.2, 0.2, 0.3]
+  passes = (0.5, 3.3, 5.8, 8.0, 10.6, 20.0)  # sub9k: 5.8, sub5k: 10.6 (docs/results.md)
+  assert [recipe.dropout_for(e) for e in passes] == [0.0, 0.0, 0.0, 0.0, 0.3, 0.3]
 
 
 def test_the_plan_caps_passes_and_scales_dropout_with_them():
@@ -64,7 +64,7 @@ def test_the_plan_caps_passes_and_scales_dropout_with_them():
   sub15k = recipe.length_and_dropout(config, 15_000, 74.0, (5000, 'vocab'))
   assert sub15k.dropout_rate == 0.0 and 3.0 < sub15k.epochs < 4.0  # still fitting: no dropout
   everyday = recipe.length_and_dropout(config, 16_600, 32.0, (4000, 'vocab'))
-  assert everyday.num_train_steps == 1000 and everyday.dropout_rate == 0.2  # ~7 passes
+  assert everyday.num_train_steps == 1000 and everyday.dropout_rate == 0.0  # ~7 passes
   tiny = recipe.length_and_dropout(config, 500, 30.0, (2000, 'vocab'))
   assert tiny.num_train_steps == 82 and tiny.epochs == pytest.approx(20, rel=0.01)  # capped
   assert any('at most 20 passes' in line for line in tiny.report)

@@ -13,8 +13,8 @@ before the model exists, from the training split's size (measured on a seeded sa
                 `num_train_steps=None`: until `max_train_minutes` ends, within `max_epochs`
                 passes (the run measures its step time first, `step_seconds`, to know how many
                 passes the budget allows).
-    dropout     by E, the passes over the data the run will make: 0 for E <= 4 (the model is
-                still fitting the data, and dropout only slows it), 0.2 for E <= 8, 0.3 beyond.
+    dropout     by E, the passes over the data the run will make: 0 for E <= 8 (the model is
+                still fitting the data, and dropout only slows it), 0.3 beyond (it over-fits).
 
 `configs/base.py` and `big.py` set the paper's values, so nothing there is resolved.
 """
@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 SAMPLE = 20_000
-_DROPOUT_BY_EPOCHS = ((4.0, 0.0), (8.0, 0.2))
+_DROPOUT_BY_EPOCHS = ((8.0, 0.0),)
 PACKING_EFFICIENCY = 0.9  # share of a packed row's slots that hold tokens (measured: 0.93-0.95)
 
 

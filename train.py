@@ -72,17 +72,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
   `parallelism='none'`, keeps its own value)."""
   from transformer.run_config import RANGES
 
-  prefix = '--config.'
-  nones = [
-    a
-    for a in argv[1:]
-    if a.startswith(prefix) and a.endswith('=None') and a[len(prefix) : -len('=None')] in RANGES
-  ]
+  prefix, suffix = '--config.', '=None'
+  overrides = [a for a in argv[1:] if a.startswith(prefix) and a.endswith(suffix)]
+  keys = {a: a[len(prefix) : -len(suffix)] for a in overrides}
+  nones = {a: key for a, key in keys.items() if key in RANGES}
   try:
     rest = FLAGS([a for a in argv if a not in nones])
   except Exception as e:  # noqa: BLE001  flag and config-override errors are the user's to fix
     _fail(_unknown_override(argv[1:]) or str(e).splitlines()[0])
-  for key in (a[len(prefix) : -len('=None')] for a in nones):
+  for key in nones.values():
     if not RANGES[key].none:
       _fail(f'--config.{key} cannot be None: it must be {RANGES[key].describe()}')
     node = FLAGS.config

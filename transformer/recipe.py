@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 SAMPLE = 20_000
-_DROPOUT_BY_EPOCHS = ((8.0, 0.0),)
+_NO_DROPOUT_UP_TO_EPOCHS = 8.0
 PACKING_EFFICIENCY = 0.9  # share of a packed row's slots that hold tokens (measured: 0.93-0.95)
 
 
@@ -49,10 +49,7 @@ def vocab_size_for(words: float) -> int:
 
 
 def dropout_for(epochs: float) -> float:
-  for most, rate in _DROPOUT_BY_EPOCHS:
-    if epochs <= most:
-      return rate
-  return 0.3
+  return 0.0 if epochs <= _NO_DROPOUT_UP_TO_EPOCHS else 0.3
 
 
 def sample_indices(count: int, seed: int, size: int = SAMPLE) -> list[int]:

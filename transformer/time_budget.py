@@ -40,7 +40,7 @@ class BudgetedSchedule:
   _clock_position: float = 0.0  # the position the clock gave at the last reading
   _time_position: float = 0.0  # the position the schedule used at the last reading ...
   _read_at_step: int = 0  # ... at this step
-  _per_step: float = 0.0  # positions per step the clock advanced in the last window
+  _per_step: float = 0.0  # positions per step: the last window's pace, less what it ran ahead
   _minutes: float = 0.0
 
   def observe(self, step: int, minutes: float) -> None:
@@ -55,7 +55,7 @@ class BudgetedSchedule:
       return
     clock = self.total_steps * minutes / self.budget_minutes
     window = step - self._read_at_step
-    reached = self._time_position + self._per_step * max(window, 0)
+    reached = self._by_time(step)
     if window > 0:
       ahead = max(reached - clock, 0.0)
       self._per_step = max(clock - self._clock_position - ahead, 0.0) / window
@@ -66,8 +66,11 @@ class BudgetedSchedule:
     """How far the run is, in planned steps (at most `total_steps`)."""
     if self.budget_minutes is None:
       return float(min(step, self.total_steps))
-    by_time = self._time_position + self._per_step * max(step - self._read_at_step, 0)
-    return min(max(float(step), by_time), float(self.total_steps))
+    return min(max(float(step), self._by_time(step)), float(self.total_steps))
+
+  def _by_time(self, step: int) -> float:
+    """The position the clock's readings give at `step`: the last one, advanced at its pace."""
+    return self._time_position + self._per_step * max(step - self._read_at_step, 0)
 
   def __call__(self, count: int) -> float:
     """The learning rate of the update after `count` updates."""

@@ -49,7 +49,7 @@ def _unknown_override(argv: list[str]) -> str | None:
     config = runpy.run_path(path)['get_config']()
   except Exception as e:  # noqa: BLE001  the config file itself is broken
     return f'--config={path}: cannot be loaded ({type(e).__name__}: {e})'
-  from transformer.run_config import nearest_keys
+  from transformer.training.config import nearest_keys
 
   for argument in argv:
     if not argument.startswith('--config.'):
@@ -70,7 +70,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, plus `--config.KEY=None` for the numeric fields where None has a meaning
   (absl's parser of an int or float field does not read 'None'; a string field, such as
   `parallelism='none'`, keeps its own value)."""
-  from transformer.run_config import RANGES
+  from transformer.training.config import RANGES
 
   prefix, suffix = '--config.', '=None'
   overrides = [a for a in argv[1:] if a.startswith(prefix) and a.endswith(suffix)]
@@ -96,10 +96,10 @@ def main(argv: list[str]) -> int:
     _fail(f'unexpected arguments: {argv[1:]}')
   if not FLAGS.workdir:
     _fail('--workdir is required')
-  from transformer import distributed
+  from transformer.parallel import distributed
 
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from transformer import train_loop
+  from transformer.training import loop as train_loop
 
   logging.set_verbosity(logging.WARNING)
   try:

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
-from transformer import attention, flops, masks, search
+from transformer.decoding import search
+from transformer.model import attention, flops, masks
 
 TOLERANCE = 0.02  # of the float32 reference's largest magnitude
 

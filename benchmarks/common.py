@@ -16,9 +16,10 @@ from flax import nnx
 import jax
 import numpy as np
 
-from transformer import parallel as parallel_lib, training
 from transformer.input_pipeline import pipeline
-from transformer.model import Transformer, TransformerConfig
+from transformer.model.encoder_decoder import Transformer, TransformerConfig
+from transformer.parallel import strategies as parallel_lib
+from transformer.training import steps as training
 
 # The learning rate the benchmarks' train steps take (their speed does not depend on it).
 LEARNING_RATE = 1e-4
@@ -96,8 +97,8 @@ def synthetic_packed_batch(
   lengths = [rng.integers(max(length // 16, 2), max(length // 2, 3), size=count) for _ in range(2)]
   examples = [[rng.integers(3, vocab, size=n).tolist() for n in side] for side in lengths]
   tokens = pipeline.TokenizedPairs.from_lists(*examples)
-  row, start, used = pipeline.first_fit(*lengths, length)
-  batch = pipeline.assemble_rows(tokens, row, start, used, length, pad_id=0)
+  placement = pipeline.first_fit(*lengths, length)
+  batch = pipeline.assemble_rows(tokens, placement, length, pad_id=0)
   return {k: v[:rows] for k, v in batch.items()}
 
 
@@ -129,7 +130,7 @@ def build_train_step(
   timings: dict | None = None,
   packed: bool = False,
 ):
-  """The real train step of `transformer.training` over `devices` (default: every local
+  """The real train step of `transformer.training.steps` over `devices` (default: every local
   device), on a synthetic batch of config `name`'s shape per device (packed rows with `packed`).
 
   Returns (model config, parallel, device state, rngs, compiled step, device batch, host batch);

@@ -203,7 +203,7 @@ def check_cached_loop(model, src, bos_id: int) -> None:
 
 
 def _sinusoids(length: int, d: int) -> np.ndarray:
-  from transformer.layers import sinusoidal_table
+  from transformer.model.layers import sinusoidal_table
 
   return sinusoidal_table(length, d)
 
@@ -257,7 +257,7 @@ def compare_decode(args) -> dict:
   """Cached greedy decoding of 32 random sentences to 64 tokens, ours against PyTorch's loop."""
   import torch
 
-  from transformer import search
+  from transformer.decoding import search
 
   batch, length = 32, 64
   config, model, src = decoding_setup(args.config, batch, length)

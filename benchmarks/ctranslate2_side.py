@@ -1,5 +1,5 @@
 """Translating through a CTranslate2 model exported by `transformer.export`, as
-`transformer.translate` translates: the same source ids (truncated alike, EOS appended by
+`transformer.decoding.translation` translates: the same source ids (truncated alike, EOS appended by
 CTranslate2), the same per-sentence limit on generated tokens, the same decoding of the output.
 Shared by the export tests and `benchmarks.decode_vs_ctranslate2`.
 """

@@ -17,7 +17,7 @@ import json
 import jax
 
 from benchmarks import common
-from transformer import search
+from transformer.decoding import search
 
 
 def measure(

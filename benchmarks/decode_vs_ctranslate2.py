@@ -31,16 +31,19 @@ import time
 
 import jax
 
-from benchmarks import common, ctranslate2_side, tiny_run
-from transformer import evaluation, search, translate
+from benchmarks import common, ctranslate2_side
+from tests.helpers import tiny_run
+from transformer.decoding import search, translation
 from transformer.export import ctranslate2_model
+from transformer.model import params as params_lib
+from transformer.training import evaluation
 
 
 def _translators(model, vocabulary, directory: str) -> dict[str, object]:
   """CTranslate2 translators of `model` with float32 and int8 weights."""
   import ctranslate2
 
-  params = ctranslate2_model.model_params(model)
+  params = params_lib.numpy_params(model)
   translators = {}
   for quantization in ('float32', 'int8'):
     spec = ctranslate2_model.transformer_spec(params, model.config, vocabulary)
@@ -92,7 +95,7 @@ def _alternated(variants: dict, rounds: int, tokens: int) -> dict[str, float]:
 
 
 def _test_split(args) -> dict[str, dict[str, float]]:
-  from transformer import workdir
+  from transformer.training import workdir
 
   model, tokenizer, _ = workdir.load_model(args.workdir, which='best')
   pairs = tiny_run.embedded_pairs('test', 100_000)
@@ -106,7 +109,7 @@ def _test_split(args) -> dict[str, dict[str, float]]:
     translators = _translators(model, vocabulary, directory)
     target_ids = {token: i for i, token in enumerate(vocabulary.target)}
     for beam in (1, 4):
-      ours = lambda beam=beam: translate.translate(
+      ours = lambda beam=beam: translation.translate(
         model,
         tokenizer,
         sources,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import tiny_run
+from tests.helpers import tiny_run
 
 
 def _overrides(corpus: dict[str, str], args) -> list[str]:

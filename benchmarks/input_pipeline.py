@@ -74,8 +74,8 @@ def peak_rss_gb() -> float:
 
 
 def _tokenizer(source, path: str, vocab_size: int):
-  from transformer import run_data
   from transformer.input_pipeline import tokenizer as tokenizer_lib
+  from transformer.training import data as run_data
 
   if os.path.exists(path):
     return tokenizer_lib.Tokenizer(path)

@@ -55,8 +55,8 @@ def write_random(directory: str, shape: dict, shard_mb: int) -> int:
   from flax import nnx
   from safetensors.numpy import save_file
 
-  from transformer import hf_bart, m2m100
-  from transformer.model import abstract_model
+  from transformer.model.encoder_decoder import abstract_model
+  from transformer.pretrained import hf_bart, m2m100
 
   os.makedirs(directory, exist_ok=True)
   hf = hf_config(shape)
@@ -95,7 +95,7 @@ _MEASURE = """
 import json, sys, threading, time
 import jax
 from flax import nnx
-from transformer import hf_bart, m2m100
+from transformer.pretrained import hf_bart, m2m100
 directory, param_dtype = sys.argv[1], sys.argv[2]
 def status(field):  # /proc/self/status, kB: VmHWM is this process's peak (not its parent's)
   for line in open('/proc/self/status'):

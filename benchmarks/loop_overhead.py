@@ -25,8 +25,9 @@ import jax
 from benchmarks import common
 from benchmarks.input_pipeline import write_corpus
 from configs import default
-from transformer import parallel as parallel_lib, train_loop, training
-from transformer.run_config import model_config, optimizer_for
+from transformer.parallel import strategies as parallel_lib
+from transformer.training import loop as train_loop, recipe, steps as training
+from transformer.training.config import model_config, optimizer_for
 
 
 def run_config(args, folder: str):
@@ -61,10 +62,10 @@ def _metrics(workdir: str) -> list[dict]:
 
 def bare_step_seconds(config, workdir: str, steps: int) -> float:
   """Seconds per step of the same compiled step run back to back on one pipeline batch."""
-  from transformer import run_data
+  from transformer.training import data as run_data
 
   data = run_data.prepare(config, workdir)
-  config = data.config  # 'auto' values resolved from the data, as the loop resolves them
+  config = recipe.plan(config, data.measured).resolve(config)  # as the loop resolves it
   mconfig = model_config(config, data.tokenizer.vocab_size, **data.tokenizer.special_ids)
   parallel = parallel_lib.make(config.parallelism)
   optimizer, schedule = optimizer_for(config, mconfig.d_model)

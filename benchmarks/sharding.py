@@ -5,7 +5,7 @@
 
 Without `--run`, nothing is allocated (a 1–3B-parameter shape runs on a laptop):
 (a) per-device bytes of parameters + Adam moments under each mesh layout of 8 devices, read
-    from the shardings `transformer.sharding` gives the abstract train state;
+    from the shardings `transformer.parallel.sharding` gives the abstract train state;
 (b) for each remat policy ('none', 'minimal', 'full'): trace + compile time of the train step
     and its peak temporary memory from XLA's `memory_analysis()` on one device, with a batch of
     `--rows` rows of `--length` tokens (`--layers=N` per stack, `--scan_layers` scanned).
@@ -30,7 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from transformer import TransformerConfig, model as model_lib, sharding, training
+from transformer import TransformerConfig
+from transformer.model import encoder_decoder as model_lib
+from transformer.parallel import sharding
+from transformer.training import steps as training
 
 MODELS = {
   'tiny': dict(d_model=64, num_heads=4, d_ff=256, num_encoder_layers=2, num_decoder_layers=2),
@@ -103,7 +106,8 @@ def fsdp_step_numbers(
   name: str, *, rows_per_device: int, length: int, steps: int, dtype: str, remat: str, vocab: int
 ) -> dict:
   """Step time, MFU and peak memory per device of `name` under FSDP over the local devices."""
-  from transformer import flops, parallel
+  from transformer.model import flops
+  from transformer.parallel import strategies as parallel
 
   config = TransformerConfig(
     vocab_size=vocab, max_positions=length, dtype=dtype, remat=remat, **MODELS[name]

@@ -19,7 +19,7 @@ import time
 import jax
 
 from benchmarks import common
-from transformer import flops
+from transformer.model import flops
 
 
 def measure(

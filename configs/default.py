@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Loader processes; None = auto (none on a CPU backend, else half the cores).
   config.data_workers = placeholder(int)
   config.skip_malformed = False  # True: skip (and count) malformed lines of local files
-  # Joint SentencePiece vocabulary; None = from the corpus (transformer/recipe.py).
+  # Joint SentencePiece vocabulary; None = from the corpus (transformer/training/recipe.py).
   config.vocab_size = placeholder(int)
   config.character_coverage = 1.0
   config.vocab_max_sentences = 1_000_000
@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
       d_ff=1024,
       num_encoder_layers=3,
       num_decoder_layers=3,
-      # None = from the passes the run makes over the data (transformer/recipe.py): none for
+      # None = from the passes the run makes over the data (transformer/training/recipe.py): none for
       # the embedded corpus (1,000 steps read it about twice), more for smaller corpora.
       dropout_rate=placeholder(float),
       attention_dropout_rate=0.0,

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import configs, trained_model
-from transformer import alignment, search, translate
+from transformer import translate as command
+from transformer.decoding import alignment, search, translation
 
 EOS = 2
 LENGTHS = range(4, 9)
@@ -64,13 +65,13 @@ def test_a_model_trained_to_reverse_aligns_each_token_to_its_mirror(reverser):
 
 def test_translate_returns_and_prints_the_alignment(reverser):
   sentences = ['w5 w9 w3 w12', 'w7 w4 w8 w10 w20']
-  hypotheses = translate.translate_n_best(
+  hypotheses = translation.translate_n_best(
     reverser, _WordPerToken(), sentences, beam_size=2, n_best=2, alignment='words'
   )
   assert hypotheses[0][0].text == 'w12 w3 w9 w5'
   assert hypotheses[0][0].alignment == '3-0 2-1 1-2 0-3'
   assert hypotheses[1][0].alignment == '4-0 3-1 2-2 1-3 0-4'
-  lines = translate.format_lines(hypotheses, n_best=1, scores=False).splitlines()
+  lines = command.format_lines(hypotheses, n_best=1, scores=False).splitlines()
   assert lines[0] == 'w12 w3 w9 w5 ||| 3-0 2-1 1-2 0-3'
 
 

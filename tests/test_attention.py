@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import CrossAttention, SelfAttention, dot_product_attention, masks
+from transformer import CrossAttention, SelfAttention, dot_product_attention
+from transformer.model import masks
 
 
 def numpy_attention(q, k, v, bias):

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from transformer import checkpoints, train_loop
-from transformer.training import TrainState
+from transformer.training import checkpoints, loop as train_loop
+from transformer.training.steps import TrainState
 
 
 def _state(value: float) -> TrainState:
@@ -180,7 +180,7 @@ def test_another_optimizer_state_is_named_as_a_config_change(tmp_path):
   with pytest.raises(checkpoints.CheckpointMismatch, match='the config changes the optimizer'):
     reader.restore(clipped)
   # The parameters alone still restore (inference needs no optimizer).
-  params = reader.restore(_state(0.0).params, params_only=True)
+  params = reader.restore_params(_state(0.0).params)
   assert params.step == 1 and np.array_equal(params.state['w'], _state(1.0).params['w'])
   reader.close()
 
@@ -190,14 +190,18 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path):
   workdir = str(tmp_path)
   first, progress = checkpoints.Checkpointer(workdir, keep=5), train_loop.Progress(0)
   for step, bleu in ((1, 5.0), (2, 3.0)):
-    first.save(step, _state(float(step)), bleu=bleu, best=progress.validated({'eval_bleu': bleu}))
+    record = checkpoints.Record(bleu=bleu)
+    first.save(
+      step, _state(float(step)), record=record, best=progress.validated({'eval_bleu': bleu})
+    )
   first.wait()
   first.close()
   resumed = checkpoints.Checkpointer(workdir, keep=5)
   progress = train_loop.Progress(2, best_bleu=resumed.best_bleu())
   assert progress.best_bleu == 5.0
   for step, bleu, best_step in ((3, 4.0, 1), (4, 7.0, 4)):  # 4.0 is worse than step 1's 5.0
-    resumed.save(step, _state(float(step)), bleu=bleu, best=progress.validated({'eval_bleu': bleu}))
+    best = progress.validated({'eval_bleu': bleu})
+    resumed.save(step, _state(float(step)), record=checkpoints.Record(bleu=bleu), best=best)
     resumed.wait()
     assert resumed.restore(_state(0.0), which='best').step == best_step
   resumed.close()
@@ -207,13 +211,15 @@ def test_reading_for_inference_creates_nothing(tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
   reader = checkpoints.Checkpointer(str(workdir), read_only=True)
-  assert reader.restore(_state(0.0).params, params_only=True) is None
+  assert reader.restore_params(_state(0.0).params) is None
   reader.close()
   assert os.listdir(workdir) == []
 
 
 def test_evaluation_due_is_kept_with_the_checkpoint(tmp_path):
-  _save(str(tmp_path), (3,), evaluation_due=True)
+  record = checkpoints.Record(evaluation_due=True, loop_minutes=12.5, train_loss=2.25)
+  _save(str(tmp_path), (3,), record=record)
   reader = checkpoints.Checkpointer(str(tmp_path), keep_best=False)
-  assert reader.restore(_state(0.0)).metadata['evaluation_due'] is True
+  assert reader.restore(_state(0.0)).record == record
+  assert reader.restore_params(_state(0.0).params).record == record
   reader.close()

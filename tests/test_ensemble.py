@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import configs
-from transformer import Transformer, search
-from transformer.ensemble import Ensemble, check_vocabularies
-from transformer.model import shift_right
+from transformer import Transformer
+from transformer.decoding import search
+from transformer.decoding.ensemble import Ensemble, check_vocabularies
+from transformer.model.encoder_decoder import shift_right
 
 SRC = np.array([[5, 6, 7, 8, 2, 0], [9, 10, 2, 0, 0, 0], [11, 12, 13, 14, 15, 2]], np.int32)
 

@@ -1,7 +1,7 @@
 """Choosing the beam size and length penalty on validation: the best BLEU wins, the first α (the
 configured one) and the smaller beam win ties."""
 
-from transformer import evaluation
+from transformer.training import evaluation
 
 
 class _Scripted:
@@ -10,9 +10,9 @@ class _Scripted:
   def __init__(self, table):
     self.table, self.asked = table, []
 
-  def bleu(self, model, pairs, *, beam_size, alpha):
-    self.asked.append((beam_size, alpha))
-    return self.table[(beam_size, alpha)], 'signature', []
+  def bleu(self, model, pairs, *, beam_size, length_penalty):
+    self.asked.append((beam_size, length_penalty))
+    return self.table[(beam_size, length_penalty)], 'signature', []
 
 
 def test_the_best_beam_and_length_penalty_on_validation_are_chosen():

@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import ctranslate2_side, tiny_run
-from tests.helpers import configs, trained_model
-from transformer import Transformer, translate
+from benchmarks import ctranslate2_side
+from tests.helpers import configs, tiny_run, trained_model
+from transformer import Transformer
+from transformer.decoding import translation
 from transformer.export import ctranslate2_model, stablehlo
 from transformer.export.__main__ import tokenizer_files
 from transformer.input_pipeline import tokenizer as tokenizer_lib
-from transformer.model import shift_right
+from transformer.model.encoder_decoder import shift_right
 
 ctranslate2 = pytest.importorskip('ctranslate2')
 
@@ -113,12 +114,12 @@ def test_ctranslate2_translates_to_our_tokens(tokenizer, exported, beam_size, al
   once 4 hypotheses have ended: --length_normalization=ctranslate2), give the same tokens. (With
   alpha 2 and 40 tokens, 'hf' stopping gives another output for one of these sentences.)"""
   model, directory = exported
-  ours = translate.translate(
+  ours = translation.translate(
     model,
     tokenizer,
     SENTENCES,
     beam_size=beam_size,
-    alpha=alpha,
+    length_penalty=alpha,
     max_new_tokens=limit,
     length_normalization='ctranslate2',
   )
@@ -168,7 +169,7 @@ def test_stablehlo_artifacts_translate_without_the_package(tokenizer, exported, 
   )
   sentences = [s for s in SENTENCES if len(tokenizer.encode(s)) < 47]
   expected = {
-    beam: translate.translate(model, tokenizer, sentences, beam_size=beam, extra_length=6)
+    beam: translation.translate(model, tokenizer, sentences, beam_size=beam, extra_length=6)
     for beam in (1, 2)
   }
   script = (
@@ -204,7 +205,7 @@ def test_a_marian_model_exports_as_ctranslate2s_own_converter_converts_it(tmp_pa
   translations (greedy and beam), and both the same as ours."""
   pytest.importorskip('transformers')
   from tests.helpers import marian_fixture
-  from transformer import marian
+  from transformer.pretrained import marian
 
   directory = marian_fixture.build(str(tmp_path / 'opus-mt'), eos_bias=1.0, zero_pad_row=True)
   model, tokenizer = marian.load(directory)
@@ -224,12 +225,12 @@ def test_a_marian_model_exports_as_ctranslate2s_own_converter_converts_it(tmp_pa
       )
       for path, suffix in ((ours, []), (theirs, ['</s>']))
     ]
-    expected = translate.translate(
+    expected = translation.translate(
       model,
       tokenizer,
       SENTENCES,
       beam_size=beam_size,
-      alpha=1.0,
+      length_penalty=1.0,
       max_new_tokens=20,
       length_normalization='ctranslate2',
     )

@@ -3,7 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer import Transformer, linen as transformer_linen, search, shift_right
+from transformer import Transformer, linen as transformer_linen, shift_right
+from transformer.decoding import search
 
 SRC = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
 TGT = jnp.array([[20, 21, 2, 0], [22, 2, 0, 0]])

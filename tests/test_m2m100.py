@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import tiny_run
-from tests.helpers import m2m100_fixture
-from transformer import m2m100, pretrained, search, translate
+from tests.helpers import hf_bart_fixture, m2m100_fixture, tiny_run
+from transformer.decoding import search, translation
+from transformer.decoding.batch import Batch
 from transformer.input_pipeline import pipeline
+from transformer.pretrained import families as pretrained, m2m100
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -50,7 +51,7 @@ def _load(family, target=None, **kwargs):
 
 
 def _batch(hf_tokenizer, sentences=SENTENCES):
-  return hf_tokenizer(sentences, return_tensors='pt', padding=True, truncation=True, max_length=40)
+  return hf_bart_fixture.hf_batch(hf_tokenizer, sentences, max_length=40)
 
 
 def test_tokenizer_gives_transformers_ids(family):
@@ -84,17 +85,7 @@ def test_logits_equal_transformers_on_a_padded_batch(family):
 
 
 def _generated(hf, batch, forced_bos, **kwargs):
-  with torch.no_grad():
-    out = hf.generate(
-      **batch,
-      max_new_tokens=20,
-      do_sample=False,
-      early_stopping=False,
-      forced_bos_token_id=forced_bos,
-      bad_words_ids=[[hf.config.pad_token_id]],
-      **kwargs,
-    )
-  return out.numpy()[:, 1:]  # without the decoder start token
+  return hf_bart_fixture.generated(hf, batch, forced_bos_token_id=forced_bos, **kwargs)
 
 
 def _same(tokens, expected, pad=1):
@@ -114,12 +105,11 @@ def test_generation_equals_transformers_with_the_target_language_forced(family, 
   tokens = np.asarray(
     search.generate(
       model,
-      src,
+      Batch.of(src, forced_bos=np.full(len(src), first)),
       beam_size=beam_size,
-      alpha=1.0,
+      length_penalty=1.0,
       max_new_tokens=20,
       length_normalization='hf',
-      forced_bos=np.full(len(src), first),
     )
   )
   assert (expected[:, 0] == first).all() and (expected == 2).any()  # some end before the limit
@@ -133,8 +123,14 @@ def test_one_source_into_two_languages_as_transformers(family):
   for target in LANGUAGES[kind][1:]:
     pair = tokenizer.with_languages(LANGUAGES[kind][0], target)
     expected = _generated(hf, _batch(hf_tokenizer, short), pair.forced_bos_id, num_beams=4)
-    ours = translate.translate(
-      model, pair, short, beam_size=4, alpha=1.0, length_normalization='hf', max_new_tokens=20
+    ours = translation.translate(
+      model,
+      pair,
+      short,
+      beam_size=4,
+      length_penalty=1.0,
+      length_normalization='hf',
+      max_new_tokens=20,
     )
     assert ours == hf_tokenizer.batch_decode(expected[:, 1:], skip_special_tokens=True), target
 
@@ -174,7 +170,7 @@ def test_nllb_legacy_source_convention_as_transformers(family, tmp_path):
   short = SENTENCES[:4]
   batch = legacy(short, return_tensors='pt', padding=True)
   expected = _generated(hf, batch, tokenizer.forced_bos_id, num_beams=1)
-  ours = translate.translate(model, tokenizer, short, beam_size=1, max_new_tokens=20)
+  ours = translation.translate(model, tokenizer, short, beam_size=1, max_new_tokens=20)
   assert ours == legacy.batch_decode(expected[:, 1:], skip_special_tokens=True)
 
 
@@ -278,7 +274,7 @@ def test_translate_cli_and_fine_tuning(family, tmp_path):
   written = export('m2m100', exported)
   assert written.returncode == 0, written.stderr[-3000:]
   reloaded = transformers.M2M100ForConditionalGeneration.from_pretrained(exported).eval()
-  from transformer import workdir as workdir_lib
+  from transformer.training import workdir as workdir_lib
 
   tuned_model, _, _ = workdir_lib.load_model(workdir)
   batch = _batch(hf_tokenizer, short)
@@ -307,8 +303,8 @@ def test_beam_scores_equal_transformers_where_the_pad_token_is_likely(family):
       bad_words_ids=[[1]], output_scores=True, return_dict_in_generate=True,
     )  # fmt: skip
   tokens, scores, _ = search.generate_n_best(
-    model, src, n_best=1, beam_size=4, alpha=1.0, length_normalization='hf', max_new_tokens=20,
-    forced_bos=np.full(1, tokenizer.forced_bos_id),
+    model, Batch.of(src, forced_bos=np.full(1, tokenizer.forced_bos_id)), n_best=1, beam_size=4,
+    length_penalty=1.0, length_normalization='hf', max_new_tokens=20,
   )  # fmt: skip
   _same(np.asarray(tokens)[:, 0], expected.sequences.numpy()[:, 1:])
   np.testing.assert_allclose(np.asarray(scores)[:, 0], expected.sequences_scores.numpy(), atol=1e-4)

@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import tiny_run
-from tests.helpers import configs, marian_fixture
-from transformer import Transformer, marian, search
+from tests.helpers import configs, hf_bart_fixture, marian_fixture, tiny_run
+from transformer import Transformer
+from transformer.decoding import search
 from transformer.input_pipeline import tokenizer as tokenizer_lib
+from transformer.pretrained import marian
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -41,7 +42,7 @@ SENTENCES = [s for s, _ in tiny_run.embedded_pairs('test', 12)] + [
 
 
 def _hf_batch(hf_tokenizer, sentences=SENTENCES):
-  return hf_tokenizer(sentences, return_tensors='pt', padding=True, truncation=True, max_length=30)
+  return hf_bart_fixture.hf_batch(hf_tokenizer, sentences, max_length=30)
 
 
 def test_tokenizer_gives_transformers_ids(pretrained):
@@ -72,17 +73,8 @@ def test_logits_equal_transformers(pretrained):
 
 
 def _generated(hf, batch, **kwargs):
-  kwargs.setdefault('forced_eos_token_id', None)
-  with torch.no_grad():
-    out = hf.generate(
-      **batch,
-      max_new_tokens=20,
-      do_sample=False,
-      early_stopping=False,
-      bad_words_ids=[[hf.config.pad_token_id]],
-      **kwargs,
-    )
-  return out.numpy()[:, 1:]  # without the decoder start token
+  """transformers' generation without opus-mt's forced EOS, unless `kwargs` asks for it."""
+  return hf_bart_fixture.generated(hf, batch, **{'forced_eos_token_id': None, **kwargs})
 
 
 @pytest.mark.parametrize('beam_size,alpha', [(1, 1.0), (4, 1.0), (4, 0.6)])
@@ -96,7 +88,7 @@ def test_generation_equals_transformers_generate(pretrained, beam_size, alpha):
       model,
       batch['input_ids'].numpy().astype(np.int32),
       beam_size=beam_size,
-      alpha=alpha,
+      length_penalty=alpha,
       max_new_tokens=20,
       length_normalization='hf',
     )
@@ -160,7 +152,13 @@ def test_fine_tuning_from_a_pretrained_directory(pretrained, tmp_path):
   assert 'tokenizer' in os.listdir(workdir) and 'model.json' in os.listdir(workdir)
   assert json.load(open(os.path.join(workdir, 'model.json')))['sinusoid_layout'] == 'halves'
   translated = subprocess.run(
-    [sys.executable, '-m', 'transformer.translate', f'--workdir={workdir}', '--beam_size=2'],
+    [
+      sys.executable,
+      '-m',
+      'transformer.translate',
+      f'--workdir={workdir}',
+      '--beam_size=2',
+    ],
     input=SENTENCES[0] + '\n',
     capture_output=True,
     text=True,
@@ -240,7 +238,7 @@ def test_forced_eos_at_the_length_limit_equals_transformers(long_talking, beam_s
       model,
       batch['input_ids'].numpy().astype(np.int32),
       beam_size=beam_size,
-      alpha=1.0,
+      length_penalty=1.0,
       max_new_tokens=6,
       length_normalization='hf',
       forced_eos=True,

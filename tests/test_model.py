@@ -16,9 +16,9 @@ from transformer import (
   Transformer,
   TransformerConfig,
   count_params,
-  masks,
   shift_right,
 )
+from transformer.model import masks
 
 SRC = jnp.array([[5, 6, 7, 8, 9, 0], [10, 11, 12, 0, 0, 0], [13, 14, 15, 16, 17, 18]])
 TGT = jnp.array([[20, 21, 22, 2, 0, 0, 0], [23, 24, 2, 0, 0, 0, 0], [25, 26, 27, 28, 29, 30, 2]])
@@ -231,9 +231,10 @@ def test_decode_length_beyond_positional_table_is_rejected(tiny_config):
 
 def test_import_does_not_pull_in_tensorflow():
   code = (
-    'import sys, transformer, transformer.linen, transformer.model, transformer.attention, '
-    'transformer.search, transformer.training, transformer.checkpoints, transformer.train_loop, '
-    'transformer.evaluation, transformer.translate; '
+    'import sys, transformer, transformer.linen, transformer.model.encoder_decoder, '
+    'transformer.model.attention, transformer.decoding.search, transformer.training.steps, '
+    'transformer.training.checkpoints, transformer.training.loop, '
+    'transformer.training.evaluation, transformer.decoding.translation; '
     'assert "tensorflow" not in sys.modules, "tensorflow imported"; '
     'assert "grain" not in sys.modules, "grain (data extra) imported"'
   )

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import precision
+from transformer.model import precision
 
 # The projections the model uses: attention Q/K/V and output, feed-forward, logits.
 EQUATIONS = {
@@ -96,7 +96,8 @@ def test_every_matmul_of_a_bfloat16_train_step_takes_bfloat16_operands(
   bf16 × bf16 -> f32 kernel (the step is also run there, so that this cannot break)."""
   from flax import nnx
 
-  from transformer import Transformer, shift_right, training
+  from transformer import Transformer, shift_right
+  from transformer.training import steps as training
 
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   model = Transformer(tiny_config.replace(dtype='bfloat16'), rngs=nnx.Rngs(0))

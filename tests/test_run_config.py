@@ -6,7 +6,8 @@ import pathlib
 import pytest
 
 from configs import default
-from transformer import run_config, workdir as workdir_lib
+from transformer import _atomic
+from transformer.training import config as run_config, workdir as workdir_lib
 
 
 def test_resume_warns_when_num_train_steps_moves_the_linear_schedule(tmp_path):
@@ -43,7 +44,7 @@ def test_validate_config_names_the_field():
 
 
 def test_data_dependent_defaults_follow_their_documented_rules():
-  from transformer import recipe
+  from transformer.training import recipe
 
   assert recipe.vocab_size_for(1.4e6) == 8000  # the embedded corpus: ~1.4M words
   assert recipe.vocab_size_for(350e3) == 8000  # a 16k-pair corpus of everyday sentences
@@ -54,34 +55,40 @@ def test_data_dependent_defaults_follow_their_documented_rules():
   assert [recipe.dropout_for(e) for e in passes] == [0.0, 0.0, 0.0, 0.0, 0.3, 0.3]
 
 
+def _measured(pairs: int, tokens_per_pair: float, vocab_size: int):
+  from transformer.training import recipe
+
+  return recipe.Measured(pairs, tokens_per_pair, recipe.Vocabulary(vocab_size, 'vocab'))
+
+
 def test_the_plan_caps_passes_and_scales_dropout_with_them():
   from configs import default
-  from transformer import recipe
+  from transformer.training import recipe
 
   config = default.get_config()  # batch 16 x 128, 1,000 steps, at most 20 passes, auto dropout
-  embedded = recipe.length_and_dropout(config, 29_404, 70.0, (8000, 'vocab'))
+  embedded = recipe.plan(config, _measured(29_404, 70.0, 8000))
   assert embedded.num_train_steps == 1000 and embedded.dropout_rate == 0.0  # ~1.8 passes
-  sub15k = recipe.length_and_dropout(config, 15_000, 74.0, (5000, 'vocab'))
+  sub15k = recipe.plan(config, _measured(15_000, 74.0, 5000))
   assert sub15k.dropout_rate == 0.0 and 3.0 < sub15k.epochs < 4.0  # still fitting: no dropout
-  everyday = recipe.length_and_dropout(config, 16_600, 32.0, (4000, 'vocab'))
+  everyday = recipe.plan(config, _measured(16_600, 32.0, 4000))
   assert everyday.num_train_steps == 1000 and everyday.dropout_rate == 0.0  # ~7 passes
-  tiny = recipe.length_and_dropout(config, 500, 30.0, (2000, 'vocab'))
+  tiny = recipe.plan(config, _measured(500, 30.0, 2000))
   assert tiny.num_train_steps == 82 and tiny.epochs == pytest.approx(20, rel=0.01)  # capped
   assert any('at most 20 passes' in line for line in tiny.report)
   config.model.dropout_rate = 0.15  # set by the user: kept
-  assert recipe.length_and_dropout(config, 500, 30.0, (2000, 'vocab')).dropout_rate == 0.15
+  assert recipe.plan(config, _measured(500, 30.0, 2000)).dropout_rate == 0.15
 
 
 def test_a_run_the_budget_ends_takes_its_dropout_from_the_passes_its_measured_speed_allows():
   from configs import default
-  from transformer import recipe
+  from transformer.training import recipe
 
   config = default.get_config()
   config.num_train_steps = None  # until the 20-minute budget ends, at most 20 passes
   assert recipe.needs_step_time(config)
   # The embedded corpus: ~558.4 steps a pass, so the cap is 20 passes = 11,167 steps.
-  slow = recipe.length_and_dropout(config, 29_404, 70.0, (8000, 'vocab'), step_seconds=1.0)
-  fast = recipe.length_and_dropout(config, 29_404, 70.0, (8000, 'vocab'), step_seconds=0.05)
+  slow = recipe.plan(config, _measured(29_404, 70.0, 8000), step_seconds=1.0)
+  fast = recipe.plan(config, _measured(29_404, 70.0, 8000), step_seconds=0.05)
   assert slow.num_train_steps == fast.num_train_steps == 11_167  # the budget ends the run
   assert slow.dropout_rate == 0.0 and slow.epochs == pytest.approx(1200 / 558.4, rel=1e-3)
   assert fast.dropout_rate == 0.3 and fast.epochs == pytest.approx(20, rel=1e-3)  # capped
@@ -124,14 +131,14 @@ def test_a_failed_json_write_leaves_the_old_file_and_no_temporary(tmp_path, monk
   import json as json_lib
 
   path = tmp_path / 'config.json'
-  workdir_lib.write_json_atomically(str(path), {'a': 1})
+  _atomic.write_json(str(path), {'a': 1})
 
   def full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, 'No space left on device')
 
   monkeypatch.setattr(json_lib, 'dump', full_disk)
   with pytest.raises(OSError, match='No space left'):
-    workdir_lib.write_json_atomically(str(path), {'a': 2})
+    _atomic.write_json(str(path), {'a': 2})
   assert os.listdir(tmp_path) == ['config.json']
   assert path.read_text() == '{\n  "a": 1\n}'
 

@@ -9,10 +9,9 @@ import subprocess
 
 import pytest
 
-from benchmarks import tiny_run
-from tests.helpers import text
-from transformer import recipe, train_loop, workdir as workdir_lib, workdir_lock
+from tests.helpers import text, tiny_run
 from transformer.input_pipeline import tokenizer as tokenizer_lib
+from transformer.training import loop as train_loop, recipe, workdir as workdir_lib, workdir_lock
 
 
 @pytest.fixture
@@ -70,16 +69,20 @@ def test_a_vocabulary_the_corpus_cannot_fill_is_refused_first(tmp_path, corpus):
 def test_the_recipes_vocabulary_is_at_most_what_the_corpus_can_fill(tmp_path, corpus):
   """Set, a vocabulary too large is refused (above); left to the recipe (8,000 pieces), the tiny
   corpus gets the most SentencePiece can make, and a resume accepts that tokenizer."""
-  from transformer import run_data
+  from transformer.training import data as run_data
 
   config = tiny_run.tiny_config(corpus, vocab_size=None)
   workdir = str(tmp_path / 'run')
   data = run_data.prepare(config, workdir)
   assert 16 < data.tokenizer.vocab_size < 8000 == recipe.vocab_size_for(1.0)
-  assert data.config.vocab_size == data.tokenizer.vocab_size
-  assert f'vocab {data.tokenizer.vocab_size} (auto: the most SentencePiece makes' in data.report[0]
+  vocabulary = data.measured.vocabulary
+  assert vocabulary.size == data.tokenizer.vocab_size
+  assert (
+    f'vocab {data.tokenizer.vocab_size} (auto: the most SentencePiece makes' in vocabulary.reason
+  )
+  assert recipe.plan(config, data.measured).resolve(config).vocab_size == vocabulary.size
   again = run_data.prepare(config, workdir)
-  assert again.tokenizer.vocab_size == data.tokenizer.vocab_size and 'reused' in again.report[3]
+  assert again.tokenizer.vocab_size == data.tokenizer.vocab_size and 'reused' in again.report[0]
 
 
 def test_a_failed_first_run_does_not_block_a_corrected_one(tmp_path, corpus):
@@ -245,14 +248,9 @@ def test_one_huge_line_does_not_change_the_plan(tmp_path, corpus, small_tokenize
   plans = []
   for extra in ([], [(' '.join(['word'] * 100_000), 'mot')]):
     source = text.ListSource(pairs + extra)
-    kept, per_pair = recipe.kept_pairs_and_tokens(source, small_tokenizer, config)
-    plans.append(
-      (
-        kept,
-        round(per_pair),
-        recipe.length_and_dropout(config, kept, per_pair, (500, '')).num_train_steps,
-      )
-    )
+    measured = recipe.measure(source, small_tokenizer, config, recipe.Vocabulary(500, ''))
+    plan = recipe.plan(config, measured)
+    plans.append((measured.pairs, round(measured.tokens_per_pair), plan.num_train_steps))
   assert plans[0] == plans[1], plans
 
 

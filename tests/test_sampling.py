@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from tests.helpers import configs
-from transformer import Transformer, search
-from transformer.model import shift_right
-from transformer.sampling import Sampling, filtered_logits
+from transformer import Transformer
+from transformer.decoding import search
+from transformer.decoding.batch import Batch
+from transformer.decoding.options import Sampling
+from transformer.decoding.sampling import filtered_logits
+from transformer.model.encoder_decoder import shift_right
 
 SRC = np.array([[5, 6, 7, 8, 2, 0], [9, 10, 11, 2, 0, 0], [12, 2, 0, 0, 0, 0]], np.int32)
 
@@ -39,7 +42,7 @@ def test_a_seeded_sample_repeats_across_runs_and_batch_compositions(model):
   np.testing.assert_array_equal(together, again)
   alone = np.asarray(
     search.generate(
-      model, SRC[2:3], beam_size=1, max_new_tokens=8, sampling=sampling, row_seeds=[2]
+      model, Batch.of(SRC[2:3], row_seeds=[2]), beam_size=1, max_new_tokens=8, sampling=sampling
     )
   )
   np.testing.assert_array_equal(alone[0], together[2])
@@ -65,7 +68,11 @@ def test_drawn_tokens_follow_the_models_softmax(model, sampling):
   rows = np.repeat(SRC[:1], count, axis=0)
   drawn = np.asarray(
     search.generate(
-      model, rows, beam_size=1, max_new_tokens=1, sampling=sampling, row_seeds=np.arange(count)
+      model,
+      Batch.of(rows, row_seeds=np.arange(count)),
+      beam_size=1,
+      max_new_tokens=1,
+      sampling=sampling,
     )
   )[:, 0]
   expected = _first_token_probabilities(model, SRC[0], sampling)

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from tests.helpers.configs import tiny_config
-from transformer import Transformer, parallel, scanned, search, shift_right, training
-from transformer.sharding import RULES
+from transformer import Transformer, shift_right
+from transformer.decoding import search
+from transformer.model import scanned
+from transformer.parallel import strategies as parallel
+from transformer.parallel.sharding import RULES
+from transformer.training import steps as training
 
 CONFIG = tiny_config(num_encoder_layers=3, num_decoder_layers=2, num_heads=8, vocab_size=64)
 SRC = jnp.array([[5, 6, 7, 8, 2, 0], [9, 10, 11, 2, 0, 0]])
@@ -60,7 +64,9 @@ def test_conversion_round_trip_is_exact_and_keeps_the_layer_axis_name():
 
 def test_decoding_asks_for_the_unrolled_layout_and_then_equals_the_model():
   model, stacked = _pair()
-  with pytest.raises(ValueError, match=r'decode with transformer\.scanned\.unrolled\(model\)'):
+  with pytest.raises(
+    ValueError, match=r'decode with transformer\.model\.scanned\.unrolled\(model\)'
+  ):
     search.generate(stacked, SRC, beam_size=2, max_new_tokens=5)
   np.testing.assert_array_equal(
     search.generate(scanned.unrolled(stacked), SRC, beam_size=2, max_new_tokens=5),
@@ -69,7 +75,7 @@ def test_decoding_asks_for_the_unrolled_layout_and_then_equals_the_model():
 
 
 def test_a_scanned_model_trains_with_dropout_and_on_a_mesh_as_one_device():
-  from tests.test_sharding import _packed_batch
+  from tests.helpers.batches import packed_batch
 
   config = CONFIG.replace(scan_layers=True, dropout_rate=0.1)
   losses = []
@@ -83,7 +89,7 @@ def test_a_scanned_model_trains_with_dropout_and_on_a_mesh_as_one_device():
     )
     placed = mode.device_state(jax.tree.map(np.asarray, state))
     for index in range(2):
-      placed, metrics = step(placed, rngs, mode.device_batch(_packed_batch(index)), 1e-3)
+      placed, metrics = step(placed, rngs, mode.device_batch(packed_batch(index)), 1e-3)
       losses.append(mode.metrics(metrics)['loss'])
   assert np.isfinite(losses).all()
   np.testing.assert_allclose(losses[2:], losses[:2], rtol=1e-5)  # the mesh = one device

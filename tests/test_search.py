@@ -6,9 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import Transformer, evaluation, search
-from transformer.model import shift_right
-from transformer.sampling import Sampling
+from transformer import Transformer
+from transformer.decoding import search
+from transformer.decoding.batch import Batch
+from transformer.decoding.options import Sampling
+from transformer.model.encoder_decoder import shift_right
+from transformer.training import evaluation
 
 PAD, BOS, EOS, A, B = 0, 1, 2, 3, 4
 
@@ -34,16 +37,17 @@ TABLE[A] = [0, 0, 0.4, 0.3, 0.3]
 TABLE[B] = [0, 0, 0.95, 0.05, 0]
 TABLE[EOS] = [0, 0, 1.0, 0, 0]
 TABLE[PAD] = [0, 0, 1.0, 0, 0]
+RULES_6 = search.Rules(buffer_length=6, bos_id=BOS, eos_id=EOS)
 
 
 def test_beam_search_finds_the_better_sequence_greedy_misses():
   step_fn = markov_step_fn(TABLE)
   greedy = search.greedy_search(
-    step_fn, jnp.zeros((1,)), 1, buffer_length=6, bos_id=BOS, eos_id=EOS
+    step_fn, jnp.zeros((1,)), 1, search.Rules(buffer_length=6, bos_id=BOS, eos_id=EOS)
   )
   np.testing.assert_array_equal(greedy[0], [A, EOS, PAD, PAD, PAD, PAD])
   seqs, scores = search.beam_search(
-    step_fn, jnp.zeros((2,)), 1, beam_size=2, buffer_length=6, alpha=0.0, bos_id=BOS, eos_id=EOS
+    step_fn, jnp.zeros((2,)), 1, RULES_6, beam_size=2, length_penalty=0.0
   )
   np.testing.assert_array_equal(seqs[0, 0], [B, EOS, PAD, PAD, PAD, PAD])
   np.testing.assert_allclose(scores[0, 0], math.log(0.38), rtol=1e-5)
@@ -55,7 +59,12 @@ def test_length_penalty_scores_and_finished_hypotheses_stop_growing():
   step_fn = markov_step_fn(TABLE)
   alpha = 0.6
   seqs, scores = search.beam_search(
-    step_fn, jnp.zeros((3,)), 1, beam_size=3, buffer_length=8, alpha=alpha, bos_id=BOS, eos_id=EOS
+    step_fn,
+    jnp.zeros((3,)),
+    1,
+    search.Rules(buffer_length=8, bos_id=BOS, eos_id=EOS),
+    beam_size=3,
+    length_penalty=alpha,
   )
   for beam in range(3):
     tokens = np.asarray(seqs[0, beam]).tolist()
@@ -88,11 +97,9 @@ def test_ctranslate2_normalization_stops_once_beam_size_hypotheses_have_ended():
       markov_step_fn(STOP_TABLE),
       jnp.zeros((2,)),
       1,
+      RULES_6,
       beam_size=2,
-      buffer_length=6,
-      alpha=2.0,
-      bos_id=BOS,
-      eos_id=EOS,
+      length_penalty=2.0,
       length_normalization=normalization,
     )
     results[normalization] = np.asarray(seqs[0, 0]).tolist(), float(scores[0, 0])
@@ -116,17 +123,15 @@ def test_beam_size_one_equals_greedy(seed):
   step_fn = random_step_fn(seed=seed)
   batch = 3
   greedy = search.greedy_search(
-    step_fn, jnp.zeros((batch,)), batch, buffer_length=10, bos_id=BOS, eos_id=EOS
+    step_fn, jnp.zeros((batch,)), batch, search.Rules(buffer_length=10, bos_id=BOS, eos_id=EOS)
   )
   seqs, _ = search.beam_search(
     step_fn,
     jnp.zeros((batch,)),
     batch,
+    search.Rules(buffer_length=10, bos_id=BOS, eos_id=EOS),
     beam_size=1,
-    buffer_length=10,
-    alpha=0.0,
-    bos_id=BOS,
-    eos_id=EOS,
+    length_penalty=0.0,
   )
   np.testing.assert_array_equal(seqs[:, 0], greedy)
 
@@ -134,7 +139,7 @@ def test_beam_size_one_equals_greedy(seed):
 @pytest.fixture(params=['float32', 'bfloat16'])
 def model(tiny_config, request):
   """The tiny model in float32 and in bfloat16 compute (whose CPU projections take their own
-  path, `transformer.precision`, in the cached steps as in the full pass)."""
+  path, `transformer.model.precision`, in the cached steps as in the full pass)."""
   m = Transformer(tiny_config.replace(dtype=request.param), rngs=nnx.Rngs(3))
   m.eval()
   return m
@@ -273,7 +278,9 @@ def test_beam_search_on_the_kv_cache_equals_a_plain_recomputing_beam_search(tiny
   params = nnx.state(model, nnx.Param)
   nnx.update(model, jax.tree.map(lambda p: 3.0 * p, params))
   src = np.array([[5, 6, 7, 8, 2, 0], [9, 10, 2, 0, 0, 0], [11, 12, 13, 14, 15, 2]], np.int32)
-  tokens = np.asarray(search.generate(model, src, beam_size=3, alpha=0.6, max_new_tokens=10))
+  tokens = np.asarray(
+    search.generate(model, src, beam_size=3, length_penalty=0.6, max_new_tokens=10)
+  )
   for row in range(3):
     expected = list(_reference_beam_search(model, src[row], 3, 10, 0.6))
     assert tokens[row, : len(expected)].tolist() == expected, row
@@ -290,12 +297,13 @@ def test_n_best_hypotheses_come_with_their_scores_and_log_probabilities(tiny_con
   tokens, scores, log_probs = map(
     np.asarray,
     search.generate_n_best(
-      model, src, n_best=beam_size, beam_size=beam_size, alpha=0.6, max_new_tokens=7
+      model, src, n_best=beam_size, beam_size=beam_size, length_penalty=0.6, max_new_tokens=7
     ),
   )
   assert tokens.shape == (2, beam_size, 7)
   np.testing.assert_array_equal(
-    tokens[:, 0], search.generate(model, src, beam_size=beam_size, alpha=0.6, max_new_tokens=7)
+    tokens[:, 0],
+    search.generate(model, src, beam_size=beam_size, length_penalty=0.6, max_new_tokens=7),
   )
   assert np.all(np.diff(scores, axis=1) <= 1e-6)
   for n in range(beam_size):
@@ -304,7 +312,7 @@ def test_n_best_hypotheses_come_with_their_scores_and_log_probabilities(tiny_con
     lengths = (tokens[:, n] != tiny_config.pad_id).sum(-1)
     np.testing.assert_allclose(scores[:, n], forced / ((5 + lengths) / 6) ** 0.6, atol=1e-4)
   with pytest.raises(
-    ValueError, match=f'n_best={beam_size + 1} must be between 1 and the beam size'
+    ValueError, match=f'n_best must be between 1 and the beam size {beam_size}, got {beam_size + 1}'
   ):
     search.generate_n_best(model, src, n_best=beam_size + 1, beam_size=beam_size)
 
@@ -336,7 +344,11 @@ def test_every_hypothesis_starts_with_its_prefix(tiny_config, beam_size):
   tokens, scores, log_probs = map(
     np.asarray,
     search.generate_n_best(
-      model, PREFIX_SRC, n_best=beam_size, beam_size=beam_size, max_new_tokens=8, prefix=PREFIX
+      model,
+      Batch.of(PREFIX_SRC, prefix=PREFIX),
+      n_best=beam_size,
+      beam_size=beam_size,
+      max_new_tokens=8,
     ),
   )
   for row, width in enumerate([3, 1, 0]):
@@ -355,7 +367,7 @@ def test_an_empty_prefix_equals_no_prefix(model, beam_size):
   empty = np.zeros((len(PREFIX_SRC), 16), np.int32)
   without = search.generate(model, PREFIX_SRC, beam_size=beam_size, extra_length=5)
   with_empty = np.asarray(
-    search.generate(model, PREFIX_SRC, beam_size=beam_size, extra_length=5, prefix=empty)
+    search.generate(model, Batch.of(PREFIX_SRC, prefix=empty), beam_size=beam_size, extra_length=5)
   )
   length = without.shape[1]  # the output may be longer: room for a 16-token prefix
   np.testing.assert_array_equal(with_empty[:, :length], without)
@@ -366,7 +378,7 @@ def test_a_sampled_continuation_starts_with_its_prefix_and_an_empty_one_changes_
   sampling = Sampling(temperature=1.5, seed=3)
   sampled = np.asarray(
     search.generate(
-      model, PREFIX_SRC, beam_size=1, max_new_tokens=8, sampling=sampling, prefix=PREFIX
+      model, Batch.of(PREFIX_SRC, prefix=PREFIX), beam_size=1, max_new_tokens=8, sampling=sampling
     )
   )
   np.testing.assert_array_equal(sampled[0, :3], PREFIX[0, :3])
@@ -379,7 +391,7 @@ def test_a_prefix_longer_than_the_limit_raises_the_limit(model):
   """A sentence may generate its prefix and at least one more token."""
   long_prefix = np.tile(np.arange(20, 26, dtype=np.int32), (len(PREFIX_SRC), 1))
   tokens = np.asarray(
-    search.generate(model, PREFIX_SRC, beam_size=1, max_new_tokens=3, prefix=long_prefix)
+    search.generate(model, Batch.of(PREFIX_SRC, prefix=long_prefix), beam_size=1, max_new_tokens=3)
   )
   assert tokens.shape[1] == 7
   np.testing.assert_array_equal(tokens[:, :6], long_prefix)

@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+from tests.helpers import batches
 from tests.helpers.configs import tiny_config
-from transformer import checkpoints, parallel, sharding, training
-from transformer.input_pipeline import pipeline
+from transformer.parallel import sharding, strategies as parallel
+from transformer.training import checkpoints, steps as training
 
 # 8 heads and a vocabulary of 64: every layout below divides them.
 CONFIG = tiny_config(vocab_size=64, num_heads=8, max_positions=32)
@@ -18,13 +19,7 @@ ROWS, LENGTH = 8, 24
 
 
 def _packed_batch(seed: int = 0) -> dict[str, np.ndarray]:
-  """`[8, 24]` rows packed with examples of uneven lengths (and uneven padding per row)."""
-  rng = np.random.default_rng(seed)
-  side = lambda: [list(rng.integers(4, 64, rng.integers(2, 9))) for _ in range(16)]
-  pairs = pipeline.TokenizedPairs.from_lists(side(), side(), {'inputs': [2], 'targets': [2]})
-  row, start, rows = pipeline.first_fit(pairs.lengths('inputs'), pairs.lengths('targets'), LENGTH)
-  assert rows <= ROWS
-  return pipeline.assemble_rows(pairs, row, start, ROWS, LENGTH, pad_id=0)
+  return batches.packed_batch(seed, ROWS, LENGTH, CONFIG.vocab_size)
 
 
 def _loss_function():
@@ -134,8 +129,8 @@ def test_a_checkpoint_moves_from_8_replicas_to_a_2x2x2_mesh_to_one_device(tmp_pa
   saver.save(4, saved)  # each device's shards, none gathered
   jax.tree.map(lambda x: x.delete(), saved)  # the save copied what it needs before returning
   saver.wait()
-  on_one = checkpoints.Checkpointer(str(tmp_path / 'b'), read_only=True).restore(
-    initial.params, params_only=True
+  on_one = checkpoints.Checkpointer(str(tmp_path / 'b'), read_only=True).restore_params(
+    initial.params
   )
   for path, value in nnx.to_flat_state(on_one.state):
     assert isinstance(value[...], np.ndarray)
@@ -189,19 +184,27 @@ def test_mesh_sizes_resolve_or_stop_in_one_line():
 
 def test_a_mesh_that_splits_the_model_needs_gspmd():
   from configs import default
-  from transformer.run_config import ConfigError, validate_config
+  from transformer.training.config import ConfigError, validate_config
 
   config = default.get_config()
   config.mesh = (2, 2, 2)
-  with pytest.raises(ConfigError, match="needs config.parallelism='gspmd'"):
+  with pytest.raises(ConfigError, match="config.mesh .* needs parallelism='gspmd'"):
     validate_config(config)
   config.parallelism = 'gspmd'
   validate_config(config)
   config.mesh = (2, 0, 4)
-  with pytest.raises(ConfigError, match='config.mesh must be three sizes'):
+  with pytest.raises(ConfigError, match=r'config.mesh \(2, 0, 4\): give three sizes'):
     validate_config(config)
   with pytest.raises(ValueError, match="needs parallelism='gspmd'"):
     parallel.make('shard_map', mesh=(1, 8, 1))
+  # One rule, one message: the config's is the strategies' own, naming the config's field.
+  for parallelism, mesh in [('shard_map', (2, 2, 2)), ('gspmd', (2, 0, 4)), ('nope', (-1, 1, 1))]:
+    with pytest.raises(ValueError) as direct:
+      parallel.make(parallelism, mesh=mesh)
+    config.parallelism, config.mesh = parallelism, mesh
+    with pytest.raises(ConfigError) as via_config:
+      validate_config(config)
+    assert str(via_config.value) == f'config.{direct.value}'
 
 
 def test_the_fsdp_step_benchmark_runs_small_and_splits_the_state():

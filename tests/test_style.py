@@ -80,6 +80,16 @@ def test_benchmarks_are_a_package_without_path_edits():
   assert result.returncode == 0 and '--config' in result.stdout, result.stderr
 
 
+def _runtime_nodes(tree: ast.AST):
+  """The nodes of `tree` outside `if TYPE_CHECKING:` blocks (annotations only, never run)."""
+  for node in ast.iter_child_nodes(tree):
+    if isinstance(node, ast.If) and getattr(node.test, 'id', None) == 'TYPE_CHECKING':
+      yield from (n for child in node.orelse for n in ast.walk(child))
+      continue
+    yield node
+    yield from _runtime_nodes(node)
+
+
 def _package_imports() -> dict[str, set[str]]:
   """`{module: the transformer modules it imports}`, lazy (function-level) imports included."""
   modules = {}
@@ -90,7 +100,7 @@ def _package_imports() -> dict[str, set[str]]:
   for name, path in modules.items():
     package = name if path.name == '__init__.py' else name.rpartition('.')[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
       if isinstance(node, ast.Import):
         found |= {alias.name for alias in node.names}
       elif isinstance(node, ast.ImportFrom):
@@ -120,13 +130,60 @@ def test_the_package_has_no_import_cycle():
   assert not cycles, [' -> '.join(c) for c in cycles]
 
 
-def test_the_input_pipeline_imports_nothing_above_it():
+# What each layer may not import (lazy imports included): the model knows nothing of how it is
+# decoded, trained, loaded or exported; the input pipeline is a leaf. The special ids are the
+# vocabulary's layout, which the model's config defaults to: importable from every layer.
+SHARED = ('transformer.input_pipeline.special_ids',)
+FORBIDDEN = {
+  'transformer.model': ('decoding', 'training', 'pretrained', 'export', 'input_pipeline'),
+  'transformer.parallel': (
+    'model',
+    'decoding',
+    'training',
+    'pretrained',
+    'export',
+    'input_pipeline',
+  ),
+  'transformer.decoding': ('training', 'pretrained', 'export'),
+  'transformer.pretrained': ('decoding', 'training', 'export'),
+  'transformer.input_pipeline': (
+    'model',
+    'parallel',
+    'decoding',
+    'training',
+    'pretrained',
+    'export',
+    'translate',
+    'linen',
+  ),
+}
+
+
+@pytest.mark.parametrize('layer', sorted(FORBIDDEN))
+def test_each_layer_imports_nothing_it_must_not(layer):
+  forbidden = tuple(f'transformer.{name}' for name in FORBIDDEN[layer])
   upward = {
-    module: sorted(m for m in imports if not m.startswith('transformer.input_pipeline'))
+    module: sorted(m for m in imports if m.startswith(forbidden) and m not in SHARED)
     for module, imports in _package_imports().items()
-    if module.startswith('transformer.input_pipeline')
+    if module == layer or module.startswith(layer + '.')
   }
-  upward = {
-    m: imports for m, imports in upward.items() if set(imports) - {'transformer.special_ids'}
-  }
-  assert not upward, upward
+  assert not {m: i for m, i in upward.items() if i}, upward
+
+
+def test_the_package_reads_as_subpackages_and_commands():
+  top = sorted(p.name for p in (ROOT / 'transformer').iterdir() if not p.name.startswith('__'))
+  assert top == [
+    '_atomic.py',
+    '_lazy.py',
+    'average.py',
+    'decoding',
+    'export',
+    'input_pipeline',
+    'linen.py',
+    'model',
+    'parallel',
+    'pretrained',
+    'run_config.py',
+    'training',
+    'translate.py',
+  ]

@@ -1,12 +1,14 @@
 """The learning rate that follows a time budget: unchanged where the plan fits, annealed to zero
 at the budget's end where it does not, and the run's results say which."""
 
+import os
+
 import numpy as np
 import pytest
 
-from benchmarks import tiny_run
-from transformer import recipe, train_loop, training
-from transformer.time_budget import BudgetedSchedule
+from tests.helpers import tiny_run
+from transformer.training import loop as train_loop, recipe, steps as training
+from transformer.training.time_budget import BudgetedSchedule
 
 
 def _linear():
@@ -116,7 +118,7 @@ def test_a_run_the_budget_ends_times_its_steps_and_plans_its_dropout_from_them(t
 
 
 def test_a_resumed_run_plans_with_the_step_time_of_its_first_start(tmp_path):
-  from transformer import step_time
+  from transformer.training import step_time
 
   calls = []
   measure = lambda: calls.append(1) or 0.25
@@ -125,3 +127,25 @@ def test_a_resumed_run_plans_with_the_step_time_of_its_first_start(tmp_path):
   assert calls == [1]
   (tmp_path / step_time.FILE).write_text('{"seconds_per_step": ')  # torn: measured again
   assert step_time.saved_or_measured(str(tmp_path), lambda: 0.5) == (0.5, True)
+
+
+def test_a_step_time_write_a_kill_interrupts_is_cleaned_up_by_the_next_run(tmp_path, monkeypatch):
+  """step_time.json is written as every workdir file is (`transformer._atomic`): a writer killed
+  between the write and the rename leaves `step_time.json.tmp<pid>`, which the next run removes."""
+  from transformer import _atomic
+  from transformer.training import step_time, workdir as workdir_lib
+
+  def killed(source, destination):  # SIGKILL after the write: no rename, no clean-up
+    raise SystemExit
+
+  monkeypatch.setattr(_atomic.os, 'replace', killed)
+  monkeypatch.setattr(_atomic.os, 'remove', lambda path: None)
+  with pytest.raises(SystemExit):
+    step_time.saved_or_measured(str(tmp_path), lambda: 0.25)
+  monkeypatch.undo()
+  [left] = os.listdir(tmp_path)
+  assert _atomic.temporary_pid(left) == os.getpid()
+  dead = left.replace(str(os.getpid()), '999999999')  # as if its writer were gone
+  os.rename(tmp_path / left, tmp_path / dead)
+  assert workdir_lib.remove_abandoned_temporaries(str(tmp_path)) == [dead]
+  assert os.listdir(tmp_path) == []

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from benchmarks import tiny_run
-from transformer import train_loop
+from tests.helpers import tiny_run
+from transformer.training import loop as train_loop
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_checkpoint_averaging_is_evaluated_and_saved(tmp_path, corpus):
   results = train_loop.train_and_evaluate(config, workdir)
   assert 'test_parameters' in results
   assert os.listdir(os.path.join(workdir, 'average')) == ['6']
-  from transformer import workdir as workdir_lib
+  from transformer.training import workdir as workdir_lib
 
   model, _, step = workdir_lib.load_model(workdir, which='average')
   latest, _, _ = workdir_lib.load_model(workdir)

@@ -5,7 +5,9 @@ import optax
 import pytest
 
 from benchmarks import common
-from transformer import parallel as parallel_lib, shift_right, training
+from transformer import shift_right
+from transformer.parallel import strategies as parallel_lib
+from transformer.training import steps as training
 
 
 def synthetic_batch(rows=16, length=12, vocab=40, seed=0):

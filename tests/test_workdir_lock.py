@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from transformer import workdir_lock
+from transformer.training import workdir_lock
 
 
 def _write_lock(workdir, **fields):

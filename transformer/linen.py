@@ -11,7 +11,7 @@
 The parameters live in the Linen `params` collection under `transformer/...` with the same tree as
 `nnx.state(nnx_model, nnx.Param)`. Each is boxed with its logical axis names (the bridge's
 `NNXMeta`, a `linen.meta.AxisMetadata`, its `metadata['out_sharding']`; see
-`transformer.sharding`), so weights move between the two with
+`transformer.parallel.sharding`), so weights move between the two with
 `nnx.update(nnx_model, linen.meta.unbox(variables['params']['transformer']))`.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from flax import linen, nnx
 import jax
 
-from transformer import model as nnx_model
+from transformer.model import encoder_decoder as nnx_model
 
 
 class _BridgedTransformer(nnx_model.Transformer):
@@ -45,13 +45,13 @@ def _call(module: nnx_model.Transformer, *args, deterministic: bool, method: str
 
 
 def _generate(module: nnx_model.Transformer, src_tokens: jax.Array, **options) -> jax.Array:
-  from transformer import search  # the search runs on the NNX module the bridge rebuilt
+  from transformer.decoding import search  # the search runs on the NNX module the bridge rebuilt
 
   return search.generate(module, src_tokens, **options)
 
 
 class Transformer(linen.Module):
-  """Linen front of `transformer.model.Transformer`; see the module docstring for use."""
+  """Linen front of `transformer.model.encoder_decoder.Transformer`; see the module docstring for use."""
 
   config: nnx_model.TransformerConfig
 
@@ -78,6 +78,6 @@ class Transformer(linen.Module):
     )
 
   def generate(self, src_tokens: jax.Array, **options) -> jax.Array:
-    """Greedy or beam search (`transformer.search.generate`; `options` as there, e.g.
-    `beam_size`, `alpha`, `max_new_tokens`): `[batch, src_length]` -> tokens `[batch, length]`."""
+    """Greedy or beam search (`transformer.decoding.search.generate`; `options` as there, e.g.
+    `beam_size`, `length_penalty`, `max_new_tokens`): `[batch, src_length]` -> tokens `[batch, length]`."""
     return self.transformer(src_tokens, nnx_method=_generate, **options)

@@ -1,6 +1,6 @@
 """The tiny model most tests use: 2+2 layers of width 32, fast on a CPU."""
 
-from transformer.model import TransformerConfig
+from transformer.model.encoder_decoder import TransformerConfig
 
 
 def tiny_config(**overrides) -> TransformerConfig:

@@ -13,7 +13,7 @@ import shutil
 
 import sentencepiece as spm
 
-from benchmarks import tiny_run
+from tests.helpers import hf_bart_fixture, tiny_run
 
 SPM = 'sentencepiece.bpe.model'
 
@@ -69,15 +69,8 @@ def build(directory: str, kind: str = 'nllb', *, seed: int = 0, eos_scale: float
   vocab_size = max(ids) + 1 + getattr(tokenizer, 'num_madeup_words', 0)
   config = M2M100Config(
     vocab_size=vocab_size,
-    d_model=16,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=2,
-    decoder_attention_heads=2,
-    encoder_ffn_dim=32,
-    decoder_ffn_dim=32,
+    **hf_bart_fixture.TINY_SIZES,
     activation_function='relu',
-    max_position_embeddings=64,
     scale_embedding=True,
     pad_token_id=1,
     bos_token_id=0,

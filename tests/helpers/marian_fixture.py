@@ -10,7 +10,7 @@ import os
 
 import sentencepiece as spm
 
-from benchmarks import tiny_run
+from tests.helpers import hf_bart_fixture, tiny_run
 
 
 def _train_spm(path_prefix: str, sentences: list[str], vocab_size: int) -> str:
@@ -58,15 +58,8 @@ def build(
   config = MarianConfig(
     vocab_size=len(vocab),
     decoder_vocab_size=len(vocab),
-    d_model=16,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=2,
-    decoder_attention_heads=2,
-    encoder_ffn_dim=32,
-    decoder_ffn_dim=32,
+    **hf_bart_fixture.TINY_SIZES,
     activation_function='swish',
-    max_position_embeddings=64,
     pad_token_id=vocab['<pad>'],
     eos_token_id=0,
     decoder_start_token_id=vocab['<pad>'],

@@ -26,7 +26,8 @@ import optax  # noqa: E402
 
 from benchmarks.common import synthetic_batch  # noqa: E402
 from tests.helpers import configs  # noqa: E402
-from transformer import checkpoints, parallel as parallel_lib, training  # noqa: E402
+from transformer.parallel import strategies as parallel_lib  # noqa: E402
+from transformer.training import checkpoints, steps as training  # noqa: E402
 
 config = configs.tiny_config()
 model = training.create_model(config, seed=0)

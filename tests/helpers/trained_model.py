@@ -7,9 +7,9 @@ from flax import nnx
 import jax
 import numpy as np
 
-from benchmarks import tiny_run
-from transformer import training
-from transformer.model import Transformer, TransformerConfig
+from tests.helpers import tiny_run
+from transformer.model.encoder_decoder import Transformer, TransformerConfig
+from transformer.training import steps as training
 
 
 def _batch(pairs: list[tuple[list[int], list[int]]], length: int) -> dict[str, np.ndarray]:

@@ -22,6 +22,10 @@ import sys
 
 from absl import app, flags, logging
 
+from transformer.decoding.options import LENGTH_NORMALIZATIONS, DecodingOptions
+
+DEFAULTS = DecodingOptions()
+
 FLAGS = flags.FLAGS
 FORMATS = ('ctranslate2', 'stablehlo', 'marian', 'm2m100')
 QUANTIZATIONS = (
@@ -58,10 +62,19 @@ def _define_flags() -> None:
   flags.DEFINE_list(
     'source_lengths', [], 'stablehlo: source-length buckets (default: every multiple of 16).'
   )
-  flags.DEFINE_integer('extra_length', 50, 'stablehlo: tokens generated beyond the source length.')
-  flags.DEFINE_float('length_penalty', 0.6, 'Beam length-penalty exponent written with the model.')
+  flags.DEFINE_integer(
+    'extra_length', DEFAULTS.extra_length, 'stablehlo: tokens generated beyond the source length.'
+  )
+  flags.DEFINE_float(
+    'length_penalty',
+    DEFAULTS.length_penalty,
+    'Beam length-penalty exponent written with the model.',
+  )
   flags.DEFINE_enum(
-    'length_normalization', 'gnmt', ['gnmt', 'hf', 'ctranslate2'], 'stablehlo: beam ranking.'
+    'length_normalization',
+    DEFAULTS.length_normalization,
+    list(LENGTH_NORMALIZATIONS),
+    'stablehlo: beam ranking.',
   )
 
 
@@ -106,7 +119,7 @@ def _check_flags() -> str:
 
 def _load():
   """(model, tokenizer, a description) from --workdir or --pretrained."""
-  from transformer import workdir
+  from transformer.training import workdir
 
   return workdir.load_model_or_pretrained(
     FLAGS.workdir,
@@ -134,7 +147,7 @@ def tokenizer_files(tokenizer, *, with_vocab: bool) -> dict[str, str]:
 
 def _refusal(model, tokenizer) -> str | None:
   """Why the chosen format cannot express `model` (with its tokenizer), or None."""
-  from transformer import m2m100
+  from transformer.pretrained import m2m100
 
   many_to_many = isinstance(tokenizer, m2m100.M2M100Tokenizer)
   if FLAGS.format == 'm2m100':
@@ -148,7 +161,7 @@ def _refusal(model, tokenizer) -> str | None:
       "(CTranslate2's own ct2-transformers-converter converts that directory)"
     )
   if FLAGS.format == 'marian':
-    from transformer import marian
+    from transformer.pretrained import marian
 
     problem = marian.unexpressible(model.config)
     return problem and f'Marian cannot express this model: {problem}'
@@ -171,7 +184,7 @@ def _write(model, tokenizer, description: str, directory: str) -> None:
       directory,
       quantization=FLAGS.quantization,
       description=description,
-      alpha=FLAGS.length_penalty,
+      length_penalty=FLAGS.length_penalty,
     )
   elif FLAGS.format == 'stablehlo':
     from transformer.export import stablehlo
@@ -183,11 +196,11 @@ def _write(model, tokenizer, description: str, directory: str) -> None:
       beam_sizes=_positive_ints(FLAGS.beam_sizes, 'beam_sizes'),
       source_lengths=_positive_ints(FLAGS.source_lengths, 'source_lengths') or None,
       extra_length=FLAGS.extra_length,
-      alpha=FLAGS.length_penalty,
+      length_penalty=FLAGS.length_penalty,
       length_normalization=FLAGS.length_normalization,
     )
   else:
-    from transformer import pretrained
+    from transformer.pretrained import families as pretrained
 
     pretrained.save(model, tokenizer, directory)
 

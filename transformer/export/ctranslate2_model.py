@@ -30,8 +30,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from transformer import layers
-from transformer.model import TransformerConfig
+from transformer.model import layers
+from transformer.model.encoder_decoder import TransformerConfig
+from transformer.model.params import numpy_params
 
 PAD_LOGIT = -1.0e4
 
@@ -230,7 +231,9 @@ def vocabulary_of(tokenizer, config: TransformerConfig) -> Vocabulary:
   return marian_vocabulary(tokenizer, config)
 
 
-def guide(config: TransformerConfig, files: list[str], description: str, alpha: float) -> dict:
+def guide(
+  config: TransformerConfig, files: list[str], description: str, length_penalty: float
+) -> dict:
   """What a caller needs to know (written as transformer_export.json next to the model);
   `files`: the SentencePiece model of the source side, then of the target side."""
   return {
@@ -244,13 +247,13 @@ def guide(config: TransformerConfig, files: list[str], description: str, alpha: 
     },
     'translate_batch': {
       'beam_size': 4,
-      'length_penalty': alpha,
+      'length_penalty': length_penalty,
       'min_decoding_length': 0,
       'max_decoding_length': config.max_positions,
       'max_input_length': config.max_positions,
     },
     'same_as': 'python -m transformer.translate --length_normalization=ctranslate2 '
-    f'--length_penalty={alpha} (CTranslate2 ranks beams by log P / length^length_penalty and '
+    f'--length_penalty={length_penalty} (CTranslate2 ranks beams by log P / length^length_penalty and '
     'stops a sentence when beam_size hypotheses have ended)',
     'max_positions': config.max_positions,
   }
@@ -265,7 +268,7 @@ def save(
   quantization: str | None = None,
   force: bool = False,
   description: str = '',
-  alpha: float = 1.0,
+  length_penalty: float = 1.0,
 ) -> str:
   """Writes `model` (a `Transformer`) as a CTranslate2 model directory: model.bin, config.json,
   the vocabularies, `tokenizer_files` ({name: path}: the SentencePiece model(s), source first)
@@ -276,20 +279,13 @@ def save(
     RuntimeError: `directory` exists and `force` is False.
   """
   config = model.config
-  spec = transformer_spec(model_params(model), config, vocabulary_of(tokenizer, config))
+  spec = transformer_spec(numpy_params(model), config, vocabulary_of(tokenizer, config))
   convert(spec, directory, quantization=quantization, force=force)
   for name, path in tokenizer_files.items():
     shutil.copyfile(path, os.path.join(directory, name))
   with open(os.path.join(directory, 'transformer_export.json'), 'w', encoding='utf-8') as f:
-    json.dump(guide(config, list(tokenizer_files), description, alpha), f, indent=2)
+    json.dump(guide(config, list(tokenizer_files), description, length_penalty), f, indent=2)
   return directory
-
-
-def model_params(model) -> dict:
-  """A `Transformer`'s parameter tree as nested dicts of NumPy arrays."""
-  from transformer.hf_bart import numpy_params
-
-  return numpy_params(model)
 
 
 def convert(spec, directory: str, *, quantization: str | None = None, force: bool = False) -> str:

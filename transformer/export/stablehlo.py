@@ -4,7 +4,7 @@ One artifact per (beam size, source-length bucket): `[batch, source_length]` int
 (EOS included, right-padded with `pad_id`) and `[batch]` int32 token limits in; the best
 hypothesis `[batch, output_length]` int32 (`pad_id` after EOS) and its score `[batch]` float32
 out. The batch dimension is symbolic (any batch size); source lengths are the multiples of 16
-that `transformer.translate` pads to, each with the output length `translate` gives it, so
+that `transformer.decoding.translation` pads to, each with the output length `translate` gives it, so
 every artifact computes exactly what `translate` computes. The parameters are arguments (a flat
 list, stored beside the artifacts in params.npz), not constants: one file of weights for all
 artifacts. Each artifact is lowered for CPU, CUDA and TPU.
@@ -26,8 +26,9 @@ from jax import export
 import jax.numpy as jnp
 import numpy as np
 
-from transformer import search
-from transformer.decoding_options import DecodingOptions
+from transformer.decoding import search
+from transformer.decoding.batch import Batch
+from transformer.decoding.options import DecodingOptions
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 MANIFEST = 'manifest.json'
@@ -52,8 +53,9 @@ def _translate_function(model, options: DecodingOptions, buffer_length: int):
     cast = [jnp.asarray(x).astype(dtype) for x, dtype in zip(parameter_leaves, dtypes)]
     m = nnx.merge(graphdef, jax.tree.unflatten(treedef, cast), rest)
     m.eval()
+    batch = Batch.of(src_tokens)
     tokens, scores = search.search_model(
-      m, src_tokens, limits, buffer_length=buffer_length, options=options
+      m, batch, limits, buffer_length=buffer_length, options=options
     )
     return tokens[:, 0], scores[:, 0]
 
@@ -85,9 +87,9 @@ def save(
   *,
   beam_sizes: Sequence[int] = (1, 4),
   source_lengths: Sequence[int] | None = None,
-  extra_length: int = 50,
-  alpha: float = 0.6,
-  length_normalization: str = 'gnmt',
+  extra_length: int = DecodingOptions.extra_length,
+  length_penalty: float = DecodingOptions.length_penalty,
+  length_normalization: str = DecodingOptions.length_normalization,
 ) -> dict[str, Any]:
   """Writes the artifacts, params.npz, manifest.json, serve.py and the tokenizer files to
   `directory` (which must not exist yet) and returns the manifest."""
@@ -100,7 +102,9 @@ def save(
     for length in lengths:
       output_length = search.bucket(length + extra_length, config.max_positions)
       options = DecodingOptions(
-        beam_size=beam_size, alpha=alpha, length_normalization=length_normalization
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        length_normalization=length_normalization,
       )
       name = f'translate_beam{beam_size}_source{length}.jax_exported'
       exported = _export_one(_translate_function(model, options, output_length), stored, length)
@@ -114,14 +118,16 @@ def save(
     shutil.copyfile(path, os.path.join(directory, name))
   shutil.copyfile(SERVE_SCRIPT, os.path.join(directory, 'serve.py'))
   manifest = _manifest(
-    config, artifacts, tokenizer_files, extra_length, alpha, length_normalization
+    config, artifacts, tokenizer_files, extra_length, length_penalty, length_normalization
   )
   with open(os.path.join(directory, MANIFEST), 'w', encoding='utf-8') as f:
     json.dump(manifest, f, indent=2)
   return manifest
 
 
-def _manifest(config, artifacts, tokenizer_files, extra_length, alpha, normalization) -> dict:
+def _manifest(
+  config, artifacts, tokenizer_files, extra_length, length_penalty, normalization
+) -> dict:
   files = list(tokenizer_files)
   return {
     'format': 'jax.export (StableHLO), serialized with Exported.serialize()',
@@ -142,7 +148,7 @@ def _manifest(config, artifacts, tokenizer_files, extra_length, alpha, normaliza
     'ids': {'pad': config.pad_id, 'bos': config.bos_id, 'eos': config.eos_id},
     'max_positions': config.max_positions,
     'extra_length': extra_length,
-    'length_penalty': alpha,
+    'length_penalty': length_penalty,
     'length_normalization': normalization,
     'tokenizer': {'source': files[0], 'target': files[-1]},
   }

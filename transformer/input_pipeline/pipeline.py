@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from transformer.input_pipeline.corpus import DataError
+from transformer.input_pipeline.special_ids import end_ids
 from transformer.input_pipeline.tokenizer import Tokenizer
-from transformer.special_ids import end_ids
 
 FEATURES = ('inputs', 'targets')
 SIDES = {'inputs': 'source', 'targets': 'target'}  # feature -> tokenizer side
@@ -141,16 +141,26 @@ def tokenize_pairs(
   return tokenized, stats
 
 
-def first_fit(
-  source_lengths: np.ndarray, target_lengths: np.ndarray, max_length: int
-) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
-  """Places examples in rows of `max_length` tokens per side, longest first, each in the first
-  row with room on both sides (first-fit decreasing).
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where each example of a batch goes: its `row` `[examples]`, its start offset in the row per
+  side (`start['inputs']`, `start['targets']`, `[examples]`), and the number of `rows`."""
 
-  Returns:
-    the row of each example, its start offset per side (`{'inputs': ..., 'targets': ...}`),
-    and the number of rows.
-  """
+  row: np.ndarray
+  start: dict[str, np.ndarray]
+  rows: int
+
+  @classmethod
+  def one_per_row(cls, count: int, rows: int | None = None) -> Placement:
+    """Example i alone at the start of row i, in `rows` rows (default: as many as examples;
+    more leaves padding rows)."""
+    start = {name: np.zeros(count, np.int64) for name in FEATURES}
+    return cls(np.arange(count), start, count if rows is None else rows)
+
+
+def first_fit(source_lengths: np.ndarray, target_lengths: np.ndarray, max_length: int) -> Placement:
+  """Places examples in rows of `max_length` tokens per side, longest first, each in the first
+  row with room on both sides (first-fit decreasing)."""
   count = len(source_lengths)
   used = {'inputs': np.zeros(count, np.int64), 'targets': np.zeros(count, np.int64)}
   row = np.zeros(count, np.int64)
@@ -164,19 +174,15 @@ def first_fit(
     row[i], start['inputs'][i], start['targets'][i] = j, used['inputs'][j], used['targets'][j]
     used['inputs'][j] += s
     used['targets'][j] += t
-  return row, start, rows
+  return Placement(row, start, rows)
 
 
 def assemble_rows(
-  pairs: TokenizedPairs,
-  row: np.ndarray,
-  start: dict[str, np.ndarray],
-  rows: int,
-  max_length: int,
-  pad_id: int,
+  pairs: TokenizedPairs, placement: Placement, max_length: int, pad_id: int
 ) -> dict[str, np.ndarray]:
-  """Writes each example at its (row, start) into `[rows, max_length]` arrays: tokens, segment
+  """Writes each example at its placement into `[rows, max_length]` arrays: tokens, segment
   ids (1, 2, ... within a row, in order of position) and positions (0.. per example)."""
+  row, start, rows = placement.row, placement.start, placement.rows
   order = np.lexsort((start['inputs'], row))  # examples by row, then by place in the row
   first_of_row = np.searchsorted(row[order], row[order], side='left')
   segment = np.empty(len(row), np.int32)
@@ -233,12 +239,11 @@ class ChunkBuilder:
     )
     lengths = tokenized.lengths('inputs'), tokenized.lengths('targets')
     if self.pack:
-      row, start, rows = first_fit(*lengths, self.max_length)
+      placement = first_fit(*lengths, self.max_length)
     else:
-      row, rows = np.arange(len(tokenized)), len(tokenized)
-      start = {name: np.zeros(rows, np.int64) for name in FEATURES}
-    batch = assemble_rows(tokenized, row, start, rows, self.max_length, self.pad_id)
-    permutation = np.random.default_rng([self.seed, chunk]).permutation(rows)
+      placement = Placement.one_per_row(len(tokenized))
+    batch = assemble_rows(tokenized, placement, self.max_length, self.pad_id)
+    permutation = np.random.default_rng([self.seed, chunk]).permutation(placement.rows)
     return {
       'rows': {k: v[permutation] for k, v in batch.items()},
       'stats': dataclasses.asdict(stats),
@@ -403,9 +408,4 @@ def eval_batches(
     part = TokenizedPairs.from_lists(
       [pairs[i]['inputs'] for i in chosen], [pairs[i]['targets'] for i in chosen]
     )
-    row, start = (
-      np.arange(len(chosen)),
-      {name: np.zeros(len(chosen), np.int64) for name in FEATURES},
-    )
-    batch = assemble_rows(part, row, start, batch_size, max_length, pad_id)
-    yield batch
+    yield assemble_rows(part, Placement.one_per_row(len(chosen), batch_size), max_length, pad_id)

@@ -1,6 +1,6 @@
 """SentencePiece tokenizer: a joint source/target vocabulary trained on the training split.
 
-The special ids are `transformer.special_ids` (PAD 0, BOS 1, EOS 2, UNK 3), which are also
+The special ids are `transformer.input_pipeline.special_ids` (PAD 0, BOS 1, EOS 2, UNK 3), which are also
 `TransformerConfig`'s defaults. The trained model is written once to the workdir and reused on
 resume and by `translate`. No TensorFlow or grain here: the `sentencepiece` package only.
 """
@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 import sentencepiece as spm
 
-from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from transformer.input_pipeline.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
 class TokenizerError(ValueError):

@@ -2,9 +2,12 @@
 
 import os
 
-# Multi-device code is tested on CPU by splitting the host into 8 XLA devices. Must be set before
-# jax initialises its backends, hence here rather than in a fixture.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+from tests.helpers import tiny_run  # the standard library only: jax has not started
+
+# Multi-device code is tested on CPU by splitting the host into 8 XLA devices, compiled fast
+# (`tiny_run.FAST_COMPILE`). Must be set before jax initialises its backends, hence here rather
+# than in a fixture.
+os.environ.setdefault('XLA_FLAGS', tiny_run.xla_flags(8))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # The tests compile the same small programs many times over: in both xdist workers, in tests that
 # build the same model again, and in the train.py, translate and notebook processes they start

@@ -58,9 +58,12 @@ def test_a_model_trained_to_reverse_aligns_each_token_to_its_mirror(reverser):
     alignment.pharaoh([(len(source) - 2 - j, j) for j in range(len(source) - 1)])
     for source, _ in test
   ]
-  # A model that had not learnt to reverse (or the wrong layer, or a transposed matrix) gets
-  # next to none of them.
-  assert sum(f[0] == m for f, m in zip(found, mirrored)) >= 15
+  # Each link judged alone: the model's training path (it differs with the compiler's floating
+  # point) leaves a few sentences with one link off, while a model that had not learnt to reverse
+  # (or the wrong layer, or a transposed matrix) gets about one link in a sentence's length.
+  links = [(set(f[0].split()), set(m.split())) for f, m in zip(found, mirrored)]
+  right, total = sum(len(f & m) for f, m in links), sum(len(m) for _, m in links)
+  assert right >= 0.85 * total, (right, total)
 
 
 def test_translate_returns_and_prints_the_alignment(reverser):

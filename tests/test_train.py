@@ -1,5 +1,6 @@
 """End to end: train.py, resume after SIGTERM, checkpoints across device counts, multi-host."""
 
+import functools
 import json
 import os
 import re
@@ -173,8 +174,11 @@ def test_checkpoints_restore_across_device_counts_and_meshes(tmp_path, corpus):
       **{'model.dropout_rate': 0.0},
     )
 
+  # Compiled as users compile: the fast compile's rounding moves 1- and 8-device sums apart more
+  # than the 2e-4 this test holds them to.
+  run_train = functools.partial(tiny_run.run_train, fast_compile=False)
   reference = str(tmp_path / 'eight')
-  tiny_run.run_train(reference, overrides(8), devices=8)
+  run_train(reference, overrides(8), devices=8)
   _, expected = tiny_run.final_params(reference)
   # A single-device run ('none') resumed on 8 replicas (shard_map); an 8-replica run resumed on
   # a (2, 2, 2) mesh (gspmd: FSDP and tensor parallelism), which also validates and tests
@@ -185,8 +189,8 @@ def test_checkpoints_restore_across_device_counts_and_meshes(tmp_path, corpus):
   }
   for name, (first, first_flags, second, second_flags) in cases.items():
     workdir = str(tmp_path / name)
-    tiny_run.run_train(workdir, first_flags, devices=first)
-    result = tiny_run.run_train(workdir, second_flags, devices=second)
+    run_train(workdir, first_flags, devices=first)
+    result = run_train(workdir, second_flags, devices=second)
     assert 'resumed from checkpoint at step 4' in result.stdout
     assert f'on {second} device(s)' in result.stdout
     step, params = tiny_run.final_params(workdir)
@@ -331,7 +335,7 @@ def test_translate_round_trip(trained, tmp_path):
   assert sampled[0].stdout == sampled[1].stdout
   assert [line.split(' ||| ')[0] for line in sampled[0].stdout.splitlines()] == list('001122')
   beams = _translate([f'--workdir={workdir}', '--sampling_topk=5', '--beam_size=4'], 'hello\n')
-  assert beams.returncode == 2 and 'give --beam_size=1, not 4' in beams.stderr
+  assert beams.returncode == 2 and '--beam_size must be 1 with sampling' in beams.stderr
   # From a file, greedy, the best checkpoint: same line count.
   source = tmp_path / 'in.txt'
   source.write_text('\n'.join(lines[:3]) + '\n', encoding='utf-8')

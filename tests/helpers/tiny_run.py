@@ -98,9 +98,24 @@ def train_command(
   ]
 
 
-def env(devices: int = 1) -> dict[str, str]:
+# The tests' programs are tiny and many, so compiling them is most of what the suite costs, and
+# LLVM's optimisations cost more there than they save (tests/test_search.py: 199 -> 127 CPU s,
+# docs/performance.md). The semantics do not change; timings live in benchmarks/, which compile
+# as users do.
+FAST_COMPILE = '--xla_backend_optimization_level=0'
+
+
+def xla_flags(devices: int, fast_compile: bool = True) -> str:
+  """The XLA flags of the tests' processes: `devices` simulated CPU devices, compiled fast
+  unless a test compares numbers across device counts closer than the fast compile's rounding
+  keeps them (`fast_compile=False`: as users compile)."""
+  flags = f'--xla_force_host_platform_device_count={devices}'
+  return f'{flags} {FAST_COMPILE}' if fast_compile else flags
+
+
+def env(devices: int = 1, fast_compile: bool = True) -> dict[str, str]:
   environment = dict(os.environ)
-  environment['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  environment['XLA_FLAGS'] = xla_flags(devices, fast_compile)
   environment['JAX_PLATFORMS'] = 'cpu'
   environment['TF_CPP_MIN_LOG_LEVEL'] = '3'
   return environment
@@ -112,11 +127,12 @@ def run_train(
   devices: int = 1,
   check: bool = True,
   config: str = 'configs/default.py',
+  fast_compile: bool = True,
 ) -> subprocess.CompletedProcess:
   result = subprocess.run(
     train_command(workdir, overrides, config),
     cwd=ROOT,
-    env=env(devices),
+    env=env(devices, fast_compile),
     capture_output=True,
     text=True,
     timeout=900,

@@ -80,16 +80,6 @@ def test_benchmarks_are_a_package_without_path_edits():
   assert result.returncode == 0 and '--config' in result.stdout, result.stderr
 
 
-def _runtime_nodes(tree: ast.AST):
-  """The nodes of `tree` outside `if TYPE_CHECKING:` blocks (annotations only, never run)."""
-  for node in ast.iter_child_nodes(tree):
-    if isinstance(node, ast.If) and getattr(node.test, 'id', None) == 'TYPE_CHECKING':
-      yield from (n for child in node.orelse for n in ast.walk(child))
-      continue
-    yield node
-    yield from _runtime_nodes(node)
-
-
 def _package_imports() -> dict[str, set[str]]:
   """`{module: the transformer modules it imports}`, lazy (function-level) imports included."""
   modules = {}
@@ -100,7 +90,7 @@ def _package_imports() -> dict[str, set[str]]:
   for name, path in modules.items():
     package = name if path.name == '__init__.py' else name.rpartition('.')[0]
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
       if isinstance(node, ast.Import):
         found |= {alias.name for alias in node.names}
       elif isinstance(node, ast.ImportFrom):

@@ -5,7 +5,7 @@
                           optimizer, parallelism, restore (`transformer.training.run`)
     train(run)            the step loop: log, validate, checkpoint, stop on SIGTERM, early or
                           when the schedule (the planned steps or the time budget) ends
-    evaluation.test(run)  test-set BLEU with each of config.test_beam_sizes
+    validation.test(run)  test-set BLEU with each of config.test_beam_sizes
 
 The workdir holds everything a run needs to resume or to translate (see `transformer.training.workdir`).
 """
@@ -22,7 +22,7 @@ import ml_collections
 from transformer import _atomic
 from transformer.input_pipeline.corpus import DataError
 from transformer.model import flops
-from transformer.training import checkpoints, evaluation, workdir as workdir_lib, workdir_lock
+from transformer.training import checkpoints, validation, workdir as workdir_lib, workdir_lock
 from transformer.training.config import ConfigError, check_paths, validate_config
 from transformer.training.meter import Meter, duration, percent
 from transformer.training.run import Run, set_up
@@ -65,7 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       outcome = train(run)
       if 'preempted_at_step' in outcome:
         return outcome
-      results = {**evaluation.test(run), **outcome}
+      results = {**validation.test(run), **outcome}
       if jax.process_index() == 0:
         _atomic.write_json(os.path.join(workdir, workdir_lib.RESULTS_FILE), results)
       run.say(f'results: {results}')
@@ -110,7 +110,7 @@ def train(run: Run) -> dict[str, Any]:
     run.start_step, best_bleu=run.checkpointer.best_bleu(), logged={'loss': run.restored_train_loss}
   )
   if run.evaluation_due:  # a SIGTERM came before this step's evaluation
-    if progress.validated(evaluation.validate(run, progress.step)):
+    if progress.validated(validation.validate(run, progress.step)):
       record = checkpoints.Record(bleu=progress.best_bleu)
       _save(run, progress.step, meter, record, best=True, force=True)
   ended = None
@@ -159,7 +159,7 @@ def _validate_and_save(run: Run, progress: Progress, meter: Meter, due: bool) ->
   """At an evaluation step, validates (the best BLEU so far keeps its checkpoint as the best);
   there and every `checkpoint_every` steps, saves a checkpoint."""
   step = progress.step
-  best = due and progress.validated(evaluation.validate(run, step, progress.logged.get('loss')))
+  best = due and progress.validated(validation.validate(run, step, progress.logged.get('loss')))
   if due:
     meter.restart()  # evaluation time is not training throughput
   if due or step % run.config.checkpoint_every == 0:
@@ -190,7 +190,7 @@ def _outcome(run: Run, progress: Progress, meter: Meter, ended: str) -> dict[str
   """What the loop returns once it ends (after every save is written)."""
   run.checkpointer.wait()
   if not progress.validation:  # resumed at its last step: the results are computed again
-    progress.validated(evaluation.validate(run, progress.step))
+    progress.validated(validation.validate(run, progress.step))
   run.say(f'stopping at step {progress.step}: {ended}')
   return {
     'step': progress.step,

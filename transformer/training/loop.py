@@ -178,7 +178,7 @@ def _early_stop(config: ml_collections.ConfigDict, progress: Progress) -> str | 
 def _read_clock(run: Run, step: int, meter: Meter, stop: StopSignals) -> None:
   """At a log step: the loop's minutes (agreed by every host) to the schedule, and, at the first
   one, how many of the planned steps the time budget fits."""
-  minutes = stop.agreed_minutes(run.minutes_before + meter.minutes())
+  minutes = stop.agreed_minutes(meter.minutes())
   run.learning_rate.observe(step, minutes)
   if step == run.start_step + run.config.log_every:
     estimate = run.learning_rate.estimate(step, minutes)
@@ -196,7 +196,7 @@ def _outcome(run: Run, progress: Progress, meter: Meter, ended: str) -> dict[str
     'step': progress.step,
     'planned_steps': run.learning_rate.total_steps,
     'ended': ended,
-    'loop_minutes': run.minutes_before + meter.minutes(),
+    'loop_minutes': meter.minutes(),
     **progress.validation,
     'train_loss': progress.logged.get('loss'),
   }
@@ -211,6 +211,7 @@ def _meter(run: Run) -> Meter:
     step_flops,
     *flops.device_peak(run.model_config.dtype, run.parallel.num_replicas),
     total_steps=config.num_train_steps,
+    minutes_before=run.minutes_before,
   )
   run.say(f'MFU reference: {meter.peak / 1e9:,.1f} GFLOP/s ({meter.peak_source})')
   return meter
@@ -226,7 +227,7 @@ def _save(
   force: bool = False,
 ) -> None:
   """Saves the run's state at `step` with `record` and the loop's minutes so far."""
-  record = dataclasses.replace(record, loop_minutes=run.minutes_before + meter.minutes())
+  record = dataclasses.replace(record, loop_minutes=meter.minutes())
   state = run.parallel.checkpoint_state(run.state)
   run.checkpointer.save(step, state, run.batches, record=record, best=best, force=force)
 
@@ -234,7 +235,7 @@ def _save(
 def _log(run: Run, step: int, metrics: Any, meter: Meter, lr: float) -> dict[str, float]:
   """Reads the step's metrics (the loop's only synchronisation) and prints the progress line."""
   values = run.parallel.metrics(metrics)
-  rate = meter.report(step, run.learning_rate.seconds_left(run.minutes_before + meter.minutes()))
+  rate = meter.report(step, run.learning_rate.seconds_left(meter.minutes()))
   if values['skipped']:
     run.say(f'step {step}: non-finite loss or gradient; the update was skipped')
   run.say(

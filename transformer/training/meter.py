@@ -19,9 +19,10 @@ class Meter:
     peak_source: str,
     *,
     total_steps: int,
+    minutes_before: float = 0.0,
   ):
     self.step_flops, self.peak, self.peak_source = step_flops, peak, peak_source
-    self.total_steps = total_steps
+    self.total_steps, self.minutes_before = total_steps, minutes_before
     self.started = time.perf_counter()
     self.restart()
 
@@ -36,7 +37,8 @@ class Meter:
     )
 
   def minutes(self) -> float:
-    return (time.perf_counter() - self.started) / 60
+    """The training loop's minutes: those of the runs this one resumes, and this one's."""
+    return self.minutes_before + (time.perf_counter() - self.started) / 60
 
   def report(self, step: int, seconds_left: float | None = None) -> dict[str, float]:
     """tokens/s and MFU over the window, and the ETA: the planned steps at the window's pace,

@@ -5,6 +5,7 @@ checks its input before the model loads."""
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Callable
 
 
@@ -18,6 +19,6 @@ def exports(package: str, names: dict[str, str]) -> tuple[Callable, Callable]:
     raise AttributeError(f'module {package!r} has no attribute {name!r}')
 
   def dir_() -> list[str]:
-    return sorted(names)
+    return sorted(set(vars(sys.modules[package])) | set(names))
 
   return getattr_, dir_
